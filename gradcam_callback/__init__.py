@@ -1,0 +1,28 @@
+"""Training-time Grad-CAM for PyTorch Lightning: heatmap drift and shortcut-learning alarms.
+
+>>> from gradcam_callback import GradCAM, GradCAMCallback, ProbeSet, Flag
+"""
+
+from .alarms import Flag, ShortcutDetected, ShortcutMonitor
+from .callback import GradCAMCallback
+from .engine import METHODS, CAMResult, GradCAM, normalize_maps
+from .layers import LayerInfo
+from .probes import BatchKeys, ProbeSet, select_probes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "BatchKeys",
+    "CAMResult",
+    "Flag",
+    "GradCAM",
+    "GradCAMCallback",
+    "LayerInfo",
+    "ProbeSet",
+    "ShortcutDetected",
+    "ShortcutMonitor",
+    "__version__",
+    "normalize_maps",
+    "select_probes",
+]

@@ -1,0 +1,557 @@
+"""Rules that turn Grad-CAM metrics into :class:`Flag` records (shortcut-learning alarms).
+
+:class:`ShortcutMonitor` keeps the baseline maps (the untrained model, step 0) and the previous
+run's maps, computes every measure of :mod:`gradcam_callback.metrics` for a probe batch in one go,
+and raises three kinds of flags:
+
+``"artifact"``
+    Attention sits on a label artifact (watermark, text tag, hospital token, ruler, border band,
+    stamp). With artifact masks: the mean attention enrichment inside the masks. Without masks:
+    an *anchored hot spot*, attention piled at the same off-centre place across different probe
+    images. Either way, by default only when erasing the region (filled from its surroundings)
+    changes the model's predictions or drops its target probability: the map looking at the
+    corner is confirmed as the model depending on the corner.
+``"background"``
+    Attention left the object. With object masks: low attention enrichment on the objects and a
+    model that barely notices when the objects are erased. Without masks: attention spread out
+    to the image frame, where objects rarely are.
+``"drift"``
+    Informational: the maps changed suddenly between two consecutive runs.
+
+A rule that keeps firing run after run is reported again with ``persistent=True`` and the epoch
+it started (``since_epoch``) instead of as new noise; when it stops firing and later fires again
+it is new again. The baseline run (``baseline=True``) never raises a flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import metrics as M
+
+__all__ = ["FLAG_KINDS", "Analysis", "Flag", "ShortcutDetected", "ShortcutMonitor"]
+
+FLAG_KINDS: tuple[str, ...] = ("artifact", "background", "drift")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One alarm.
+
+    Attributes:
+        kind: ``"artifact"``, ``"background"`` or ``"drift"``.
+        epoch, global_step: when the analysis ran.
+        probe: the probe index when one probe is at fault, ``None`` for the whole set.
+        value: the measured value that crossed ``threshold`` (see ``metric``).
+        threshold: the threshold it crossed.
+        message: one human-readable sentence or two: what, which probes, how much, what to do.
+        persistent: ``True`` when the same rule also fired at the previous analysis.
+        since_epoch, since_step: when this streak of the rule began (this run when new).
+        probes: indices of the probes that carry the finding (most affected first).
+        metric: the metric name (relative, e.g. ``"attention/artifact_enrichment"``) whose
+            plot shows it; the callback prefixes it (``gradcam/...``).
+    """
+
+    kind: str
+    epoch: int
+    global_step: int
+    probe: int | None
+    value: float
+    threshold: float
+    message: str
+    persistent: bool = False
+    since_epoch: int | None = None
+    since_step: int | None = None
+    probes: tuple[int, ...] = ()
+    metric: str = ""
+
+
+class ShortcutDetected(RuntimeError):
+    """Raised (with ``on_flag="raise"``) when a shortcut-learning flag fires.
+
+    Attributes:
+        flags: the flags that triggered it.
+    """
+
+    def __init__(self, flags: Sequence[Flag], message: str | None = None) -> None:
+        self.flags: list[Flag] = list(flags)
+        if message is None:
+            message = "shortcut learning detected: " + " | ".join(f.message for f in self.flags)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
+        return (type(self), (self.flags, str(self)))
+
+
+@dataclass
+class Analysis:
+    """Result of :meth:`ShortcutMonitor.analyze`.
+
+    Attributes:
+        per_probe: name -> float32 ``[N]`` CPU tensor, one value per probe (``NaN`` where
+            undefined, e.g. no mask, an all-zero map, or a probe not tested causally).
+        summary: name -> float: set means (``nanmean`` of ``per_probe``), per-class means named
+            ``"<name>/class_<k>"``, and set-level values (hot-spot statistics, flip rates).
+        flags: the flags of this analysis (new and persistent).
+        hotspot: bool ``[N, H, W]`` CPU, the anchored hot spot of each probe's class group (for
+            overlays), or ``None``.
+    """
+
+    per_probe: dict[str, Tensor] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
+    hotspot: Tensor | None = None
+
+
+def _fmt_probes(idx: Sequence[int], limit: int = 8) -> str:
+    shown = ", ".join(str(i) for i in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"{shown}{more}"
+
+
+def _nanmean(x: Tensor) -> Tensor:
+    """``nanmean`` that stays NaN (without a warning) for an all-NaN or empty input."""
+    ok = ~torch.isnan(x)
+    return torch.where(ok.any(), torch.nan_to_num(x).sum() / ok.sum().clamp_min(1), torch.nan)
+
+
+class ShortcutMonitor:
+    """Turns probe-set Grad-CAM maps into metrics and shortcut-learning flags.
+
+    All thresholds are keyword arguments; the defaults were calibrated on synthetic worlds
+    (a small CNN trained with a planted artifact that predicts the label versus one that is
+    independent of it) and the README explains each. Probes with an undefined value (``NaN``)
+    never count towards a flag.
+
+    Args:
+        artifact_enrichment: artifact flag (masks) when the mean attention enrichment inside the
+            artifact masks, over the probes that show an artifact, is at least this.
+        object_enrichment: background flag (masks) when the mean attention enrichment on the
+            objects is at most this (1 = no more than a uniform map).
+        object_drop: with masks and a ``score_fn``, the background flag also needs erasing the
+            objects to drop the target probability by less than this on average.
+        hotspot_consistency: mask-free artifact flag needs a class group whose probes put at
+            least this enrichment on the group's shared hot spot.
+        hotspot_offset: ... and that hot spot at least this far from the image centre (fraction
+            of half the diagonal; objects of interest are usually central).
+        hotspot_stability: ... and, without causal confirmation, image pixels under the hot spot
+            this constant across the group's images (watermarks are pasted, objects move).
+        hotspot_frac: hot-spot area as a fraction of the image.
+        border_enrichment: mask-free background flag when the mean attention enrichment of the
+            image frame (band of ``border_width``) is at least this.
+        border_width: frame width as a fraction of each side.
+        flip_rate: causal confirmation: erasing the flagged region flips at least this share of
+            the tested probes' predictions ...
+        score_drop: ... or drops their mean target probability by at least this.
+        drift_pearson: drift flag when the mean Pearson correlation of the maps with the previous
+            run's maps falls below this (never against the baseline run: training moves the
+            maps away from the untrained model's by design).
+        min_probes: the fewest usable probes a set-level value needs to raise a flag.
+        confirm: require causal confirmation (needs ``score_fn`` in :meth:`analyze`) for the
+            artifact flags and the masked background flag.
+        max_classes: per-class means are reported for at most this many classes.
+    """
+
+    def __init__(
+        self,
+        *,
+        artifact_enrichment: float = 3.0,
+        object_enrichment: float = 1.0,
+        object_drop: float = 0.2,
+        hotspot_consistency: float = 4.0,
+        hotspot_offset: float = 0.3,
+        hotspot_stability: float = 0.5,
+        hotspot_frac: float = 0.05,
+        border_enrichment: float = 1.5,
+        border_width: float = 0.125,
+        flip_rate: float = 0.2,
+        score_drop: float = 0.2,
+        drift_pearson: float = 0.5,
+        min_probes: int = 4,
+        confirm: bool = True,
+        max_classes: int = 20,
+    ) -> None:
+        self.artifact_enrichment = float(artifact_enrichment)
+        self.object_enrichment = float(object_enrichment)
+        self.object_drop = float(object_drop)
+        self.hotspot_consistency = float(hotspot_consistency)
+        self.hotspot_offset = float(hotspot_offset)
+        self.hotspot_stability = float(hotspot_stability)
+        self.hotspot_frac = float(hotspot_frac)
+        self.border_enrichment = float(border_enrichment)
+        self.border_width = float(border_width)
+        self.flip_rate = float(flip_rate)
+        self.score_drop = float(score_drop)
+        self.drift_pearson = float(drift_pearson)
+        self.min_probes = int(min_probes)
+        self.confirm = bool(confirm)
+        self.max_classes = int(max_classes)
+        self.baseline_maps: Tensor | None = None
+        self.previous_maps: Tensor | None = None
+        self.previous_is_baseline: bool = False
+        self.active: dict[str, tuple[int, int]] = {}  # kind -> (since_epoch, since_step)
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget the baseline, the previous maps and the persistence state."""
+        self.baseline_maps = None
+        self.previous_maps = None
+        self.previous_is_baseline = False
+        self.active = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """CPU tensors and plain Python only; loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "baseline_maps": None if self.baseline_maps is None else self.baseline_maps.cpu(),
+            "previous_maps": None if self.previous_maps is None else self.previous_maps.cpu(),
+            "previous_is_baseline": self.previous_is_baseline,
+            "active": {k: [int(e), int(s)] for k, (e, s) in self.active.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (maps move to the device at the next run)."""
+        self.baseline_maps = state.get("baseline_maps")
+        self.previous_maps = state.get("previous_maps")
+        self.previous_is_baseline = bool(state.get("previous_is_baseline", False))
+        self.active = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("active", {}).items()}
+
+    # ------------------------------------------------------------------ analysis
+    def analyze(
+        self,
+        *,
+        maps: Tensor,
+        images: Tensor,
+        targets: Tensor,
+        labels: Tensor | None = None,
+        scores: Tensor | None = None,
+        logits: Tensor | None = None,
+        object_masks: Tensor | None = None,
+        artifact_masks: Tensor | None = None,
+        score_fn: Callable[[Tensor], Tensor] | None = None,
+        epoch: int = 0,
+        global_step: int = 0,
+        baseline: bool = False,
+    ) -> Analysis:
+        """Measure one run's maps and decide the flags.
+
+        Args:
+            maps: float32 ``[N, H, W]``, raw ReLU'd maps upsampled to the image size.
+            images: ``[N, C, H, W]`` probe images as fed to the model.
+            targets: long ``[N]``, the class each map explains.
+            labels: long ``[N]`` true classes (per-class means group by these, else by targets).
+            scores: float ``[N]`` target scores (kept for the record; unused by the rules).
+            logits: float ``[N, K]`` model outputs for the unchanged probes (saves a forward in
+                the causal checks).
+            object_masks, artifact_masks: bool ``[N, H, W]`` or ``None``.
+            score_fn: ``images -> logits [N, K]`` (eval mode, no grad) for causal confirmation.
+            epoch, global_step: recorded in the flags.
+            baseline: this run is the reference (step 0, untrained): store it, raise no flags.
+
+        Returns:
+            :class:`Analysis`.
+        """
+        maps = maps.detach().float()
+        n, h, w = maps.shape
+        dev = maps.device
+        images = images.detach()
+        targets = targets.detach().to(dev, torch.long)
+        group_of = (labels if labels is not None else targets).detach().to(dev, torch.long)
+        if self.baseline_maps is not None and self.baseline_maps.shape != maps.shape:
+            self.reset()  # a different probe set: start over
+        first = self.baseline_maps is None
+        if baseline or first:
+            self.baseline_maps = maps.clone()
+        per: dict[str, Tensor] = {}
+        scalars: dict[str, Tensor] = {}
+
+        # ---- drift
+        for ref_name, ref in (("baseline", self.baseline_maps), ("previous", self.previous_maps)):
+            if ref is None or (ref_name == "baseline" and (baseline or first)):
+                continue
+            ref = ref.to(dev)
+            per[f"drift/pearson_{ref_name}"] = M.pearson(maps, ref)
+            per[f"drift/spearman_{ref_name}"] = M.spearman(maps, ref)
+            per[f"drift/js_{ref_name}"] = M.js_divergence(maps, ref)
+            per[f"drift/iou_{ref_name}"] = M.topk_iou(maps, ref)
+            per[f"drift/com_shift_{ref_name}"] = M.com_shift(maps, ref)
+
+        # ---- focus and frame
+        entropy = M.focus_entropy(maps)
+        per["attention/entropy"] = entropy
+        per["attention/focus"] = 1.0 - entropy
+        per["attention/border_enrichment"] = M.border_enrichment(maps, self.border_width)
+        per["attention/corner_enrichment"] = M.corner_enrichment(maps)
+
+        # ---- masks
+        has_obj = has_art = None
+        if object_masks is not None:
+            om = object_masks.to(dev, torch.bool)
+            has_obj = om.flatten(1).any(1)
+            per["attention/object_share"] = torch.where(has_obj, M.mass_share(maps, om), torch.nan)
+            per["attention/object_enrichment"] = M.enrichment(maps, om)
+            per["attention/object_pointing"] = torch.where(
+                has_obj, M.pointing_game(maps, om), torch.nan
+            )
+        if artifact_masks is not None:
+            am = artifact_masks.to(dev, torch.bool)
+            has_art = am.flatten(1).any(1)
+            per["attention/artifact_share"] = torch.where(
+                has_art, M.mass_share(maps, am), torch.nan
+            )
+            per["attention/artifact_enrichment"] = M.enrichment(maps, am)
+
+        # ---- anchored hot spot (mask-free), grouped by the explained class
+        uniq, inv = torch.unique(targets, return_inverse=True)
+        hot = M.anchored_hotspot(
+            maps, images, inv, num_groups=int(uniq.numel()), frac=self.hotspot_frac,
+            min_group=self.min_probes,
+        )
+        per["attention/hotspot_share"] = hot.share
+        per["attention/hotspot_enrichment"] = hot.enrichment
+        # the group that looks most like an anchored artifact: consistent and off-centre
+        cand = torch.nan_to_num(hot.consistency, nan=-1.0) * (hot.offset >= self.hotspot_offset)
+        best = cand.argmax()
+        scalars["attention/hotspot_consistency"] = hot.consistency[best]
+        scalars["attention/hotspot_offset"] = hot.offset[best]
+        scalars["attention/hotspot_stability"] = hot.stability[best]
+        scalars["attention/hotspot_class"] = uniq[best].float()
+        in_best = inv == best
+
+        # ---- causal confirmation (one batched forward per erased region kind)
+        causal = score_fn is not None and self.confirm
+        if causal:
+            assert score_fn is not None
+            base = logits.detach().float().to(dev) if logits is not None else None
+            with torch.no_grad():
+                if base is None:
+                    base = score_fn(images).float()
+                dil = max(1, round(0.03 * min(h, w)))
+                hreg = F.max_pool2d(hot.region[:, None].float(), 2 * dil + 1, 1, dil)[:, 0] > 0
+                flip, drop = M.erasure_effect(score_fn, images, hreg, targets, base)
+                tested = hreg.flatten(1).any(1)
+                per["causal/hotspot_flip"] = torch.where(tested, flip, torch.nan)
+                per["causal/hotspot_drop"] = torch.where(tested, drop, torch.nan)
+                sel = tested & in_best
+                scalars["causal/hotspot_flip_rate"] = _nanmean(torch.where(sel, flip, torch.nan))
+                scalars["causal/hotspot_score_drop"] = _nanmean(torch.where(sel, drop, torch.nan))
+                if has_art is not None:
+                    flip, drop = M.erasure_effect(score_fn, images, am, targets, base)
+                    per["causal/artifact_flip"] = torch.where(has_art, flip, torch.nan)
+                    per["causal/artifact_drop"] = torch.where(has_art, drop, torch.nan)
+                if has_obj is not None:
+                    flip, drop = M.erasure_effect(score_fn, images, om, targets, base)
+                    per["causal/object_flip"] = torch.where(has_obj, flip, torch.nan)
+                    per["causal/object_drop"] = torch.where(has_obj, drop, torch.nan)
+            src = "artifact" if has_art is not None else "hotspot"
+            per["causal/flip"] = per[f"causal/{src}_flip"]
+            per["causal/score_drop"] = per[f"causal/{src}_drop"]
+
+        # ---- one transfer to the host
+        names = list(per)
+        stacked = torch.stack([per[k].float() for k in names]) if names else torch.empty(0, n)
+        means = torch.stack([_nanmean(row) for row in stacked]) if names else torch.empty(0)
+        snames = list(scalars)
+        svals = torch.stack([scalars[k].float() for k in snames]) if snames else torch.empty(0)
+        cls_uniq, cls_inv = torch.unique(group_of, return_inverse=True)
+        n_cls = int(cls_uniq.numel())
+        if names and n_cls <= self.max_classes:
+            oh = F.one_hot(cls_inv, n_cls).float()  # [N, G]
+            ok = ~torch.isnan(stacked)  # [M, N]
+            csum = torch.nan_to_num(stacked) @ oh
+            ccount = ok.float() @ oh
+            cmeans = torch.where(ccount > 0, csum / ccount.clamp_min(1), torch.nan)
+        else:
+            cmeans = torch.empty(0, 0)
+        host = {
+            "stacked": stacked.cpu(),
+            "means": means.cpu(),
+            "svals": svals.cpu(),
+            "cls": cls_uniq.cpu(),
+            "cmeans": cmeans.cpu(),
+            "hotspot": hot.region.cpu(),
+            "in_best": in_best.cpu(),
+        }
+        out = Analysis(hotspot=host["hotspot"])
+        out.per_probe = {k: host["stacked"][i] for i, k in enumerate(names)}
+        out.summary = {k: float(host["means"][i]) for i, k in enumerate(names)}
+        if host["cmeans"].numel():
+            for i, k in enumerate(names):
+                for j, c in enumerate(host["cls"].tolist()):
+                    out.summary[f"{k}/class_{c}"] = float(host["cmeans"][i, j])
+        out.summary.update({k: float(host["svals"][i]) for i, k in enumerate(snames)})
+
+        if baseline:
+            self.active = {}
+        else:
+            raw = self._rules(out, host["in_best"], causal, epoch, global_step)
+            out.flags = self._mark_persistence(raw, epoch, global_step)
+        self.previous_maps = maps.clone()
+        self.previous_is_baseline = baseline or first
+        return out
+
+    # ------------------------------------------------------------------ rules
+    def _rules(
+        self, a: Analysis, in_best: Tensor, causal: bool, epoch: int, step: int
+    ) -> list[Flag]:
+        p, s = a.per_probe, a.summary
+        flags: list[Flag] = []
+
+        def flag(kind: str, metric: str, value: float, thr: float, probes: list[int], msg: str):
+            flags.append(
+                Flag(
+                    kind=kind, epoch=epoch, global_step=step,
+                    probe=probes[0] if len(probes) == 1 else None, value=float(value),
+                    threshold=float(thr), message=msg, probes=tuple(probes), metric=metric,
+                )
+            )
+
+        def top(values: Tensor, mask: Tensor, descending: bool = True) -> list[int]:
+            idx = torch.nonzero(mask & ~torch.isnan(values)).flatten()
+            order = values[idx].argsort(descending=descending)
+            return idx[order].tolist()
+
+        # -- artifact, with masks
+        artifact_done = False
+        if "attention/artifact_enrichment" in p:
+            enr = p["attention/artifact_enrichment"]
+            usable = ~torch.isnan(enr)
+            value = s["attention/artifact_enrichment"]
+            if int(usable.sum()) >= self.min_probes and value >= self.artifact_enrichment:
+                conf, why = self._confirmed(p, "artifact", usable, causal)
+                if conf:
+                    probes = top(enr, enr >= self.artifact_enrichment)
+                    share = s["attention/artifact_share"]
+                    flag(
+                        "artifact", "attention/artifact_enrichment", value,
+                        self.artifact_enrichment, probes,
+                        f"attention on the label-artifact masks is {value:.1f}x what their area "
+                        f"predicts ({share:.0%} of the map's mass) over {int(usable.sum())} "
+                        f"probes with an artifact{why}; most affected probes: "
+                        f"{_fmt_probes(probes)}. See attention/artifact_enrichment and the "
+                        "overlays: the model may be reading the artifact, not the object.",
+                    )
+                    artifact_done = True
+
+        # -- artifact, mask-free: anchored hot spot
+        cons = s["attention/hotspot_consistency"]
+        off = s["attention/hotspot_offset"]
+        stab = s["attention/hotspot_stability"]
+        if (
+            not artifact_done
+            and not math.isnan(cons)
+            and cons >= self.hotspot_consistency
+            and off >= self.hotspot_offset
+        ):
+            members = in_best & ~torch.isnan(p["attention/hotspot_enrichment"])
+            if causal:
+                fr = s["causal/hotspot_flip_rate"]
+                sd = s["causal/hotspot_score_drop"]
+                ok = (fr >= self.flip_rate) or (sd >= self.score_drop)
+                why = f"; erasing it flips {fr:.0%} of their predictions, drops p(target) by {sd:.2f}"
+            else:
+                ok = not math.isnan(stab) and stab >= self.hotspot_stability
+                why = f"; the pixels there are {stab:.0%} stable across images"
+            if ok and int(members.sum()) >= self.min_probes:
+                probes = top(p["attention/hotspot_enrichment"], members)
+                cls = int(s["attention/hotspot_class"])
+                flag(
+                    "artifact", "attention/hotspot_consistency", cons, self.hotspot_consistency,
+                    probes,
+                    f"probes explained as class {cls} pile their attention on the same "
+                    f"off-centre spot ({cons:.1f}x its area share, {off:.0%} of the way to a "
+                    f"corner){why}. Probes: {_fmt_probes(probes)}. A watermark, tag, token or "
+                    "border at a fixed place is a likely shortcut; see "
+                    "attention/hotspot_consistency and the overlays.",
+                )
+
+        # -- background, with object masks
+        if "attention/object_enrichment" in p:
+            enr = p["attention/object_enrichment"]
+            usable = ~torch.isnan(enr)
+            value = s["attention/object_enrichment"]
+            if int(usable.sum()) >= self.min_probes and value <= self.object_enrichment:
+                ok, why = True, ""
+                if causal and "causal/object_drop" in p:
+                    od = s["causal/object_drop"]
+                    ok = od < self.object_drop
+                    why = f"; erasing the objects drops p(target) by only {od:.2f}"
+                if ok:
+                    probes = top(enr, enr <= self.object_enrichment, descending=False)
+                    share = s["attention/object_share"]
+                    flag(
+                        "background", "attention/object_enrichment", value,
+                        self.object_enrichment, probes,
+                        f"attention left the objects: {share:.0%} of the map's mass is on them, "
+                        f"{value:.2f}x their area share{why}. Probes: {_fmt_probes(probes)}. "
+                        "The model may use the background; see attention/object_enrichment.",
+                    )
+        # -- background, mask-free: attention on the image frame
+        elif not artifact_done:
+            enr = p["attention/border_enrichment"]
+            usable = ~torch.isnan(enr)
+            value = s["attention/border_enrichment"]
+            if int(usable.sum()) >= self.min_probes and value >= self.border_enrichment:
+                probes = top(enr, enr >= self.border_enrichment)
+                flag(
+                    "background", "attention/border_enrichment", value, self.border_enrichment,
+                    probes,
+                    f"attention spreads to the image frame: {value:.2f}x its area share on the "
+                    f"outer {self.border_width:.0%} band, where objects rarely are. Probes: "
+                    f"{_fmt_probes(probes)}. The model may use the background or a border; "
+                    "see attention/border_enrichment.",
+                )
+
+        # -- drift (informational), only between two trained runs
+        if not self.previous_is_baseline and "drift/pearson_previous" in p:
+            r = p["drift/pearson_previous"]
+            usable = ~torch.isnan(r)
+            value = s["drift/pearson_previous"]
+            if int(usable.sum()) >= self.min_probes and value < self.drift_pearson:
+                probes = top(r, r < self.drift_pearson, descending=False)
+                flag(
+                    "drift", "drift/pearson_previous", value, self.drift_pearson, probes,
+                    f"the maps changed suddenly since the last run (mean correlation "
+                    f"{value:.2f}); probes: {_fmt_probes(probes)}. Informational; see "
+                    "drift/pearson_previous.",
+                )
+        return flags
+
+    def _confirmed(
+        self, p: dict[str, Tensor], region: str, usable: Tensor, causal: bool
+    ) -> tuple[bool, str]:
+        if not causal or f"causal/{region}_flip" not in p:
+            return True, ""
+        fl = p[f"causal/{region}_flip"][usable]
+        dr = p[f"causal/{region}_drop"][usable]
+        fr = float(_nanmean(fl))
+        sd = float(_nanmean(dr))
+        ok = fr >= self.flip_rate or sd >= self.score_drop
+        return ok, f"; erasing it flips {fr:.0%} of their predictions, drops p(target) by {sd:.2f}"
+
+    def _mark_persistence(self, flags: list[Flag], epoch: int, step: int) -> list[Flag]:
+        out: list[Flag] = []
+        active: dict[str, tuple[int, int]] = {}
+        for f in flags:
+            if f.kind in self.active:
+                since = self.active[f.kind]
+                f = _replace(f, persistent=True, since_epoch=since[0], since_step=since[1])
+            else:
+                since = (epoch, step)
+                f = _replace(f, since_epoch=epoch, since_step=step)
+            active.setdefault(f.kind, since)
+            out.append(f)
+        self.active = active
+        return out
+
+
+def _replace(f: Flag, **kw: Any) -> Flag:
+    from dataclasses import replace
+
+    return replace(f, **kw)

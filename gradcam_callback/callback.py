@@ -1,0 +1,715 @@
+"""``GradCAMCallback``: training-time Grad-CAM on a fixed probe set, with shortcut alarms.
+
+The callback is a thin orchestrator: it chooses the probes once (:mod:`.probes`), asks the engine
+for maps at each scheduled run (:mod:`.engine`), hands them to the monitor for metrics and flags
+(:mod:`.metrics`, :mod:`.alarms`), renders overlays (:mod:`.render`) and writes them to every logger
+(:mod:`.sinks`). It is the only layer that knows Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor, nn
+
+from .alarms import Flag, ShortcutDetected, ShortcutMonitor
+from .engine import METHODS, GradCAM, normalize_maps
+from .probes import BatchKeys, ProbeSet, preserve_rng, select_probes
+from .render import denormalize, filmstrip, overlay, probe_grid, probe_rows, write_gif, write_png
+from .sinks import SinkGroup
+
+__all__ = ["GradCAMCallback"]
+
+_STATE_VERSION = 1
+_INFO_KINDS = frozenset({"drift"})
+
+
+def _warn(trainer: Any, message: str) -> None:
+    """A warning from global rank zero only (works with both Lightning namespaces)."""
+    if getattr(trainer, "is_global_zero", True):
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+class GradCAMCallback(Callback):
+    r"""Run Grad-CAM on a fixed probe set during training; log overlays, drift and shortcut flags.
+
+    At fit start (a baseline before any training step), after every ``every_n_epochs``-th
+    validation, and in ``trainer.validate()`` / ``trainer.test()``, the callback explains the same
+    probe images with one batched forward + gradient on the training device, logs an
+    ``input | heatmap | overlay`` grid and attention metrics to every logger, and raises a
+    :class:`~gradcam_callback.Flag` when attention moves onto a label artifact or off the object.
+
+    Example::
+
+        >>> from pytorch_lightning import Trainer
+        >>> from gradcam_callback import GradCAMCallback
+        >>> trainer = Trainer(callbacks=[GradCAMCallback()])              # zero-config
+        >>> cb = GradCAMCallback(every_n_epochs=2, target_layer="layer4", on_flag="stop")
+        >>> trainer = Trainer(callbacks=[cb])  # doctest: +SKIP
+        >>> trainer.fit(model, datamodule=dm)  # doctest: +SKIP
+        >>> cb.flags  # doctest: +SKIP
+        [Flag(kind='artifact', epoch=3, probe=None, value=4.1, threshold=3.0, ...)]
+
+    Args:
+        num_probes: number of probe images taken from the first validation dataloader (balanced
+            across classes when labels are known). Ignored when ``probes`` is given.
+        every_n_epochs: run after the validation of every n-th epoch (>= 1).
+        target_layer: ``None`` (the last layer with a spatial output), a dotted module name such
+            as ``"layer4"`` or ``"model.features"``, or a list of names (maps averaged).
+        method: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"``, ``"xgradcam"`` or ``"layercam"``.
+        target: explain the probe's ``"label"`` (when known) or the model's ``"predicted"`` class.
+        probes: an explicit :class:`~gradcam_callback.ProbeSet` (images, labels, masks).
+        batch_size: probes per forward chunk (bounds the memory of a run).
+        dataloader_idx: which validation dataloader to take probes from.
+        prefix: first component of every logged name (``"gradcam/overlays"``, ...).
+        log_images: log the overlay grid at every run (scalars are always logged).
+        colormap: ``"jet"``, ``"turbo"``, ``"inferno"`` or ``"viridis"``.
+        alpha: heatmap opacity of the overlays, in ``[0, 1]``.
+        mean: per-channel normalisation mean of the inputs, to show the images in true colour;
+            ``None`` infers the display range from the data.
+        std: per-channel normalisation std (with ``mean``).
+        baseline: run once at fit start, before any training step (the reference for drift).
+        use_masks: use object/artifact masks found in the batches or the ProbeSet; ``False``
+            forces the mask-free measures.
+        on_flag: ``"warn"`` (warn and log), ``"stop"`` (also end training gracefully, as
+            EarlyStopping does) or ``"raise"`` (raise :class:`~gradcam_callback.ShortcutDetected`).
+        artifact_enrichment: ``"artifact"`` flag (with artifact masks) when attention inside the
+            artifact is at least this many times denser than a uniform map. ``None`` keeps the
+            :class:`~gradcam_callback.ShortcutMonitor` default (see the README for each default
+            and its reasoning); the same holds for the thresholds below.
+        object_enrichment: ``"background"`` flag (with object masks) when attention on the object
+            is at most this many times a uniform map's.
+        hotspot_consistency: mask-free ``"artifact"`` flag: enrichment of the hot spot that the
+            probes of one class share, away from the centre.
+        border_enrichment: mask-free ``"background"`` flag: enrichment of the image frame.
+        flip_rate: causal confirmation: erasing the flagged region flips at least this share of
+            the probes' predictions ...
+        score_drop: ... or drops their mean target probability by at least this.
+        drift_pearson: informational ``"drift"`` flag when the maps' mean Pearson correlation
+            with the previous run falls below this.
+        confirm: confirm mask-free flags by erasing the region (one extra forward of the probes).
+        filmstrip: at fit end, save and log an evolution filmstrip (PNG) and GIF of the overlays.
+        sanity_check: at fit end, run the model-parameter randomisation test (Adebayo et al.
+            2018) on a copy of the model; weak change gives an ``"unfaithful"`` flag.
+        faithfulness_every_n_runs: every n runs, compute the deletion curve AUC of the maps
+            (``0`` = never; costs ``faithfulness_steps + 1`` probe forwards).
+        faithfulness_steps: number of deletion steps.
+        image_key: dict-batch key of the images (also ``label_key``, ``object_mask_key``,
+            ``artifact_mask_key``).
+        label_key: dict-batch key of the labels.
+        object_mask_key: dict-batch key of the object masks.
+        artifact_mask_key: dict-batch key of the artifact masks.
+        target_fn: callable ``output -> Tensor[N]`` of scores for models whose output is not a
+            ``[N, K]`` logit tensor (dicts, tuples, multi-label, regression).
+        verbose: print the chosen layer and its resolution at set-up.
+    """
+
+    def __init__(
+        self,
+        num_probes: int = 16,
+        every_n_epochs: int = 1,
+        target_layer: str | list[str] | None = None,
+        method: Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"] = "gradcam",
+        target: Literal["label", "predicted"] = "label",
+        probes: ProbeSet | None = None,
+        batch_size: int = 16,
+        dataloader_idx: int = 0,
+        prefix: str = "gradcam",
+        log_images: bool = True,
+        colormap: Literal["jet", "turbo", "inferno", "viridis"] = "jet",
+        alpha: float = 0.5,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        baseline: bool = True,
+        use_masks: bool = True,
+        on_flag: Literal["warn", "stop", "raise"] = "warn",
+        artifact_enrichment: float | None = None,
+        object_enrichment: float | None = None,
+        hotspot_consistency: float | None = None,
+        border_enrichment: float | None = None,
+        flip_rate: float | None = None,
+        score_drop: float | None = None,
+        drift_pearson: float | None = None,
+        confirm: bool = True,
+        filmstrip: bool = True,
+        sanity_check: bool = False,
+        faithfulness_every_n_runs: int = 0,
+        faithfulness_steps: int = 10,
+        image_key: str = "image",
+        label_key: str = "label",
+        object_mask_key: str = "object_mask",
+        artifact_mask_key: str = "artifact_mask",
+        target_fn: Callable[[Any], Tensor] | None = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_probes < 1:
+            raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        for name, value, allowed in (
+            ("target", target, ("label", "predicted")),
+            ("on_flag", on_flag, ("warn", "stop", "raise")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std (the inputs' normalisation), or neither")
+        if probes is not None and not isinstance(probes, ProbeSet):
+            raise TypeError(f"probes must be a ProbeSet, got {type(probes).__name__}")
+        if faithfulness_every_n_runs < 0:
+            raise ValueError("faithfulness_every_n_runs must be >= 0")
+        self.num_probes = num_probes
+        self.every_n_epochs = every_n_epochs
+        self.target_layer = target_layer
+        self.method = method
+        self.target = target
+        self.batch_size = batch_size
+        self.dataloader_idx = dataloader_idx
+        self.prefix = prefix.rstrip("/")
+        self.log_images = log_images
+        self.colormap = colormap
+        self.alpha = alpha
+        self.mean = mean
+        self.std = std
+        self.baseline = baseline
+        self.use_masks = use_masks
+        self.on_flag = on_flag
+        self.confirm = confirm
+        self.filmstrip = filmstrip
+        self.sanity_check = sanity_check
+        self.faithfulness_every_n_runs = faithfulness_every_n_runs
+        self.faithfulness_steps = faithfulness_steps
+        self.keys = BatchKeys(image_key, label_key, object_mask_key, artifact_mask_key)
+        self.target_fn = target_fn
+        self.verbose = verbose
+        self.max_filmstrip_runs = 24
+        given = {
+            "artifact_enrichment": artifact_enrichment,
+            "object_enrichment": object_enrichment,
+            "hotspot_consistency": hotspot_consistency,
+            "border_enrichment": border_enrichment,
+            "flip_rate": flip_rate,
+            "score_drop": score_drop,
+            "drift_pearson": drift_pearson,
+        }
+        self.thresholds = {k: float(v) for k, v in given.items() if v is not None}
+        self.monitor = ShortcutMonitor(**self.thresholds, confirm=confirm)
+
+        self._probes: ProbeSet | None = probes
+        self._explicit_probes = probes is not None
+        self.history: list[dict[str, Any]] = []
+        self.flags: list[Flag] = []
+        self.layer_info: list[Any] = []
+        self._engine: GradCAM | None = None
+        self._disabled = False
+        self._last_key: tuple[str, int, int] | None = None
+        self._thumbs: list[Tensor] = []
+        self._thumb_steps: list[int] = []
+        self._sink_group: SinkGroup | None = None
+        self._sink_trainer: int | None = None
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def probes(self) -> ProbeSet | None:
+        """The :class:`ProbeSet` in use (chosen at set-up, or given)."""
+        return self._probes
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            prefix=self.prefix, target_layer=self.target_layer, method=self.method
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Choose the probes and validate layer, shapes and labels before any training step.
+
+        Raises:
+            ValueError: unknown layer (with the closest names), a model without spatial layer,
+                masks or labels that do not fit, inputs that are not images.
+        """
+        self._disabled = False
+        if self._probes is None:
+            loader = _find_dataloader(trainer, stage, self.dataloader_idx)
+            if loader is None:
+                _warn(
+                    trainer,
+                    "GradCAMCallback: no validation dataloader and no probes given, so there is "
+                    "nothing to explain; the callback disables itself. Add a val_dataloader or "
+                    "pass GradCAMCallback(probes=ProbeSet(images, labels)).",
+                )
+                self._disabled = True
+                return
+            self._probes = select_probes(loader, self.num_probes, keys=self.keys)
+        probes = self._probes
+        model = self._model(pl_module)
+        if self._engine is None:
+            self._engine = GradCAM(model, self.target_layer, self.method)
+        device = _module_device(model)
+        sample = probes.images[: min(2, len(probes))].to(device)
+        with preserve_rng():
+            self.layer_info = self._engine.resolve(sample)
+            result = self._engine.explain(
+                sample, self.target_fn, upsample=False, normalize=False
+            )
+        out = result.output
+        if self.target_fn is None:
+            if not isinstance(out, Tensor) or out.dim() != 2:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"the model output has shape {got}, not [N, num_classes] logits; pass "
+                    "GradCAMCallback(target_fn=lambda output: <Tensor [N] of scores>)"
+                )
+            if self.target == "label":
+                probes.check_num_classes(out.shape[1])
+        if self.verbose and getattr(trainer, "is_global_zero", True):
+            for info in self.layer_info:
+                print(f"GradCAMCallback: explaining {info} with {len(probes)} probes")
+
+    def _model(self, pl_module: Any) -> nn.Module:
+        return pl_module  # the LightningModule itself, never the DDP wrapper
+
+    # ------------------------------------------------------------------ schedule
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.baseline and not self.history and not _fast_dev_run(trainer):
+            self._run(trainer, pl_module, stage="baseline", use_log=False)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        fn = _fn(trainer)
+        if fn == "fit" and not _fast_dev_run(trainer):
+            if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+                return
+        self._run(trainer, pl_module, stage="validate" if fn == "validate" else "fit")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._run(trainer, pl_module, stage="test")
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._disabled or not trainer.is_global_zero:
+            return
+        try:
+            if self.filmstrip and self.log_images and len(self._thumbs) >= 1:
+                self._log_filmstrip(trainer)
+        except Exception as err:  # a fault in the monitor never crashes training
+            _warn(trainer, f"GradCAMCallback: could not write the filmstrip: {err!r}")
+
+    # ------------------------------------------------------------------ a run
+    def _run(self, trainer: Any, pl_module: Any, stage: str, use_log: bool = True) -> None:
+        if self._disabled or self._probes is None or self._engine is None:
+            return
+        step = _log_step(trainer)
+        key = (stage, int(trainer.current_epoch), step)
+        if key == self._last_key:
+            return
+        self._last_key = key
+        try:
+            with preserve_rng():
+                record, new_flags, media = self._compute(trainer, pl_module, stage, step)
+        except ShortcutDetected:
+            raise
+        except Exception as err:
+            _warn(
+                trainer,
+                f"GradCAMCallback: the Grad-CAM run at step {step} failed and was skipped "
+                f"(training goes on): {err!r}",
+            )
+            return
+        self.history.append(record)
+        scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items()}
+        if use_log:
+            for name, value in scalars.items():
+                if math.isfinite(value):
+                    pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
+        if trainer.is_global_zero:
+            sinks = self._sinks(trainer)
+            if not use_log:
+                _log_metrics_direct(trainer, scalars, step)
+            self._log_media(trainer, sinks, media, step)
+            self._report_flags(trainer, sinks, new_flags, step)
+        self._act_on_flags(trainer, new_flags)
+
+    def _compute(
+        self, trainer: Any, pl_module: Any, stage: str, step: int
+    ) -> tuple[dict[str, Any], list[Flag], dict[str, Any]]:
+        assert self._probes is not None and self._engine is not None
+        probes = self._probes
+        model = self._model(pl_module)
+        device = _module_device(model)
+        plugin = _precision_plugin(trainer)
+        images = probes.images.to(device)
+        labels = probes.labels.to(device) if probes.labels is not None else None
+        use_label = self.target == "label" and labels is not None and self.target_fn is None
+        maps_l, logits_l, scores_l, targets_l = [], [], [], []
+        with _eager_forward(pl_module):
+            for start in range(0, len(probes), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                x = plugin.convert_input(images[chunk]) if plugin is not None else images[chunk]
+                targets = labels[chunk] if use_label else self.target_fn
+                with _forward_context(plugin):
+                    res = self._engine.explain(x, targets, upsample=True, normalize=False)
+                maps_l.append(res.maps)
+                scores_l.append(res.scores)
+                if isinstance(res.output, Tensor):
+                    logits_l.append(res.output.float())
+                if res.targets is not None:
+                    targets_l.append(res.targets)
+        maps = torch.cat(maps_l)
+        scores = torch.cat(scores_l)
+        logits = torch.cat(logits_l) if len(logits_l) == len(maps_l) and logits_l else None
+        targets_t = torch.cat(targets_l) if len(targets_l) == len(maps_l) and targets_l else None
+
+        finite = torch.isfinite(maps).flatten(1).all(1)
+        skipped = [int(i) for i in torch.nonzero(~finite).flatten().tolist()]
+        if skipped:
+            _warn(
+                trainer,
+                f"GradCAMCallback: probe(s) {skipped} gave a NaN or inf map at step {step} and are "
+                "skipped in this run (check for overflow under fp16, or a diverging model)",
+            )
+            maps = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
+
+        metrics: dict[str, float] = {}
+        pred = conf = None
+        if logits is not None and targets_t is not None:
+            probs = logits.softmax(dim=1)
+            pred = logits.argmax(dim=1)
+            conf = probs.gather(1, targets_t[:, None])[:, 0]
+            metrics["probe/confidence"] = float(conf.mean())
+            if labels is not None:
+                metrics["probe/accuracy"] = float((pred == labels).float().mean())
+        metrics["probe/target_score"] = float(scores.mean())
+
+        is_baseline = stage == "baseline" or not self.history
+        analysis = self.monitor.analyze(
+            maps=maps,
+            images=images,
+            targets=targets_t if targets_t is not None else torch.zeros_like(scores).long(),
+            labels=probes.labels,
+            scores=scores,
+            logits=logits,
+            object_masks=_opt(probes.object_masks, device) if self.use_masks else None,
+            artifact_masks=_opt(probes.artifact_masks, device) if self.use_masks else None,
+            score_fn=self._score_fn(pl_module, plugin) if self.confirm else None,
+            epoch=int(trainer.current_epoch),
+            global_step=step,
+            baseline=is_baseline,
+        )
+        metrics.update({k: float(v) for k, v in analysis.summary.items()})
+        new_flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
+
+        record = {
+            "epoch": int(trainer.current_epoch),
+            "global_step": step,
+            "stage": stage,
+            "metrics": metrics,
+            "flags": [f.kind for f in new_flags],
+        }
+        media = {
+            "maps": maps,
+            "images": images,
+            "pred": pred,
+            "conf": conf,
+            "targets": targets_t,
+            "per_probe": analysis.per_probe,
+            "skipped": skipped,
+        }
+        return record, new_flags, media
+
+    def _score_fn(self, pl_module: Any, plugin: Any) -> Callable[[Tensor], Tensor]:
+        model = self._model(pl_module)
+
+        def score(images: Tensor) -> Tensor:
+            outs = []
+            with _eval_no_grad(model), _eager_forward(pl_module):
+                for start in range(0, images.shape[0], self.batch_size):
+                    x = images[start : start + self.batch_size]
+                    x = plugin.convert_input(x) if plugin is not None else x
+                    with _forward_context(plugin):
+                        outs.append(model(x).float())
+            return torch.cat(outs)
+
+        return score
+
+    # ------------------------------------------------------------------ logging
+    def _sinks(self, trainer: Any) -> SinkGroup:
+        # One group per trainer, so a failing logger warns once, not at every run.
+        if self._sink_group is None or self._sink_trainer != id(trainer):
+            self._sink_group = SinkGroup.from_trainer(trainer)
+            self._sink_trainer = id(trainer)
+        return self._sink_group
+
+    def _log_media(self, trainer: Any, sinks: SinkGroup, media: dict[str, Any], step: int) -> None:
+        probes = self._probes
+        assert probes is not None
+        pred, conf, targets = media["pred"], media["conf"], media["targets"]
+        n = len(probes)
+        labels = probes.labels.tolist() if probes.labels is not None else [None] * n
+        preds = pred.tolist() if pred is not None else [None] * n
+        confs = conf.tolist() if conf is not None else [math.nan] * n
+        tgts = targets.tolist() if targets is not None else [None] * n
+
+        if self.log_images:
+            images01 = denormalize(media["images"].float(), self.mean, self.std)
+            shown = normalize_maps(media["maps"])
+            grid = probe_grid(images01, shown, alpha=self.alpha, colormap=self.colormap)
+            rows = list(probe_rows(images01, shown, alpha=self.alpha, colormap=self.colormap))
+            captions = [
+                f"probe {i} | label {labels[i]} | pred {preds[i]} ({confs[i]:.2f})"
+                for i in range(n)
+            ]
+            sinks.log_probe_images(f"{self.prefix}/overlays", grid, rows, captions, step)
+            thumbs = overlay(images01, shown, alpha=self.alpha, colormap=self.colormap)
+            self._thumbs.append(_thumbnail(thumbs).cpu())
+            self._thumb_steps.append(step)
+
+        header = "| probe | label | target | prediction | confidence |\n|---:|---:|---:|---:|---:|\n"
+        body = "".join(
+            f"| {i} | {labels[i]} | {tgts[i]} | {preds[i]} | {confs[i]:.3f} |\n" for i in range(n)
+        )
+        sinks.log_text(f"{self.prefix}/probes", header + body, step)
+
+        per_probe = {k: v.tolist() for k, v in media["per_probe"].items()}
+        columns = ["probe", "label", "prediction", "confidence", *per_probe]
+        table = [
+            [i, labels[i], preds[i], confs[i], *(per_probe[k][i] for k in per_probe)]
+            for i in range(n)
+        ]
+        sinks.log_table(f"{self.prefix}/per_probe", columns, table, step)
+
+    def _report_flags(self, trainer: Any, sinks: SinkGroup, flags: list[Flag], step: int) -> None:
+        if not flags:
+            return
+        lines = []
+        for flag in flags:
+            state = "persists" if flag.persistent else "NEW"
+            lines.append(f"- **{flag.kind}** ({state}): {flag.message}")
+            if not flag.persistent:
+                _warn(
+                    trainer,
+                    f"GradCAMCallback [{flag.kind}] at epoch {flag.epoch}, step {flag.global_step}:"
+                    f" {flag.message} (see '{self.prefix}/overlays' and '{self.prefix}/flags' in "
+                    "TensorBoard / W&B)",
+                )
+        sinks.log_text(f"{self.prefix}/flags", "\n".join(lines), step)
+
+    def _act_on_flags(self, trainer: Any, flags: list[Flag]) -> None:
+        self.flags.extend(flags)
+        alarming = [f for f in flags if f.kind not in _INFO_KINDS]
+        if self.on_flag == "stop":
+            should_stop = trainer.strategy.reduce_boolean_decision(bool(alarming), all=False)
+            if should_stop:
+                trainer.should_stop = True
+        elif self.on_flag == "raise" and alarming:
+            raise ShortcutDetected(alarming)
+
+    def _log_filmstrip(self, trainer: Any) -> None:
+        sinks = self._sinks(trainer)
+        strip = filmstrip(self._thumbs, max_columns=self.max_filmstrip_runs)
+        step = _log_step(trainer)
+        out_dir = sinks.log_dir / self.prefix
+        write_png(strip, out_dir / "filmstrip.png")
+        sinks.log_image(f"{self.prefix}/filmstrip", strip, step)
+        frames = [probe_rows_to_frame(t) for t in self._thumbs]
+        gif = write_gif(frames, out_dir / "evolution.gif")
+        sinks.log_gif(f"{self.prefix}/evolution", gif, step)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain Python values only: loads with ``torch.load(weights_only=True)``."""
+        return {
+            "version": _STATE_VERSION,
+            "probes": self._probes.state_dict() if self._probes is not None else None,
+            "history": [dict(r) for r in self.history],
+            "flags": [_flag_to_dict(f) for f in self.flags],
+            "monitor": self.monitor.state_dict(),
+            "layers": [i.name for i in self.layer_info],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore probes, history, flags and drift references; safe to call more than once."""
+        version = state_dict.get("version", 0)
+        if version > _STATE_VERSION:
+            raise ValueError(
+                f"GradCAMCallback state version {version} is newer than this release supports "
+                f"({_STATE_VERSION}); upgrade gradcam-callback"
+            )
+        if state_dict.get("probes") is not None and not self._explicit_probes:
+            self._probes = ProbeSet.from_state_dict(state_dict["probes"])
+        self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.flags = [Flag(**f) for f in state_dict.get("flags", [])]
+        if state_dict.get("monitor") is not None:
+            self.monitor.load_state_dict(state_dict["monitor"])
+
+
+# ---------------------------------------------------------------------- helpers
+def _log_metrics_direct(trainer: Any, scalars: dict[str, float], step: int) -> None:
+    """Scalars of a run outside validation (the baseline) straight to each logger."""
+    finite = {k: v for k, v in scalars.items() if math.isfinite(v)}
+    for logger in getattr(trainer, "loggers", []):
+        try:
+            logger.log_metrics(finite, step=step)
+        except Exception as err:
+            _warn(trainer, f"GradCAMCallback: {type(logger).__name__}.log_metrics failed: {err!r}")
+
+def _flag_to_dict(flag: Flag) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(flag)
+
+
+def _opt(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _fn(trainer: Any) -> str:
+    fn = getattr(trainer.state, "fn", None)
+    return str(getattr(fn, "value", fn))
+
+
+def _fast_dev_run(trainer: Any) -> bool:
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
+def _log_step(trainer: Any) -> int:
+    """The step Lightning uses for ``val_*`` curves (as LearningRateMonitor does)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    except AttributeError:
+        return int(trainer.global_step)
+
+
+def _precision_plugin(trainer: Any) -> Any:
+    strategy = getattr(trainer, "strategy", None)
+    return getattr(strategy, "precision_plugin", None)
+
+
+def _forward_context(plugin: Any) -> Any:
+    if plugin is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return plugin.forward_context()
+
+
+class _eager_forward:
+    """Run a ``torch.compile``d LightningModule's original forward (hooks do not fire inside a
+    compiled graph); restored on exit."""
+
+    def __init__(self, pl_module: Any) -> None:
+        self.module = pl_module
+        self.compiled: Any = None
+
+    def __enter__(self) -> None:
+        ctx = getattr(self.module, "_compiler_ctx", None)
+        if isinstance(ctx, dict) and "original_forward" in ctx:
+            self.compiled = self.module.forward
+            self.module.forward = ctx["original_forward"]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.compiled is not None:
+            self.module.forward = self.compiled
+
+
+class _eval_no_grad:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes: list[tuple[nn.Module, bool]] = []
+        self.ctx: Any = None
+
+    def __enter__(self) -> None:
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        self.ctx = torch.no_grad()
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.__exit__(*exc)
+        for m, mode in self.modes:
+            m.training = mode
+
+
+def _find_dataloader(trainer: Any, stage: str, idx: int) -> Any:
+    """The dataloader to draw probes from: validation for fit/validate, else test."""
+    loops = []
+    if stage in ("fit", "validate"):
+        loops = [_attr(trainer, "fit_loop.epoch_loop.val_loop"), _attr(trainer, "validate_loop")]
+        if stage == "validate":
+            loops.reverse()
+    loops += [_attr(trainer, "test_loop")] if stage == "test" else []
+    for loop in loops:
+        source = getattr(loop, "_data_source", None)
+        if source is None:
+            continue
+        try:
+            if not source.is_defined():
+                continue
+            with preserve_rng():
+                loaders = source.dataloader()
+        except Exception:
+            continue
+        loader = _pick(loaders, idx)
+        if loader is not None:
+            return loader
+    return None
+
+
+def _pick(loaders: Any, idx: int) -> Any:
+    if loaders is None:
+        return None
+    if isinstance(loaders, list | tuple):
+        return loaders[idx] if len(loaders) > idx else None
+    if isinstance(loaders, dict):
+        values = list(loaders.values())
+        return values[idx] if len(values) > idx else None
+    return loaders if idx == 0 else None
+
+
+def _attr(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _thumbnail(images: Tensor, size: int = 96) -> Tensor:
+    """Downscale uint8 ``[N, 3, H, W]`` so the longer side is at most ``size``."""
+    h, w = images.shape[-2:]
+    scale = size / max(h, w)
+    if scale >= 1:
+        return images
+    out = torch.nn.functional.interpolate(
+        images.float(), scale_factor=scale, mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def probe_rows_to_frame(thumbs: Tensor, padding: int = 2) -> Tensor:
+    """Stack the ``[N, 3, h, w]`` overlays of one run vertically into one ``[3, H, w]`` frame."""
+    n, c, h, w = thumbs.shape
+    frame = torch.zeros(c, n * h + (n - 1) * padding, w, dtype=thumbs.dtype)
+    for i in range(n):
+        frame[:, i * (h + padding) : i * (h + padding) + h] = thumbs[i]
+    return frame

@@ -1,0 +1,555 @@
+"""Pure, batched tensor measures of Grad-CAM maps: drift, focus, mask and mask-free attention.
+
+Every function works on a whole probe batch at once, on the maps' device, with no Python loop over
+images, no numpy round trip and no host synchronisation (no ``.item()``) unless its docstring says
+so. None of them touches a random number generator.
+
+Conventions:
+
+* ``maps`` are float ``[N, H, W]``, ``>= 0``: the **raw** ReLU'd Grad-CAM maps upsampled to the image
+  size (``engine(images, targets, normalize=False)``). Do not min-max them per map first: that
+  throws away the magnitudes (a flat map of tiny values would look like a confident one).
+* ``mask`` / ``region`` are bool ``[N, H, W]`` or ``[H, W]`` (broadcast to every map); ``True``
+  marks object / artifact / region pixels.
+* Results are float32 ``[N]`` (one value per probe) unless stated otherwise.
+* Degenerate inputs never raise. An all-zero map (the usual map of an untrained model, whose
+  gradients vanish at the ReLU) has no spatial information: every measure that needs the map as a
+  distribution returns ``NaN`` for it. Correlations of a constant map are ``NaN`` as well. ``NaN``
+  means "undefined", so callers average with ``nanmean`` and never raise an alarm on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Hotspot",
+    "anchored_hotspot",
+    "border_enrichment",
+    "border_mask",
+    "center_of_mass",
+    "com_shift",
+    "corner_enrichment",
+    "corner_masks",
+    "enrichment",
+    "erase",
+    "erasure_effect",
+    "focus_entropy",
+    "js_divergence",
+    "mass_share",
+    "pearson",
+    "pointing_game",
+    "spearman",
+    "topk_iou",
+]
+
+_LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _flat(maps: Tensor) -> Tensor:
+    """``[N, H, W]`` -> float32 ``[N, H*W]``."""
+    if maps.dim() != 3:
+        raise ValueError(f"expected maps of shape [N, H, W], got {tuple(maps.shape)}")
+    return maps.flatten(1).float()
+
+
+def _nan(like: Tensor) -> Tensor:
+    return torch.full_like(like, float("nan"))
+
+
+def _mass(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Total mass ``[N]`` of non-negative flat maps and whether it is usable (``> 0``)."""
+    total = flat.clamp_min(0).sum(1)
+    return total, total > torch.finfo(flat.dtype).tiny
+
+
+def _dist(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Maps as probability distributions ``[N, P]`` (zero-mass rows all zero) and validity ``[N]``."""
+    total, ok = _mass(flat)
+    p = flat.clamp_min(0) / torch.where(ok, total, torch.ones_like(total))[:, None]
+    return p, ok
+
+
+def _mask(mask: Tensor, maps: Tensor) -> Tensor:
+    """Broadcast a bool ``[H, W]`` or ``[N, H, W]`` mask to the maps and flatten it: ``[N, H*W]``."""
+    if mask.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not match maps of shape {tuple(maps.shape)}"
+        )
+    return mask.to(torch.bool).expand(maps.shape).flatten(1)
+
+
+# ----------------------------------------------------------------------------- drift
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of each pair of maps over pixels.
+
+    Args:
+        a, b: float ``[N, H, W]``.
+
+    Returns:
+        float32 ``[N]`` in ``[-1, 1]``: 1 = same spatial pattern up to scale and offset, 0 =
+        unrelated. ``NaN`` when either map is constant (all-zero maps included).
+    """
+    x, y = _flat(a), _flat(b)
+    x = x - x.mean(1, keepdim=True)
+    y = y - y.mean(1, keepdim=True)
+    den = x.norm(dim=1) * y.norm(dim=1)
+    r = (x * y).sum(1) / den.clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.where(den > 0, r.clamp(-1.0, 1.0), _nan(r))
+
+
+def _rank(flat: Tensor) -> Tensor:
+    """Average ranks (ties share their mean rank, as in scipy's ``rankdata``) along dim 1, 0-based."""
+    n, p = flat.shape
+    vals, order = flat.sort(dim=1)
+    pos = torch.arange(p, device=flat.device).expand(n, p)
+    start = torch.ones_like(vals, dtype=torch.bool)
+    start[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    end = torch.ones_like(start)
+    end[:, :-1] = start[:, 1:]
+    first = torch.where(start, pos, torch.zeros_like(pos)).cummax(1).values
+    last = torch.where(end, pos, torch.full_like(pos, p)).flip(1).cummin(1).values.flip(1)
+    avg = (first + last).float() * 0.5
+    return torch.empty_like(avg).scatter_(1, order, avg)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation of each pair of maps over pixels (ties get average ranks).
+
+    Robust to monotone rescaling, so it compares *where* the attention is ranked, not how strong
+    it is. Raw ReLU'd maps have large zero plateaus; those tie and share one rank.
+
+    Args:
+        a, b: float ``[N, H, W]``.
+
+    Returns:
+        float32 ``[N]`` in ``[-1, 1]``; ``NaN`` when either map is constant.
+    """
+    x, y = _flat(a), _flat(b)
+    return pearson(_rank(x)[:, None], _rank(y)[:, None])
+
+
+def js_divergence(a: Tensor, b: Tensor) -> Tensor:
+    """Jensen-Shannon divergence (base 2) between the maps taken as distributions over pixels.
+
+    Args:
+        a, b: float ``[N, H, W]``, ``>= 0``.
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1]``: 0 = identical shapes (scale is ignored), 1 = disjoint
+        supports. ``NaN`` when either map has no mass (all zeros).
+    """
+    p, ok_p = _dist(_flat(a))
+    q, ok_q = _dist(_flat(b))
+    m = 0.5 * (p + q)
+    kl_pm = (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(1)
+    kl_qm = (torch.xlogy(q, q) - torch.xlogy(q, m)).sum(1)
+    js = (0.5 * (kl_pm + kl_qm) / _LN2).clamp(0.0, 1.0)
+    return torch.where(ok_p & ok_q, js, _nan(js))
+
+
+def _top_region(flat: Tensor, frac: float) -> Tensor:
+    """Bool ``[N, P]``: pixels at least as hot as the ``ceil(frac * P)``-th hottest and ``> 0``."""
+    p = flat.shape[1]
+    k = min(p, max(1, math.ceil(frac * p)))
+    kth = flat.topk(k, dim=1).values[:, -1:]
+    return (flat >= kth) & (flat > 0)
+
+
+def topk_iou(a: Tensor, b: Tensor, frac: float = 0.1) -> Tensor:
+    """Intersection over union of the two maps' hottest ``frac`` of pixels.
+
+    The top region of a map is every pixel at least as hot as its ``ceil(frac * H * W)``-th
+    hottest pixel and strictly positive (ties may enlarge it; zero pixels never belong to it).
+
+    Args:
+        a, b: float ``[N, H, W]``.
+        frac: area fraction in ``(0, 1]``.
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1]``: 1 = same hot region. ``NaN`` when both regions are empty
+        (both maps all zero); 0 when exactly one is.
+    """
+    ra, rb = _top_region(_flat(a), frac), _top_region(_flat(b), frac)
+    inter = (ra & rb).sum(1).float()
+    union = (ra | rb).sum(1).float()
+    iou = inter / union.clamp_min(1.0)
+    return torch.where(union > 0, iou, _nan(iou))
+
+
+def center_of_mass(maps: Tensor) -> Tensor:
+    """Attention-weighted centre of each map in pixel coordinates.
+
+    Args:
+        maps: float ``[N, H, W]``, ``>= 0``.
+
+    Returns:
+        float32 ``[N, 2]``: ``(y, x)`` with ``y`` in ``[0, H-1]`` (row) and ``x`` in
+        ``[0, W-1]`` (column). ``NaN`` rows for maps without mass.
+    """
+    n, h, w = maps.shape
+    p, ok = _dist(_flat(maps))
+    p = p.view(n, h, w)
+    ys = torch.arange(h, device=maps.device, dtype=p.dtype)
+    xs = torch.arange(w, device=maps.device, dtype=p.dtype)
+    com = torch.stack([(p.sum(2) * ys).sum(1), (p.sum(1) * xs).sum(1)], dim=1)
+    return torch.where(ok[:, None], com, _nan(com))
+
+
+def com_shift(a: Tensor, b: Tensor) -> Tensor:
+    """Distance between the two maps' centres of mass over the image diagonal.
+
+    Args:
+        a, b: float ``[N, H, W]``, ``>= 0``.
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1]``: 0 = same centre, 1 = opposite corners. ``NaN`` when either
+        map has no mass.
+    """
+    _, h, w = a.shape
+    diag = max(math.hypot(h - 1, w - 1), 1.0)
+    return (center_of_mass(a) - center_of_mass(b)).norm(dim=1) / diag
+
+
+# ----------------------------------------------------------------------------- focus
+def focus_entropy(maps: Tensor) -> Tensor:
+    """Normalised Shannon entropy of each map as a distribution over its pixels.
+
+    Args:
+        maps: float ``[N, H, W]``, ``>= 0``.
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1]``: 0 = all mass on one pixel (sharp focus), 1 = uniform
+        (no focus). ``NaN`` for maps without mass. ``1 - focus_entropy`` is a focus score.
+    """
+    flat = _flat(maps)
+    p, ok = _dist(flat)
+    ent = -torch.xlogy(p, p).sum(1)
+    norm = math.log(flat.shape[1]) if flat.shape[1] > 1 else 1.0
+    ent = (ent / norm).clamp(0.0, 1.0)
+    return torch.where(ok, ent, _nan(ent))
+
+
+# ----------------------------------------------------------------------------- masks
+def mass_share(maps: Tensor, mask: Tensor) -> Tensor:
+    """Share of each map's mass inside the mask (the energy-based pointing game).
+
+    Args:
+        maps: float ``[N, H, W]``, ``>= 0``.
+        mask: bool ``[N, H, W]`` or ``[H, W]``.
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1]``; 0 for an empty mask, ``NaN`` for maps without mass.
+        Mind the area: a uniform map gives the mask's area share. See :func:`enrichment`.
+    """
+    p, ok = _dist(_flat(maps))
+    share = (p * _mask(mask, maps)).sum(1).clamp(0.0, 1.0)
+    return torch.where(ok, share, _nan(share))
+
+
+def enrichment(maps: Tensor, mask: Tensor) -> Tensor:
+    """Mass share inside the mask over the mask's area share.
+
+    Args:
+        maps: float ``[N, H, W]``, ``>= 0``.
+        mask: bool ``[N, H, W]`` or ``[H, W]``.
+
+    Returns:
+        float32 ``[N]`` in ``[0, H*W / area]``: 1 = as much attention as a uniform map would put
+        there, > 1 = concentrated on the mask, < 1 = avoids it. ``NaN`` for an empty mask or a
+        map without mass.
+    """
+    m = _mask(mask, maps)
+    area = m.float().mean(1)
+    share = mass_share(maps, mask)
+    out = share / area.clamp_min(torch.finfo(area.dtype).tiny)
+    return torch.where(area > 0, out, _nan(out))
+
+
+def pointing_game(maps: Tensor, mask: Tensor, tolerance: int = 0) -> Tensor:
+    """Whether each map's peak lies inside the mask (Zhang et al., 2018).
+
+    With several pixels tied at the maximum, a hit is any of them inside the mask.
+
+    Args:
+        maps: float ``[N, H, W]``.
+        mask: bool ``[N, H, W]`` or ``[H, W]``.
+        tolerance: grow the mask by this many pixels first (the original game uses 15 px at
+            ImageNet resolution).
+
+    Returns:
+        float32 ``[N]`` of ``1.0`` (hit) / ``0.0`` (miss; always for an empty mask), ``NaN`` for
+        a constant map (all-zero maps included), which has no peak.
+    """
+    m = mask.to(torch.bool).expand(maps.shape)
+    if tolerance > 0:
+        k = 2 * tolerance + 1
+        m = F.max_pool2d(m[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
+    flat = _flat(maps)
+    hi = flat.amax(1, keepdim=True)
+    lo = flat.amin(1, keepdim=True)
+    hit = ((flat == hi) & m.flatten(1)).any(1).float()
+    return torch.where((hi > lo)[:, 0], hit, _nan(hit))
+
+
+# ----------------------------------------------------------------------------- mask-free
+def border_mask(
+    height: int, width: int, frac: float = 0.125, device: torch.device | str | None = None
+) -> Tensor:
+    """Bool ``[H, W]`` band along all four image edges, ``round(frac * side)`` pixels (>= 1) wide."""
+    bh = max(1, round(frac * height))
+    bw = max(1, round(frac * width))
+    m = torch.ones(height, width, dtype=torch.bool, device=device)
+    m[bh : height - bh, bw : width - bw] = False
+    return m
+
+
+def corner_masks(
+    height: int, width: int, size: float = 0.25, device: torch.device | str | None = None
+) -> Tensor:
+    """Bool ``[4, H, W]``: top-left, top-right, bottom-left, bottom-right squares of ``size``."""
+    ch = max(1, round(size * height))
+    cw = max(1, round(size * width))
+    m = torch.zeros(4, height, width, dtype=torch.bool, device=device)
+    m[0, :ch, :cw] = True
+    m[1, :ch, width - cw :] = True
+    m[2, height - ch :, :cw] = True
+    m[3, height - ch :, width - cw :] = True
+    return m
+
+
+def border_enrichment(maps: Tensor, width: float = 0.125) -> Tensor:
+    """:func:`enrichment` of the band along the image edges (``width`` of each side).
+
+    Objects of interest rarely sit on the image frame, while watermarks, tags, rulers, borders
+    and background do. Clean models score well below 1; attention on the frame scores above 1.
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1 / band area share]``; ``NaN`` for maps without mass.
+    """
+    _, h, w = maps.shape
+    return enrichment(maps, border_mask(h, w, width, maps.device))
+
+
+def corner_enrichment(maps: Tensor, size: float = 0.25) -> Tensor:
+    """Largest :func:`enrichment` over the four corner squares (``size`` of each side).
+
+    Returns:
+        float32 ``[N]`` in ``[0, 1 / size**2]``: how strongly the map favours its hottest corner
+        (1 = as a uniform map). ``NaN`` for maps without mass.
+    """
+    _, h, w = maps.shape
+    corners = corner_masks(h, w, size, maps.device).flatten(1).float()  # [4, P]
+    p, ok = _dist(_flat(maps))
+    share = p @ corners.T  # [N, 4]
+    area = corners.mean(1)  # [4]
+    best = (share / area).amax(1)
+    return torch.where(ok, best, _nan(best))
+
+
+@dataclass
+class Hotspot:
+    """Result of :func:`anchored_hotspot`; ``G`` groups, ``N`` probes.
+
+    Attributes:
+        region: bool ``[N, H, W]``, the hot spot of each probe's group (all False for probes
+            whose group is too small or whose map has no mass).
+        group_region: bool ``[G, H, W]``, the hot spot of each group.
+        share: float32 ``[N]`` in ``[0, 1]``, each probe's mass share inside its group's hot
+            spot (``NaN`` when undefined).
+        enrichment: float32 ``[N]``, ``share`` over the hot spot's area share (1 = chance).
+        consistency: float32 ``[G]``, mean ``enrichment`` of the group's probes: high when the
+            maps of *different* images pile up at the same place. ``NaN`` for groups with fewer
+            than ``min_group`` usable maps.
+        offset: float32 ``[G]`` in ``[0, 1]``, distance of the hot spot's centre from the image
+            centre over half the diagonal (0 = centred, 1 = in a corner).
+        stability: float32 ``[G]`` in ``[0, 1]``, how constant the image pixels under the hot
+            spot are across the group's images, relative to the whole image: ``1 - std_region /
+            std_image`` of the per-pixel standard deviation across images (images weighted by
+            each probe's share, hot-spot pixels by the group's mean attention). Near 1 for pasted watermarks, tags and tokens; near 0 (clamped) for
+            moving objects or random texture.
+        size: float32 ``[G]``, number of usable maps in each group.
+    """
+
+    region: Tensor
+    group_region: Tensor
+    share: Tensor
+    enrichment: Tensor
+    consistency: Tensor
+    offset: Tensor
+    stability: Tensor
+    size: Tensor
+
+
+def anchored_hotspot(
+    maps: Tensor,
+    images: Tensor,
+    groups: Tensor | None = None,
+    num_groups: int | None = None,
+    frac: float = 0.05,
+    min_group: int = 4,
+) -> Hotspot:
+    """Attention piled up at one place across *different* probe images.
+
+    Each map is turned into a distribution; the distributions of a group (e.g. probes explained
+    for the same class; a class-tied watermark only appears in its class's images) are averaged,
+    and the group's hot spot is the hottest ``frac`` of that mean. In a model that looks at the
+    objects, the objects move, so the mean is spread out and each probe puts little mass on the
+    group's hot spot. A model that reads a fixed-position artifact (watermark, tag, hospital
+    token, ruler, border band) piles every probe's mass onto the same pixels, usually off-centre,
+    where the image pixels barely change between images.
+
+    Args:
+        maps: float ``[N, H, W]``, ``>= 0``, raw maps at image size.
+        images: float ``[N, C, H, W]``, the probe images (any normalisation).
+        groups: long ``[N]`` group ids in ``[0, num_groups)``; ``None`` = one group.
+        num_groups: number of groups; ``None`` reads ``groups.max() + 1`` (one host sync).
+        frac: hot-spot area as a fraction of the image.
+        min_group: smallest number of usable maps for a group's statistics (else ``NaN``).
+
+    Returns:
+        :class:`Hotspot`.
+    """
+    n, h, w = maps.shape
+    if images.shape[0] != n or images.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"images {tuple(images.shape)} do not match maps {tuple(maps.shape)} ([N, C, H, W])"
+        )
+    dev = maps.device
+    p, ok = _dist(_flat(maps))  # [N, P]
+    if groups is None:
+        groups = torch.zeros(n, dtype=torch.long, device=dev)
+        num_groups = 1
+    groups = groups.to(device=dev, dtype=torch.long)
+    if num_groups is None:
+        num_groups = int(groups.max()) + 1 if n else 1
+    onehot = F.one_hot(groups, num_groups).float() * ok[:, None].float()  # [N, G]
+    size = onehot.sum(0)  # [G]
+    mean = (onehot.T @ p) / size.clamp_min(1.0)[:, None]  # [G, P]
+    greg = _top_region(mean, frac)  # [G, P]
+    area = greg.float().mean(1)  # [G]
+
+    region = greg[groups] & ok[:, None]  # [N, P]
+    share = (p * region).sum(1)
+    share = torch.where(ok, share, _nan(share))
+    enr = share / area[groups].clamp_min(torch.finfo(area.dtype).tiny)
+    enr = torch.where(ok & (area[groups] > 0), enr, _nan(enr))
+    enough = size >= min_group
+    consistency = (onehot.T @ torch.nan_to_num(enr)) / size.clamp_min(1.0)
+    consistency = torch.where(enough & (area > 0), consistency, _nan(consistency))
+
+    # offset of the hot spot's (mean-weighted) centre from the image centre
+    wreg = (mean * greg).view(num_groups, h, w)
+    com = center_of_mass(wreg)  # [G, 2]
+    centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=dev)
+    half_diag = max(math.hypot(h - 1, w - 1) / 2, 0.5)
+    offset = ((com - centre).norm(dim=1) / half_diag).clamp(0.0, 1.0)
+
+    # pixel stability under the hot spot across the group's images, weighted by share
+    x = images.flatten(2).float()  # [N, C, P]
+    wts = onehot * torch.nan_to_num(share)[:, None]  # [N, G]
+    wsum = wts.sum(0).clamp_min(torch.finfo(wts.dtype).tiny)  # [G]
+    mu = torch.einsum("ng,ncp->gcp", wts, x) / wsum[:, None, None]
+    ex2 = torch.einsum("ng,ncp->gcp", wts, x * x) / wsum[:, None, None]
+    std = (ex2 - mu * mu).clamp_min(0).sqrt().mean(1)  # [G, P]
+    std_all = std.mean(1)
+    wreg_flat = wreg.flatten(1)
+    std_reg = (std * wreg_flat).sum(1) / wreg_flat.sum(1).clamp_min(torch.finfo(std.dtype).tiny)
+    stability = (1.0 - std_reg / std_all.clamp_min(torch.finfo(std.dtype).tiny)).clamp(0.0, 1.0)
+    stability = torch.where(enough & (area > 0) & (std_all > 0), stability, _nan(stability))
+
+    return Hotspot(
+        region=region.view(n, h, w),
+        group_region=greg.view(num_groups, h, w),
+        share=share,
+        enrichment=enr,
+        consistency=consistency,
+        offset=torch.where(area > 0, offset, _nan(offset)),
+        stability=stability,
+        size=size,
+    )
+
+
+# ----------------------------------------------------------------------------- causal
+def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
+    """Fill ``region`` in each image from the surrounding pixels (push-pull inpainting).
+
+    The known pixels are averaged down an image pyramid (pull) and the coarse averages are
+    interpolated back up into the holes (push), so a hole of any size is filled in a fixed
+    ``log2(max(H, W))`` steps, batched, on the device; ``smooth_iters`` Jacobi steps of 3x3
+    diffusion inside the hole then smooth the result. Pixels outside the region are unchanged.
+
+    Args:
+        images: float ``[N, C, H, W]``.
+        region: bool ``[N, H, W]`` or ``[H, W]``; ``True`` = erase.
+        smooth_iters: diffusion steps after the push-pull fill.
+
+    Returns:
+        ``[N, C, H, W]`` like ``images``. An empty region returns the images unchanged; an image
+        whose region covers everything is filled with zeros (nothing to fill from).
+    """
+    n, c, h, w = images.shape
+    reg = region.to(device=images.device, dtype=torch.bool).expand(n, h, w)[:, None]
+    x = images.float()
+    known = (~reg).float()  # [N, 1, H, W]
+    levels: list[tuple[Tensor, Tensor]] = [(x * known, known)]
+    while max(levels[-1][0].shape[-2:]) > 1:
+        v, k = levels[-1]
+        levels.append(
+            (F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(k, 2, ceil_mode=True))
+        )
+    v, k = levels[-1]
+    est = v / k.clamp_min(1e-12) * (k > 0)
+    for v, k in reversed(levels[:-1]):
+        up = F.interpolate(est, size=v.shape[-2:], mode="bilinear", align_corners=False)
+        est = v + (1.0 - k) * up  # v = k * (mean of the known pixels of the cell)
+    out = torch.where(reg, est, x)
+    if smooth_iters > 0:
+        kernel = torch.full((c, 1, 3, 3), 1.0 / 9.0, device=x.device, dtype=x.dtype)
+        for _ in range(smooth_iters):
+            blurred = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+            out = torch.where(reg, blurred, x)
+    return out.to(images.dtype)
+
+
+@torch.no_grad()
+def erasure_effect(
+    score_fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    region: Tensor,
+    targets: Tensor,
+    base_logits: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Causal check: erase ``region`` (see :func:`erase`) and measure what the model loses.
+
+    Turns "the map looks at the corner" into "the model depends on the corner". One batched
+    forward of the erased probes (two when ``base_logits`` is not given).
+
+    Args:
+        score_fn: ``images [N, C, H, W] -> logits [N, K]``; run the model in eval mode.
+        images: float ``[N, C, H, W]``, as fed to the model.
+        region: bool ``[N, H, W]`` or ``[H, W]``.
+        targets: long ``[N]``, the class whose score is watched.
+        base_logits: float ``[N, K]``, the logits of the unchanged images (computed if ``None``).
+
+    Returns:
+        ``(flipped, score_drop)``, float32 ``[N]`` each. ``flipped`` is 1.0 where the predicted
+        class (argmax) changed, else 0.0; its mean is the flip rate. ``score_drop`` is the fall
+        of the softmax probability of the target class, in ``[-1, 1]`` (> 0: the region helped
+        the target). Probes with an empty region give 0 for both.
+    """
+    if base_logits is None:
+        base_logits = score_fn(images)
+    after = score_fn(erase(images, region))
+    base_logits, after = base_logits.float(), after.float()
+    t = targets.to(device=after.device, dtype=torch.long)[:, None]
+    flipped = (after.argmax(1) != base_logits.argmax(1)).float()
+    drop = base_logits.softmax(1).gather(1, t)[:, 0] - after.softmax(1).gather(1, t)[:, 0]
+    return flipped, drop

@@ -1,0 +1,321 @@
+"""The fixed probe set: images (and optional labels and masks) explained at every run.
+
+A :class:`ProbeSet` is chosen once, copied to CPU memory, validated, and then reused for the whole
+training run (and across checkpoint resumes), so that maps of different epochs are comparable.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["BatchKeys", "ProbeSet", "preserve_rng", "select_probes", "unpack_batch"]
+
+
+@dataclass(frozen=True)
+class BatchKeys:
+    """Key names of dict batches."""
+
+    image: str = "image"
+    label: str = "label"
+    object_mask: str = "object_mask"
+    artifact_mask: str = "artifact_mask"
+
+
+def _shape(x: object) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+
+
+def _as_mask(mask: Tensor, n: int, hw: tuple[int, int], what: str) -> Tensor:
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.dim() != 3 or mask.shape[0] != n or tuple(mask.shape[1:]) != hw:
+        raise ValueError(
+            f"{what} must have shape [N, H, W] = [{n}, {hw[0]}, {hw[1]}] (or [N, 1, H, W]) to "
+            f"match the images, got {_shape(mask)}"
+        )
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"{what} must be boolean or 0/1 valued (True = inside the region)")
+        mask = mask != 0
+    return mask
+
+
+@dataclass
+class ProbeSet:
+    """A fixed set of probe images, explained at every run.
+
+    Args:
+        images: float ``[N, C, H, W]``, as the model takes them (normalised).
+        labels: long ``[N]`` class indices, or ``None`` (targets are then the predictions).
+        object_masks: bool ``[N, H, W]``, True on the object (enables object-attention metrics).
+        artifact_masks: bool ``[N, H, W]``, True on known label artifacts (watermark, tag, ...).
+
+    Every tensor is cloned to CPU memory (never an inference tensor, never a view of a batch).
+
+    Raises:
+        ValueError: shapes or dtypes that do not fit, with the expected and actual shapes.
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    object_masks: Tensor | None = None
+    artifact_masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        with torch.inference_mode(False):
+            images = self.images
+            if not isinstance(images, Tensor) or images.dim() != 4:
+                raise ValueError(
+                    f"probe images must be a Tensor of shape [N, C, H, W], got {_shape(images)}; "
+                    "a single image needs a batch dimension (image.unsqueeze(0))"
+                )
+            if not images.is_floating_point():
+                raise ValueError(
+                    f"probe images must be floating point (as fed to the model), got "
+                    f"{images.dtype}; convert uint8 images with .float() / 255 and normalise"
+                )
+            n, _c, h, w = images.shape
+            if n == 0:
+                raise ValueError("the probe set is empty")
+            if h < 2 or w < 2:
+                raise ValueError(f"probe images must be at least 2x2 pixels, got {h}x{w}")
+            self.images = images.detach().to("cpu", torch.float32).clone().contiguous()
+            if self.labels is not None:
+                labels = torch.as_tensor(self.labels)
+                if labels.dim() != 1 or labels.shape[0] != n:
+                    raise ValueError(
+                        f"probe labels must have shape [N] = [{n}], got {_shape(labels)}"
+                    )
+                if labels.is_floating_point() or labels.dtype == torch.bool:
+                    raise ValueError(f"probe labels must be integer class indices, got {labels.dtype}")
+                if labels.numel() and int(labels.min()) < 0:
+                    raise ValueError(f"probe labels must be >= 0, got {int(labels.min())}")
+                self.labels = labels.detach().to("cpu", torch.long).clone()
+            for name in ("object_masks", "artifact_masks"):
+                mask = getattr(self, name)
+                if mask is not None:
+                    mask = _as_mask(torch.as_tensor(mask), n, (h, w), f"probe {name}")
+                    setattr(self, name, mask.detach().to("cpu").clone().contiguous())
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the probe images."""
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raise ValueError when a label is not a valid class index of a ``num_classes`` output."""
+        if self.labels is not None and int(self.labels.max()) >= num_classes:
+            raise ValueError(
+                f"probe label {int(self.labels.max())} is out of range for a model with "
+                f"{num_classes} outputs; labels must lie in [0, {num_classes})"
+            )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors only (loads with ``torch.load(weights_only=True)``)."""
+        state = {"images": self.images}
+        for name in ("labels", "object_masks", "artifact_masks"):
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = value
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Tensor]) -> ProbeSet:
+        """Inverse of :meth:`state_dict`."""
+        return cls(
+            state["images"],
+            state.get("labels"),
+            state.get("object_masks"),
+            state.get("artifact_masks"),
+        )
+
+
+def unpack_batch(
+    batch: Any, keys: BatchKeys = BatchKeys()
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Split a batch into ``(images, labels, object_masks, artifact_masks)``.
+
+    Recognised layouts: a Tensor ``x``; tuples/lists ``(x,)``, ``(x, y)``, ``(x, y, object_mask)``,
+    ``(x, y, object_mask, artifact_mask)``; dicts with ``keys`` (missing optional keys are None).
+
+    Raises:
+        ValueError: a layout that is not one of these, naming what was found.
+    """
+    if isinstance(batch, Tensor):
+        return batch, None, None, None
+    if isinstance(batch, Mapping):
+        if keys.image not in batch:
+            raise ValueError(
+                f"dict batch has no image key {keys.image!r} (keys: {sorted(map(str, batch))}); "
+                "set GradCAMCallback(image_key=...) to the key that holds the images"
+            )
+        return (
+            batch[keys.image],
+            batch.get(keys.label),
+            batch.get(keys.object_mask),
+            batch.get(keys.artifact_mask),
+        )
+    if isinstance(batch, list | tuple) and 1 <= len(batch) <= 4:
+        parts = [*batch, None, None, None][:4]
+        return parts[0], parts[1], parts[2], parts[3]
+    raise ValueError(
+        f"cannot read images from a batch of type {type(batch).__name__}"
+        f"{f' with {len(batch)} items' if isinstance(batch, list | tuple) else ''}; expected x, "
+        "(x, y), (x, y, object_mask), (x, y, object_mask, artifact_mask) or a dict; or pass "
+        "GradCAMCallback(probes=ProbeSet(...))"
+    )
+
+
+@contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Restore torch (CPU and CUDA), numpy and Python RNG states on exit.
+
+    Reading a dataset or a shuffled dataloader may draw random numbers (samplers, random
+    transforms); the monitor must never shift the training run's random stream.
+    """
+    py_state = random.getstate()
+    try:
+        import numpy as np
+
+        np_state: Any = np.random.get_state()
+    except Exception:  # pragma: no cover - numpy is a dependency
+        np, np_state = None, None
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            if np is not None:
+                np.random.set_state(np_state)
+
+
+def _iter_samples(dataloader: Any, limit: int, keys: BatchKeys) -> Iterator[tuple[Any, ...]]:
+    """Yield single samples ``(x, y, om, am)`` from a dataloader, at most ``limit``.
+
+    Map-style datasets are read by index through the loader's ``collate_fn`` (no sampler, no
+    workers); other loaders are iterated.
+    """
+    dataset = getattr(dataloader, "dataset", None)
+    collate = getattr(dataloader, "collate_fn", None)
+    if dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        from torch.utils.data import IterableDataset, default_collate
+
+        if not isinstance(dataset, IterableDataset):
+            collate = collate or default_collate
+            for i in range(min(limit, len(dataset))):
+                try:
+                    batch = collate([dataset[i]])
+                except Exception:
+                    batch = default_collate([dataset[i]])
+                yield from _split(batch, keys)
+            return
+    seen = 0
+    for batch in dataloader:
+        for sample in _split(batch, keys):
+            yield sample
+            seen += 1
+            if seen >= limit:
+                return
+
+
+def _split(batch: Any, keys: BatchKeys) -> Iterator[tuple[Any, ...]]:
+    x, y, om, am = unpack_batch(batch, keys)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"batch images must be a Tensor, got {type(x).__name__}")
+    if x.dim() == 3:  # a single unbatched image
+        x = x[None]
+    if x.dim() != 4:
+        raise ValueError(
+            f"batch images must have shape [N, C, H, W], got {_shape(x)}; GradCAMCallback "
+            "explains image classifiers (4-D image batches)"
+        )
+    for i in range(x.shape[0]):
+        yield (
+            x[i],
+            _item(y, i),
+            om[i] if isinstance(om, Tensor) else None,
+            am[i] if isinstance(am, Tensor) else None,
+        )
+
+
+def _item(y: Any, i: int) -> Tensor | None:
+    if isinstance(y, Tensor) and y.dim() == 1 and not y.is_floating_point():
+        return y[i]
+    return None
+
+
+def select_probes(
+    dataloader: Any,
+    num_probes: int = 16,
+    *,
+    balanced: bool = True,
+    keys: BatchKeys = BatchKeys(),
+    scan: int | None = None,
+) -> ProbeSet:
+    """Choose a fixed probe set from the first samples of ``dataloader``.
+
+    Takes the first ``num_probes`` samples; with integer labels and ``balanced=True`` it reads up
+    to ``scan`` samples (default ``8 * num_probes``) and takes them round-robin across classes in
+    order of first appearance, so every class seen is represented. Deterministic: the same loader
+    gives the same probes. Runs under :func:`preserve_rng`, so a shuffled loader or a random
+    transform does not shift the training run's random stream.
+
+    Raises:
+        ValueError: a batch layout that cannot be read, or masks/labels of the wrong shape.
+    """
+    if num_probes < 1:
+        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    scan = max(scan or 8 * num_probes, num_probes)
+    with preserve_rng(), torch.inference_mode(False), torch.no_grad():
+        samples = list(_iter_samples(dataloader, scan, keys))
+    if not samples:
+        raise ValueError("the dataloader yielded no samples to choose probes from")
+    labels_known = all(s[1] is not None for s in samples)
+    order = list(range(len(samples)))
+    if balanced and labels_known:
+        by_class: dict[int, list[int]] = {}
+        for i, s in enumerate(samples):
+            by_class.setdefault(int(s[1]), []).append(i)
+        queues = list(by_class.values())
+        order = []
+        while len(order) < len(samples):
+            for q in queues:
+                if q:
+                    order.append(q.pop(0))
+    chosen = sorted(order[:num_probes])
+    pick = [samples[i] for i in chosen]
+    images = torch.stack([s[0] for s in pick])
+    labels = torch.stack([s[1] for s in pick]) if labels_known else None
+    if not labels_known and any(s[1] is not None for s in samples):
+        warnings.warn("some samples have no integer label; probes use predicted classes", stacklevel=2)
+
+    def stack_masks(j: int) -> Tensor | None:
+        masks = [s[j] for s in pick]
+        if all(isinstance(m, Tensor) for m in masks):
+            return torch.stack(masks)
+        return None
+
+    return ProbeSet(images, labels, stack_masks(2), stack_masks(3))
+
+
+def subset(probes: ProbeSet, index: Sequence[int]) -> ProbeSet:
+    """A new :class:`ProbeSet` of the given probe indices."""
+    idx = torch.as_tensor(list(index), dtype=torch.long)
+    return ProbeSet(
+        probes.images[idx],
+        None if probes.labels is None else probes.labels[idx],
+        None if probes.object_masks is None else probes.object_masks[idx],
+        None if probes.artifact_masks is None else probes.artifact_masks[idx],
+    )

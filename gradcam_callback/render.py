@@ -1,0 +1,535 @@
+"""Rendering of Grad-CAM maps: colormaps, overlays, probe grids, filmstrips, PNG/GIF files.
+
+Everything up to the final file write runs on the device of the input tensors (no numpy round
+trips, no host syncs): colormaps are 256-entry lookup tables indexed with the quantised map.
+No Lightning import, no global RNG use, no matplotlib at run time.
+
+Conventions used throughout:
+
+* ``maps``: float Tensor ``[N, H, W]`` (``[N, 1, H, W]`` is accepted too) with values in ``[0, 1]``
+  (values outside are clamped, NaN counts as 0).
+* ``images01``: float Tensor ``[N, 3, H, W]`` in ``[0, 1]`` (see :func:`denormalize`); a ``uint8``
+  tensor in ``[0, 255]`` is accepted wherever ``images01`` is.
+* Rendered images are ``uint8`` tensors, channels first, RGB: ``[N, 3, H, W]`` or ``[3, H, W]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "COLORMAPS",
+    "apply_colormap",
+    "colormap_lut",
+    "denormalize",
+    "filmstrip",
+    "highlight",
+    "overlay",
+    "probe_grid",
+    "probe_rows",
+    "tile",
+    "to_uint8",
+    "write_gif",
+    "write_png",
+]
+
+COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis")
+
+# matplotlib's "jet" segment data: per channel, (x, value) breakpoints, linear in between.
+_JET_SEGMENTS: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+)
+
+# 33 evenly spaced sRGB anchors (x = k / 32) of the perceptual colormaps, linearly interpolated
+# to 256 entries: within 2.5 / 255 of matplotlib's / OpenCV's tables.
+_ANCHORS: dict[str, str] = {
+    "turbo": (
+        "30123b 392a73 4040a2 4456c7 466be3 4680f6 4294ff 37a8fa 28bceb 1ccdd8 18ddc2 "
+        "1fe9af 32f298 4ef97d 6dfe62 8bff4b a4fc3c b7f735 cbed34 dde037 ecd13a f7c13a "
+        "fdae35 fe992c fb8122 f56918 ec530f e14109 d23105 c12302 ac1701 950d01 7a0403"
+    ),
+    "inferno": (
+        "000004 040312 0b0724 150b37 210c4a 2f0a5b 3d0965 4a0c6b 57106e 64156e 71196e "
+        "7d1e6d 8a226a 972766 a32c61 b0315b bc3754 c63d4d d04545 da4e3c e35933 eb6429 "
+        "f1711f f67e14 f98c0a fb9b06 fcaa0f fbba1f f9c932 f5d949 f2e865 f3f586 fcffa4"
+    ),
+    "viridis": (
+        "440154 470d60 48186a 482374 472d7b 453781 424086 3e4989 3b528b 375b8d 33638d "
+        "2f6b8e 2c728e 297a8e 26828e 23898e 21918c 1f978b 1f9f88 21a685 27ad81 31b57b "
+        "3dbc74 4cc26c 5cc863 6ece58 81d34d 95d840 aadc32 c0df25 d5e21a eae51a fde725"
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Colormaps
+# --------------------------------------------------------------------------------------------
+
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation (like ``numpy.interp``) of 1-D ``x`` on increasing ``xp``."""
+    idx = torch.searchsorted(xp, x, right=True).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
+    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])
+
+
+def _build_lut(name: str) -> Tensor:
+    """Build the float32 ``[256, 3]`` table of ``name`` on the CPU."""
+    x = torch.linspace(0.0, 1.0, 256, dtype=torch.float64)
+    if name == "jet":
+        channels = []
+        for seg in _JET_SEGMENTS:
+            xp = torch.tensor([p for p, _ in seg], dtype=torch.float64)
+            fp = torch.tensor([v for _, v in seg], dtype=torch.float64)
+            channels.append(_interp(x, xp, fp))
+        lut = torch.stack(channels, dim=1)
+    else:
+        colors = [bytes.fromhex(h) for h in _ANCHORS[name].split()]
+        anchors = torch.tensor(colors, dtype=torch.float64) / 255.0  # [K, 3]
+        xp = torch.linspace(0.0, 1.0, anchors.shape[0], dtype=torch.float64)
+        lut = torch.stack([_interp(x, xp, anchors[:, c]) for c in range(3)], dim=1)
+    return lut.clamp(0.0, 1.0).to(torch.float32)
+
+
+@functools.cache
+def _cached_lut(name: str) -> Tensor:
+    return _build_lut(name)
+
+
+def _check_colormap(name: str) -> str:
+    if name not in COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; available: {', '.join(COLORMAPS)}")
+    return name
+
+
+def colormap_lut(name: str = "jet") -> Tensor:
+    """Return the lookup table of colormap ``name``.
+
+    Returns:
+        float32 Tensor ``[256, 3]`` (RGB, values in ``[0, 1]``) on the CPU; a fresh copy.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`COLORMAPS`.
+    """
+    return _cached_lut(_check_colormap(name)).clone()
+
+
+def _as_maps(maps: Tensor) -> Tensor:
+    """Validate ``maps`` and return them as float32 ``[N, H, W]`` in ``[0, 1]``."""
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() != 3:
+        raise ValueError(f"maps must have shape [N, H, W], got {tuple(maps.shape)}")
+    return maps.float().nan_to_num(0.0, 1.0, 0.0).clamp(0.0, 1.0)
+
+
+def apply_colormap(maps: Tensor, name: str = "jet") -> Tensor:
+    """Colour maps through a 256-entry lookup table, on the maps' device.
+
+    Args:
+        maps: float Tensor ``[N, H, W]`` (or ``[N, 1, H, W]``), values in ``[0, 1]``.
+        name: one of :data:`COLORMAPS`.
+
+    Returns:
+        uint8 Tensor ``[N, 3, H, W]`` (RGB) on ``maps.device``.
+    """
+    lut = _cached_lut(_check_colormap(name))
+    lut_u8 = (lut * 255.0).round().to(device=maps.device, dtype=torch.uint8)
+    idx = (_as_maps(maps) * 255.0).round().long()
+    return lut_u8[idx].permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Image preparation
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_stats(values: Sequence[float], channels: int, what: str, ref: Tensor) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32, device=ref.device).flatten()
+    if t.numel() not in (1, channels):
+        raise ValueError(f"{what} has {t.numel()} entries, images have {channels} channels")
+    return t.view(1, -1, 1, 1)
+
+
+def _infer_range(x: Tensor) -> Tensor:
+    """Map float ``[N, C, H, W]`` of unknown range to ``[0, 1]`` without a host sync."""
+    lo, hi = x.amin(), x.amax()
+    in_unit = (lo >= 0) & (hi <= 1)
+    in_byte = (lo >= 0) & (hi <= 255)
+    img_lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    img_hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    minmax = (x - img_lo) / (img_hi - img_lo).clamp_min(1e-12)
+    return torch.where(in_unit, x, torch.where(in_byte, x / 255.0, minmax))
+
+
+def _to_rgb(x: Tensor) -> Tensor:
+    channels = x.shape[1]
+    if channels == 1:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if channels == 2:
+        raise ValueError("images with 2 channels cannot be shown as RGB; pass 1, 3 or >= 4")
+    return x[:, :3].contiguous()
+
+
+def denormalize(
+    images: Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Tensor:
+    """Turn model inputs back into displayable RGB images.
+
+    Args:
+        images: Tensor ``[N, C, H, W]``, any float or integer dtype, any device.
+        mean, std: the per-channel (or single) normalisation constants, ``x_norm = (x - mean) / std``.
+            Given (either one; the other defaults to 0 / 1): the normalisation is undone; if any
+            mean is > 1 the constants are taken to be on the 0..255 scale and the result is divided
+            by 255. Not given: the range is inferred from the whole batch: integer dtypes and data
+            in ``[0, 255]`` (but not in ``[0, 1]``) are divided by 255, data in ``[0, 1]`` is kept,
+            anything else is min-max scaled per image (over all its channels; a constant image
+            becomes 0).
+
+    Channels: ``C == 1`` is repeated to 3; ``C == 3`` is kept; ``C >= 4`` keeps the first three
+    (RGBA, RGB + extra bands); ``C == 2`` raises ``ValueError``. mean/std apply to all ``C``
+    channels before this selection.
+
+    Returns:
+        float32 Tensor ``[N, 3, H, W]`` in ``[0, 1]`` on ``images.device``.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images.shape)}")
+    is_int = not (images.is_floating_point() or images.is_complex())
+    x = images.float()
+    channels = x.shape[1]
+    if mean is not None or std is not None:
+        m = _channel_stats(mean if mean is not None else [0.0], channels, "mean", x)
+        s = _channel_stats(std if std is not None else [1.0], channels, "std", x)
+        x = x * s + m
+        if mean is not None and max(float(v) for v in mean) > 1.0:
+            x = x / 255.0
+    elif is_int:
+        x = x / 255.0
+    else:
+        x = _infer_range(x)
+    return _to_rgb(x.clamp(0.0, 1.0))
+
+
+def to_uint8(images01: Tensor) -> Tensor:
+    """Quantise images in ``[0, 1]`` to bytes (rounding); ``uint8`` input is returned as is.
+
+    Args:
+        images01: float Tensor of any shape, values in ``[0, 1]`` (clamped), or a uint8 Tensor.
+
+    Returns:
+        uint8 Tensor of the same shape and device.
+    """
+    if images01.dtype == torch.uint8:
+        return images01
+    return (images01.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly resize float ``[N, C, h, w]`` to ``size`` (antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _check_images(images: Tensor) -> Tensor:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [N, 3, H, W], got {tuple(images.shape)}")
+    return images
+
+
+def _maps_like(maps: Tensor, images: Tensor) -> Tensor:
+    """Maps as float ``[N, H, W]`` in ``[0, 1]`` at the images' size and device."""
+    maps = _as_maps(maps.to(images.device))
+    if maps.shape[0] != images.shape[0]:
+        raise ValueError(f"{maps.shape[0]} maps for {images.shape[0]} images")
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    return _resize(maps[:, None], size)[:, 0].clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Overlays and layouts
+# --------------------------------------------------------------------------------------------
+
+
+def overlay(images01: Tensor, maps: Tensor, alpha: float = 0.5, colormap: str = "jet") -> Tensor:
+    """Blend coloured heatmaps over images: ``(1 - alpha) * image + alpha * heatmap``.
+
+    The blend is computed on the byte values, so ``alpha=0`` returns exactly ``to_uint8(images01)``
+    and ``alpha=1`` exactly ``apply_colormap(maps)`` (after resizing).
+
+    Args:
+        images01: float Tensor ``[N, 3, H, W]`` in ``[0, 1]`` (or uint8).
+        maps: float Tensor ``[N, h, w]`` in ``[0, 1]``; bilinearly resized (``align_corners=False``)
+            to ``H x W`` when ``(h, w) != (H, W)``; moved to the images' device.
+        alpha: heatmap weight in ``[0, 1]``.
+        colormap: one of :data:`COLORMAPS`.
+
+    Returns:
+        uint8 Tensor ``[N, 3, H, W]`` on ``images01.device``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    images = _check_images(images01)
+    heat = apply_colormap(_maps_like(maps, images), colormap).float()
+    base = to_uint8(images).float()
+    return ((1.0 - alpha) * base + alpha * heat).round().clamp(0, 255).to(torch.uint8)
+
+
+def tile(cells: Tensor, padding: int = 2, pad_value: int = 0) -> Tensor:
+    """Lay out a 2-D array of equally sized images as one image.
+
+    Args:
+        cells: Tensor ``[R, C, 3, H, W]`` (any dtype): row ``r``, column ``c`` is ``cells[r, c]``.
+        padding: pixels between cells and around the border.
+        pad_value: fill value of the padding.
+
+    Returns:
+        Tensor ``[3, R * (H + p) + p, C * (W + p) + p]`` of ``cells.dtype``; cell ``(r, c)`` sits at
+        rows ``p + r * (H + p)`` and columns ``p + c * (W + p)``.
+    """
+    if cells.dim() != 5:
+        raise ValueError(f"cells must have shape [R, C, 3, H, W], got {tuple(cells.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    rows, cols, ch, h, w = cells.shape
+    padded = F.pad(cells, (0, padding, 0, padding), value=pad_value)
+    joined = padded.permute(2, 0, 3, 1, 4).reshape(ch, rows * (h + padding), cols * (w + padding))
+    return F.pad(joined, (padding, 0, padding, 0), value=pad_value)
+
+
+def _panels(images01: Tensor, maps: Tensor, alpha: float, colormap: str) -> Tensor:
+    """uint8 ``[N, 3 panels, 3, H, W]``: input, heatmap, overlay."""
+    images = _check_images(images01)
+    resized = _maps_like(maps, images)
+    heat = apply_colormap(resized, colormap)
+    blend = overlay(images, resized, alpha=alpha, colormap=colormap)
+    return torch.stack([to_uint8(images), heat, blend], dim=1)
+
+
+def probe_grid(
+    images01: Tensor,
+    maps: Tensor,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    padding: int = 2,
+    pad_value: int = 0,
+) -> Tensor:
+    """One image with a row per probe: input | heatmap | overlay.
+
+    Args:
+        images01: float Tensor ``[N, 3, H, W]`` in ``[0, 1]`` (or uint8).
+        maps: float Tensor ``[N, h, w]`` in ``[0, 1]`` (resized to ``H x W``).
+        alpha, colormap: as in :func:`overlay`.
+        padding, pad_value: as in :func:`tile`.
+
+    Returns:
+        uint8 Tensor ``[3, N * (H + p) + p, 3 * (W + p) + p]`` on ``images01.device``.
+    """
+    return tile(_panels(images01, maps, alpha, colormap), padding=padding, pad_value=pad_value)
+
+
+def probe_rows(
+    images01: Tensor,
+    maps: Tensor,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    padding: int = 2,
+    pad_value: int = 0,
+) -> Tensor:
+    """The rows of :func:`probe_grid` as separate images (one strip per probe).
+
+    Returns:
+        uint8 Tensor ``[N, 3, H + 2p, 3 * (W + p) + p]``; ``rows[i]`` is strip ``i`` with its own
+        border (iterate over it to get per-probe ``[3, h, w]`` images for the sinks).
+    """
+    panels = _panels(images01, maps, alpha, colormap)
+    strips = [tile(p[None], padding=padding, pad_value=pad_value) for p in panels]
+    return torch.stack(strips) if strips else panels.new_zeros((0, 3, 0, 0))
+
+
+def _thumb_size(
+    height: int, width: int, thumbnail: int | tuple[int, int] | None
+) -> tuple[int, int]:
+    if thumbnail is None:
+        return height, width
+    if isinstance(thumbnail, int):
+        scale = min(1.0, thumbnail / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    return int(thumbnail[0]), int(thumbnail[1])
+
+
+def _resize_u8(images: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return _resize(images.float(), size).round().clamp(0, 255).to(torch.uint8)
+
+
+def _pick_columns(count: int, max_columns: int | None) -> list[int]:
+    """Evenly spaced indices into ``count`` runs, always keeping the first and the last."""
+    if max_columns is None or count <= max_columns:
+        return list(range(count))
+    if max_columns < 1:
+        raise ValueError(f"max_columns must be >= 1, got {max_columns}")
+    if max_columns == 1:
+        return [count - 1]
+    step = (count - 1) / (max_columns - 1)
+    return sorted({round(i * step) for i in range(max_columns)})
+
+
+def filmstrip(
+    overlays_per_run: Sequence[Tensor],
+    padding: int = 2,
+    *,
+    thumbnail: int | tuple[int, int] | None = None,
+    max_columns: int | None = None,
+    pad_value: int = 0,
+) -> Tensor:
+    """The evolution of the overlays over the runs: a row per probe, a column per run.
+
+    Args:
+        overlays_per_run: one uint8 Tensor ``[N, 3, H, W]`` per run (e.g. :func:`overlay`
+            outputs), oldest first, all with the same ``N``; all on one device.
+        padding, pad_value: as in :func:`tile`.
+        thumbnail: cell size: ``None`` = the first run's ``H x W``; an int = longest side at most
+            that many pixels (aspect kept, never enlarged); ``(h, w)`` = exactly that size. Runs
+            of another size are resized (bilinear, antialiased) to the cell size.
+        max_columns: keep at most this many runs, evenly spaced, first and last always included.
+
+    Returns:
+        uint8 Tensor ``[3, N * (h + p) + p, R * (w + p) + p]`` with ``R`` the number of columns kept.
+    """
+    runs = list(overlays_per_run)
+    if not runs:
+        raise ValueError("filmstrip needs at least one run")
+    first = runs[0]
+    if any(r.dim() != 4 or r.shape[0] != first.shape[0] or r.shape[1] != 3 for r in runs):
+        raise ValueError("every run must be a [N, 3, H, W] tensor with the same N")
+    size = _thumb_size(int(first.shape[-2]), int(first.shape[-1]), thumbnail)
+    kept = [_resize_u8(to_uint8(runs[i]), size) for i in _pick_columns(len(runs), max_columns)]
+    return tile(torch.stack(kept, dim=1), padding=padding, pad_value=pad_value)
+
+
+def highlight(
+    images: Tensor, which: Tensor, color: Sequence[int] = (255, 0, 0), width: int = 3
+) -> Tensor:
+    """Draw a solid frame around the selected images (e.g. probes that raised a flag).
+
+    Args:
+        images: uint8 Tensor ``[N, 3, H, W]``.
+        which: bool Tensor ``[N]`` (any device): True = draw the frame.
+        color: RGB bytes of the frame.
+        width: frame thickness in pixels (clipped to the image size).
+
+    Returns:
+        A new uint8 Tensor ``[N, 3, H, W]``; unselected images are unchanged.
+    """
+    _check_images(images)
+    h, w = images.shape[-2:]
+    rows = torch.arange(h, device=images.device)
+    cols = torch.arange(w, device=images.device)
+    ring = (
+        (rows[:, None] < width)
+        | (rows[:, None] >= h - width)
+        | (cols[None, :] < width)
+        | (cols[None, :] >= w - width)
+    )  # [H, W]
+    mask = which.to(images.device).bool()[:, None, None, None] & ring  # [N, 1, H, W]
+    fill = torch.tensor(list(color), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return torch.where(mask, fill, images)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _to_pil(image: Tensor):  # -> PIL.Image.Image
+    from PIL import Image
+
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"expected a uint8 [3, H, W] image, got {image.dtype} {tuple(image.shape)}"
+        )
+    array = image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], mode="L")
+    return Image.fromarray(array, mode="RGB")
+
+
+def write_png(image: Tensor, path: str | Path) -> Path:
+    """Write one image as a (lossless) PNG file, creating the parent directories.
+
+    Args:
+        image: uint8 Tensor ``[3, H, W]`` (RGB) or ``[1, H, W]`` (grayscale), any device.
+        path: destination file.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _to_pil(image).save(path, format="PNG")
+    return path
+
+
+def write_gif(
+    frames: Sequence[Tensor], path: str | Path, duration_ms: int = 500, loop: int | None = 0
+) -> Path:
+    """Write an animated GIF (Pillow), creating the parent directories.
+
+    Each frame is quantised to its own 256-colour palette (median cut refined by 3 k-means
+    steps, no dithering), so pixels are close to, not equal to, the input. Pillow merges identical
+    consecutive frames into one longer frame.
+
+    Args:
+        frames: uint8 Tensors ``[3, H, W]``, all the same size.
+        path: destination file.
+        duration_ms: display time of each frame.
+        loop: number of repeats, 0 = forever, ``None`` = play once.
+
+    Returns:
+        The path written.
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("write_gif needs at least one frame")
+    if any(f.shape != frames[0].shape for f in frames):
+        raise ValueError("all GIF frames must have the same shape")
+    from PIL import Image
+
+    images = [
+        _to_pil(f)
+        .convert("RGB")
+        .quantize(256, Image.Quantize.MEDIANCUT, kmeans=3, dither=Image.Dither.NONE)
+        for f in frames
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if loop is None else {"loop": int(loop)}
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(1, math.ceil(duration_ms)),
+        disposal=1,
+        optimize=False,
+        **extra,
+    )
+    return path

@@ -1,0 +1,255 @@
+"""Unit tests of every metric on hand-made maps with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradcam_callback import metrics as M
+
+
+def _maps(*rows: list[float], h: int = 1) -> torch.Tensor:
+    """Maps ``[N, h, len/h]`` from flat value lists."""
+    t = torch.tensor(rows, dtype=torch.float32)
+    return t.view(t.shape[0], h, -1)
+
+
+def _onehot(h: int, w: int, y: int, x: int) -> torch.Tensor:
+    m = torch.zeros(1, h, w)
+    m[0, y, x] = 1.0
+    return m
+
+
+# ----------------------------------------------------------------------------- drift
+def test_pearson_known_values() -> None:
+    a = _maps([1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4])
+    b = _maps([5, 7, 9, 11], [4, 3, 2, 1], [1, 3, 2, 4])
+    torch.testing.assert_close(M.pearson(a, b), torch.tensor([1.0, -1.0, 0.8]))
+
+
+def test_pearson_constant_map_is_nan() -> None:
+    a = _maps([0, 0, 0, 0], [2, 2, 2, 2])
+    b = _maps([1, 2, 3, 4], [1, 2, 3, 4])
+    assert torch.isnan(M.pearson(a, b)).all()
+
+
+def test_spearman_monotone_and_ties() -> None:
+    a = _maps([1, 2, 3, 4], [0, 0, 1, 2])
+    b = _maps([1, 8, 27, 64], [0, 1, 1, 2])
+    # second pair by hand: ranks (0.5, 0.5, 2, 3) and (0, 1.5, 1.5, 3) -> 3.75 / 4.5
+    torch.testing.assert_close(M.spearman(a, b), torch.tensor([1.0, 3.75 / 4.5]))
+
+
+def test_spearman_ignores_scale_but_not_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 8, 8, generator=g)
+    torch.testing.assert_close(M.spearman(a, a.exp() * 3), torch.ones(2))
+    torch.testing.assert_close(M.spearman(a, -a), -torch.ones(2))
+
+
+def test_js_divergence_known_values() -> None:
+    a = _maps([1, 1, 0], [1, 0, 0], [0.5, 0.5, 0])
+    b = _maps([0, 1, 1], [0, 0, 1], [3, 3, 0])
+    # half overlap -> 0.5 bit; disjoint -> 1; same shape at another scale -> 0
+    torch.testing.assert_close(M.js_divergence(a, b), torch.tensor([0.5, 1.0, 0.0]))
+
+
+def test_js_divergence_zero_map_is_nan() -> None:
+    out = M.js_divergence(_maps([0, 0, 0], [1, 0, 0]), _maps([1, 0, 0], [1, 0, 0]))
+    assert torch.isnan(out[0]) and out[1] == 0
+
+
+def test_topk_iou_known_values() -> None:
+    # 16 pixels, frac 0.25 -> the 4 hottest pixels
+    a = torch.zeros(3, 4, 4)
+    b = torch.zeros(3, 4, 4)
+    a.view(3, -1)[0, 0:4] = torch.tensor([4.0, 3, 2, 1])
+    b.view(3, -1)[0, 2:6] = torch.tensor([4.0, 3, 2, 1])  # overlap 2 of 6
+    a.view(3, -1)[1, 0:4] = 1.0
+    b.view(3, -1)[1, 0:4] = 5.0  # identical regions
+    b.view(3, -1)[2, 0] = 1.0  # a is all zero: empty region vs one pixel
+    out = M.topk_iou(a, b, frac=0.25)
+    torch.testing.assert_close(out, torch.tensor([2 / 6, 1.0, 0.0]))
+    assert torch.isnan(M.topk_iou(a[2:], a[2:]))[0]
+
+
+def test_center_of_mass_and_shift() -> None:
+    one = _onehot(5, 9, 2, 7)
+    two = torch.zeros(1, 5, 9)
+    two[0, 0, 0] = two[0, 4, 8] = 1.0
+    com = M.center_of_mass(torch.cat([one, two]))
+    torch.testing.assert_close(com, torch.tensor([[2.0, 7.0], [2.0, 4.0]]))
+    corner_a, corner_b = _onehot(5, 9, 0, 0), _onehot(5, 9, 4, 8)
+    torch.testing.assert_close(M.com_shift(corner_a, corner_b), torch.tensor([1.0]))
+    torch.testing.assert_close(M.com_shift(corner_a, corner_a * 7), torch.tensor([0.0]))
+    assert torch.isnan(M.com_shift(torch.zeros(1, 5, 9), corner_a)).all()
+
+
+def test_focus_entropy_known_values() -> None:
+    a = _maps([5, 0, 0, 0], [1, 1, 1, 1], [2, 2, 0, 0])
+    torch.testing.assert_close(M.focus_entropy(a), torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.isnan(M.focus_entropy(torch.zeros(1, 2, 2))).all()
+
+
+# ----------------------------------------------------------------------------- masks
+def test_mass_share_and_enrichment() -> None:
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:2, :2] = True  # a quarter of the image
+    uniform = torch.ones(1, 4, 4)
+    inside = torch.zeros(1, 4, 4)
+    inside[0, :2, :2] = 3.0
+    half = torch.zeros(1, 4, 4)
+    half[0, 0, 0] = half[0, 3, 3] = 1.0
+    maps = torch.cat([uniform, inside, half])
+    torch.testing.assert_close(M.mass_share(maps, mask), torch.tensor([0.25, 1.0, 0.5]))
+    torch.testing.assert_close(M.enrichment(maps, mask), torch.tensor([1.0, 4.0, 2.0]))
+    # per-probe masks
+    masks = mask.expand(3, 4, 4).clone()
+    masks[2] = ~mask
+    torch.testing.assert_close(M.enrichment(maps, masks), torch.tensor([1.0, 4.0, 2 / 3]))
+
+
+def test_mask_degenerate_cases() -> None:
+    maps = torch.cat([torch.ones(1, 4, 4), torch.zeros(1, 4, 4)])
+    empty = torch.zeros(4, 4, dtype=torch.bool)
+    share = M.mass_share(maps, empty)
+    assert share[0] == 0 and torch.isnan(share[1])
+    assert torch.isnan(M.enrichment(maps, empty)).all()
+    assert torch.isnan(M.pointing_game(maps, ~empty)).all()  # constant maps have no peak
+
+
+def test_pointing_game() -> None:
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:4, 2:4] = True
+    maps = torch.cat([_onehot(8, 8, 3, 3), _onehot(8, 8, 7, 7), _onehot(8, 8, 5, 5)])
+    torch.testing.assert_close(M.pointing_game(maps, mask), torch.tensor([1.0, 0.0, 0.0]))
+    # 2 px tolerance reaches (5, 5) but not (7, 7)
+    out = M.pointing_game(maps, mask, tolerance=2)
+    torch.testing.assert_close(out, torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_border_and_corner_enrichment() -> None:
+    h = w = 16  # border width 0.125 -> 2 px band: 64 - ... area share = 1 - (12*12)/256
+    band_share = 1 - 144 / 256
+    centre = torch.zeros(1, h, w)
+    centre[0, 6:10, 6:10] = 1.0
+    frame = M.border_mask(h, w, 0.125).float()[None]
+    maps = torch.cat([torch.ones(1, h, w), centre, frame])
+    torch.testing.assert_close(M.border_enrichment(maps), torch.tensor([1.0, 0.0, 1 / band_share]))
+    corner = torch.zeros(1, h, w)
+    corner[0, :4, 12:] = 1.0  # top-right corner, 0.25 x 0.25 of the image
+    torch.testing.assert_close(
+        M.corner_enrichment(torch.cat([corner, torch.ones(1, h, w)])), torch.tensor([16.0, 1.0])
+    )
+    assert torch.isnan(M.corner_enrichment(torch.zeros(1, h, w))).all()
+
+
+# ----------------------------------------------------------------------------- hot spot
+def _bump(h: int, w: int, cy: float, cx: float, sigma: float = 2.0) -> torch.Tensor:
+    ys = torch.arange(h).float()[:, None]
+    xs = torch.arange(w).float()[None, :]
+    return torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2))
+
+
+def test_anchored_hotspot_watermark_vs_moving_objects() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 8, 32, 32
+    images = torch.rand(n, 3, h, w, generator=g)
+    images[:, :, :9, :9] = 0.9  # the same "watermark" pasted top-left in every image
+    anchored = torch.stack([_bump(h, w, 4, 4) for _ in range(n)])
+    # objects that move: bumps at eight different places
+    spots = [(8, 8), (8, 24), (24, 8), (24, 24), (16, 16), (12, 20), (20, 12), (16, 8)]
+    moving = torch.stack([_bump(h, w, y, x) for y, x in spots])
+
+    hot = M.anchored_hotspot(anchored, images)
+    assert hot.consistency[0] > 10  # every probe piles its mass on the same 5 % of the image
+    assert hot.offset[0] > 0.6  # near the top-left corner
+    assert hot.stability[0] > 0.95  # identical pixels under it
+    assert hot.region[:, 4, 4].all() and not hot.region[:, 16, 16].any()
+
+    cold = M.anchored_hotspot(moving, images)
+    assert cold.consistency[0] < 0.5 * hot.consistency[0]
+    assert cold.stability[0] < 0.3  # random pixels move under the hot spot
+
+
+def test_anchored_hotspot_groups_and_zero_maps() -> None:
+    n, h, w = 8, 16, 16
+    images = torch.zeros(n, 1, h, w)
+    images[:, :, :, :8] = torch.arange(n).float()[:, None, None, None]  # left half varies
+    maps = torch.stack([_bump(h, w, 2, 13, 1.0)] * 4 + [_bump(h, w, 13, 2, 1.0)] * 4)
+    maps[3] = 0.0  # an untrained-style map: excluded from its group
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    hot = M.anchored_hotspot(maps, images, groups, num_groups=2, min_group=3)
+    torch.testing.assert_close(hot.size, torch.tensor([3.0, 4.0]))
+    assert hot.group_region[0, 2, 13] and hot.group_region[1, 13, 2]
+    assert not hot.region[3].any() and torch.isnan(hot.share[3])
+    # right half is constant across images, left half is not
+    torch.testing.assert_close(hot.stability[0], torch.tensor(1.0))
+    torch.testing.assert_close(hot.stability[1], torch.tensor(0.0))
+    hot4 = M.anchored_hotspot(maps, images, groups, num_groups=2, min_group=4)
+    assert torch.isnan(hot4.consistency[0]) and not torch.isnan(hot4.consistency[1])
+    zero = M.anchored_hotspot(torch.zeros(n, h, w), images)
+    assert torch.isnan(zero.consistency).all() and not zero.region.any()
+
+
+# ----------------------------------------------------------------------------- causal
+def test_erase_fills_from_surroundings() -> None:
+    h = w = 16
+    flat = torch.full((2, 3, h, w), 0.3)
+    region = torch.zeros(h, w, dtype=torch.bool)
+    region[2:8, 3:9] = True
+    stamped = flat.clone()
+    stamped[:, :, 2:8, 3:9] = 5.0
+    out = M.erase(stamped, region)
+    torch.testing.assert_close(out, flat)  # the stamp is gone, the constant background back
+    ramp = torch.arange(w).float().expand(1, 1, h, w).clone()
+    filled = M.erase(ramp, region)
+    assert (filled - ramp).abs().max() < 1.0  # a smooth ramp is continued, not flattened
+    assert torch.equal(filled[..., ~region], ramp[..., ~region])
+
+
+def test_erase_degenerate_regions() -> None:
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(M.erase(x, torch.zeros(8, 8, dtype=torch.bool)), x)
+    assert torch.equal(M.erase(x, torch.ones(2, 8, 8, dtype=torch.bool)), torch.zeros_like(x))
+
+
+def test_erasure_effect_flips_a_corner_reader() -> None:
+    def score_fn(images: torch.Tensor) -> torch.Tensor:
+        corner = images[:, 0, :4, :4].mean((1, 2))
+        return torch.stack([torch.zeros_like(corner), 10 * corner], dim=1)
+
+    images = torch.zeros(2, 1, 16, 16)
+    images[0, :, :4, :4] = 1.0  # probe 0 shows the corner mark, probe 1 does not
+    region = torch.zeros(16, 16, dtype=torch.bool)
+    region[:4, :4] = True
+    flipped, drop = M.erasure_effect(score_fn, images, region, torch.tensor([1, 1]))
+    torch.testing.assert_close(flipped, torch.tensor([1.0, 0.0]))
+    expected = torch.tensor([10.0, 0.0]).softmax(0)[0] - 0.5
+    torch.testing.assert_close(drop, torch.stack([expected, torch.tensor(0.0)]))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [M.pearson, M.spearman, M.js_divergence, M.topk_iou, M.com_shift],
+)
+def test_pairwise_metrics_never_crash_on_degenerate_maps(fn) -> None:
+    z = torch.zeros(3, 8, 8)
+    c = torch.ones(3, 8, 8)
+    for a, b in [(z, z), (z, c), (c, c)]:
+        out = fn(a, b)
+        assert out.shape == (3,) and out.dtype == torch.float32
+
+
+def test_values_stay_in_documented_ranges() -> None:
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(16, 12, 12, generator=g).relu() ** 4
+    b = torch.rand(16, 12, 12, generator=g) ** 4
+    assert ((M.pearson(a, b) >= -1) & (M.pearson(a, b) <= 1)).all()
+    assert ((M.js_divergence(a, b) >= 0) & (M.js_divergence(a, b) <= 1)).all()
+    assert ((M.com_shift(a, b) >= 0) & (M.com_shift(a, b) <= 1)).all()
+    ent = M.focus_entropy(a)
+    assert ((ent >= 0) & (ent <= 1)).all()
+    assert math.isclose(float(M.border_enrichment(torch.ones(1, 12, 12))[0]), 1.0, rel_tol=1e-5)
