@@ -144,6 +144,7 @@ class ShortcutMonitor:
         hotspot_stability: ... and, without causal confirmation, image pixels under the hot spot
             this constant across the group's images (watermarks are pasted, objects move).
         hotspot_frac: hot-spot area as a fraction of the image.
+        focus_frac: the hottest fraction of each map that the focus erasure removes.
         border_enrichment: mask-free background flag when the mean attention enrichment of the
             image frame (band of ``border_width``) is at least this.
         border_width: frame width as a fraction of each side.
@@ -169,6 +170,7 @@ class ShortcutMonitor:
         hotspot_offset: float = 0.3,
         hotspot_stability: float = 0.5,
         hotspot_frac: float = 0.05,
+        focus_frac: float = 0.1,
         border_enrichment: float = 1.5,
         border_width: float = 0.125,
         flip_rate: float = 0.2,
@@ -185,6 +187,7 @@ class ShortcutMonitor:
         self.hotspot_offset = float(hotspot_offset)
         self.hotspot_stability = float(hotspot_stability)
         self.hotspot_frac = float(hotspot_frac)
+        self.focus_frac = float(focus_frac)
         self.border_enrichment = float(border_enrichment)
         self.border_width = float(border_width)
         self.flip_rate = float(flip_rate)
@@ -324,32 +327,36 @@ class ShortcutMonitor:
         scalars["attention/hotspot_class"] = uniq[best].float()
         in_best = inv == best
 
-        # ---- causal confirmation (one batched forward per erased region kind)
+        # ---- causal confirmation: one batched forward of the probes per erased region kind
         causal = score_fn is not None and self.confirm
         if causal:
             assert score_fn is not None
-            base = logits.detach().float().to(dev) if logits is not None else None
+            regions: dict[str, Tensor] = {
+                "hotspot": _dilate(hot.footprint, 1),
+                "border": M.border_mask(h, w, self.border_width, dev).expand(n, h, w),
+                "focus": _dilate(M.top_region(maps, self.focus_frac), 1),
+            }
+            if artifact_masks is not None:
+                regions["artifact"] = _dilate(am, 1)
+            if object_masks is not None:
+                regions["object"] = _dilate(om, 1)
             with torch.no_grad():
-                if base is None:
-                    base = score_fn(images).float()
-                dil = max(1, round(0.03 * min(h, w)))
-                hreg = F.max_pool2d(hot.region[:, None].float(), 2 * dil + 1, 1, dil)[:, 0] > 0
-                flip, drop = M.erasure_effect(score_fn, images, hreg, targets, base)
-                tested = hreg.flatten(1).any(1)
-                per["causal/hotspot_flip"] = torch.where(tested, flip, torch.nan)
-                per["causal/hotspot_drop"] = torch.where(tested, drop, torch.nan)
-                sel = tested & in_best
-                scalars["causal/hotspot_flip_rate"] = _nanmean(torch.where(sel, flip, torch.nan))
-                scalars["causal/hotspot_score_drop"] = _nanmean(torch.where(sel, drop, torch.nan))
-                if has_art is not None:
-                    flip, drop = M.erasure_effect(score_fn, images, am, targets, base)
-                    per["causal/artifact_flip"] = torch.where(has_art, flip, torch.nan)
-                    per["causal/artifact_drop"] = torch.where(has_art, drop, torch.nan)
-                if has_obj is not None:
-                    flip, drop = M.erasure_effect(score_fn, images, om, targets, base)
-                    per["causal/object_flip"] = torch.where(has_obj, flip, torch.nan)
-                    per["causal/object_drop"] = torch.where(has_obj, drop, torch.nan)
-            src = "artifact" if has_art is not None else "hotspot"
+                base = logits if logits is not None else score_fn(images)
+                base = base.detach().float().to(dev)
+                for name, reg in regions.items():
+                    flip, drop = M.erasure_effect(score_fn, images, reg, targets, base)
+                    tested = reg.flatten(1).any(1)
+                    if name == "artifact":
+                        tested = tested & has_art
+                    elif name == "object":
+                        tested = tested & has_obj
+                    per[f"causal/{name}_flip"] = torch.where(tested, flip, torch.nan)
+                    per[f"causal/{name}_drop"] = torch.where(tested, drop, torch.nan)
+            sel = in_best & hot.footprint.flatten(1).any(1)
+            for key, src in (("flip_rate", "flip"), ("score_drop", "drop")):
+                vals = torch.where(sel, per[f"causal/hotspot_{src}"], torch.nan)
+                scalars[f"causal/hotspot_{key}"] = _nanmean(vals)
+            src = "artifact" if artifact_masks is not None else "hotspot"
             per["causal/flip"] = per[f"causal/{src}_flip"]
             per["causal/score_drop"] = per[f"causal/{src}_drop"]
 
@@ -375,7 +382,7 @@ class ShortcutMonitor:
             "svals": svals.cpu(),
             "cls": cls_uniq.cpu(),
             "cmeans": cmeans.cpu(),
-            "hotspot": hot.region.cpu(),
+            "hotspot": hot.footprint.cpu(),
             "in_best": in_best.cpu(),
         }
         out = Analysis(hotspot=host["hotspot"])
@@ -549,6 +556,14 @@ class ShortcutMonitor:
             out.append(f)
         self.active = active
         return out
+
+
+def _dilate(mask: Tensor, px: int) -> Tensor:
+    """Grow bool ``[N, H, W]`` masks by ``px`` pixels (3x3-connected)."""
+    if px <= 0:
+        return mask
+    k = 2 * px + 1
+    return F.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0
 
 
 def _replace(f: Flag, **kw: Any) -> Flag:

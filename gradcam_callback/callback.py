@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
 from .probes import BatchKeys, ProbeSet, preserve_rng, select_probes
+from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
 from .render import denormalize, filmstrip, overlay, probe_grid, probe_rows, write_gif, write_png
 from .sinks import SinkGroup
 
@@ -99,6 +100,10 @@ class GradCAMCallback(Callback):
         faithfulness_every_n_runs: every n runs, compute the deletion curve AUC of the maps
             (``0`` = never; costs ``faithfulness_steps + 1`` probe forwards).
         faithfulness_steps: number of deletion steps.
+        occlusion_every_n_runs: every n runs, compute a sliding-patch occlusion map of the probes
+            (patch = 1/8 of the image side, stride = half a patch) and log its rank
+            correlation with Grad-CAM as ``attention/occlusion_agreement`` (``0`` = never; costs
+            about 200 probe forwards: a slow cross-check).
         image_key: dict-batch key of the images (also ``label_key``, ``object_mask_key``,
             ``artifact_mask_key``).
         label_key: dict-batch key of the labels.
@@ -140,6 +145,7 @@ class GradCAMCallback(Callback):
         sanity_check: bool = False,
         faithfulness_every_n_runs: int = 0,
         faithfulness_steps: int = 10,
+        occlusion_every_n_runs: int = 0,
         image_key: str = "image",
         label_key: str = "label",
         object_mask_key: str = "object_mask",
@@ -168,8 +174,10 @@ class GradCAMCallback(Callback):
             raise ValueError("give both mean and std (the inputs' normalisation), or neither")
         if probes is not None and not isinstance(probes, ProbeSet):
             raise TypeError(f"probes must be a ProbeSet, got {type(probes).__name__}")
-        if faithfulness_every_n_runs < 0:
-            raise ValueError("faithfulness_every_n_runs must be >= 0")
+        if faithfulness_every_n_runs < 0 or occlusion_every_n_runs < 0:
+            raise ValueError("faithfulness_every_n_runs and occlusion_every_n_runs must be >= 0")
+        if faithfulness_steps < 1:
+            raise ValueError(f"faithfulness_steps must be >= 1, got {faithfulness_steps}")
         self.num_probes = num_probes
         self.every_n_epochs = every_n_epochs
         self.target_layer = target_layer
@@ -191,6 +199,7 @@ class GradCAMCallback(Callback):
         self.sanity_check = sanity_check
         self.faithfulness_every_n_runs = faithfulness_every_n_runs
         self.faithfulness_steps = faithfulness_steps
+        self.occlusion_every_n_runs = occlusion_every_n_runs
         self.keys = BatchKeys(image_key, label_key, object_mask_key, artifact_mask_key)
         self.target_fn = target_fn
         self.verbose = verbose
@@ -261,9 +270,7 @@ class GradCAMCallback(Callback):
         sample = probes.images[: min(2, len(probes))].to(device)
         with preserve_rng():
             self.layer_info = self._engine.resolve(sample)
-            result = self._engine.explain(
-                sample, self.target_fn, upsample=False, normalize=False
-            )
+            result = self._engine.explain(sample, self.target_fn, upsample=False, normalize=False)
         out = result.output
         if self.target_fn is None:
             if not isinstance(out, Tensor) or out.dim() != 2:
@@ -290,9 +297,9 @@ class GradCAMCallback(Callback):
         if trainer.sanity_checking:
             return
         fn = _fn(trainer)
-        if fn == "fit" and not _fast_dev_run(trainer):
-            if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
-                return
+        scheduled = (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if fn == "fit" and not _fast_dev_run(trainer) and not scheduled:
+            return
         self._run(trainer, pl_module, stage="validate" if fn == "validate" else "fit")
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -306,6 +313,57 @@ class GradCAMCallback(Callback):
                 self._log_filmstrip(trainer)
         except Exception as err:  # a fault in the monitor never crashes training
             _warn(trainer, f"GradCAMCallback: could not write the filmstrip: {err!r}")
+        if self.sanity_check and self._probes is not None:
+            try:
+                with preserve_rng():
+                    self._run_sanity_check(trainer, pl_module)
+            except Exception as err:
+                _warn(trainer, f"GradCAMCallback: the randomisation check failed: {err!r}")
+
+    def _run_sanity_check(self, trainer: Any, pl_module: Any) -> None:
+        """Model-parameter randomisation test (Adebayo et al. 2018) on a copy of the model."""
+        assert self._probes is not None and self._engine is not None
+        model = self._model(pl_module)
+        device = _module_device(model)
+        images = self._probes.images.to(device)
+        targets = None
+        if self.target == "label" and self._probes.labels is not None:
+            targets = self._probes.labels.to(device)
+        with _eager_forward(pl_module):
+            report = randomization_check(
+                model, images, targets, target_layer=self._engine.target_layers, method=self.method
+            )
+        summary = {f"sanity/{k}": float(v) for k, v in report.summary().items()}
+        step = _log_step(trainer)
+        self.history.append(
+            {
+                "epoch": int(trainer.current_epoch),
+                "global_step": step,
+                "stage": "sanity_check",
+                "metrics": summary,
+                "flags": [] if report.passed else ["unfaithful"],
+            }
+        )
+        sinks = self._sinks(trainer)
+        _log_metrics_direct(trainer, {f"{self.prefix}/{k}": v for k, v in summary.items()}, step)
+        if not report.passed:
+            flag = Flag(
+                kind="unfaithful",
+                epoch=int(trainer.current_epoch),
+                global_step=step,
+                probe=None,
+                value=float(report.similarity),
+                threshold=float(report.threshold),
+                message=(
+                    f"the maps barely change when the model's weights are randomised (mean "
+                    f"Spearman {report.similarity:.2f} >= {report.threshold:.2f} over "
+                    f"{len(report.stages)} stages): they may explain the input, not the model; "
+                    f"see '{self.prefix}/sanity/...'"
+                ),
+                metric="sanity/similarity",
+            )
+            self.flags.append(flag)
+            self._report_flags(trainer, sinks, [flag], step)
 
     # ------------------------------------------------------------------ a run
     def _run(self, trainer: Any, pl_module: Any, stage: str, use_log: bool = True) -> None:
@@ -409,6 +467,7 @@ class GradCAMCallback(Callback):
             baseline=is_baseline,
         )
         metrics.update({k: float(v) for k, v in analysis.summary.items()})
+        metrics.update(self._quality_metrics(pl_module, plugin, images, maps, targets_t))
         new_flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
 
         record = {
@@ -428,6 +487,31 @@ class GradCAMCallback(Callback):
             "skipped": skipped,
         }
         return record, new_flags, media
+
+    def _quality_metrics(
+        self, pl_module: Any, plugin: Any, images: Tensor, maps: Tensor, targets: Tensor | None
+    ) -> dict[str, float]:
+        """Opt-in, periodic faithfulness (deletion AUC) and occlusion cross-check."""
+        out: dict[str, float] = {}
+        run = len(self.history) + 1
+        every_del, every_occ = self.faithfulness_every_n_runs, self.occlusion_every_n_runs
+        if targets is None or not (
+            (every_del and run % every_del == 0) or (every_occ and run % every_occ == 0)
+        ):
+            return out
+        score_fn = self._score_fn(pl_module, plugin)
+        if every_del and run % every_del == 0:
+            report = deletion_curve(
+                score_fn, images.float(), maps, targets, steps=self.faithfulness_steps
+            )
+            out["faithfulness/deletion_auc"] = float(report.auc.mean())
+        if every_occ and run % every_occ == 0:
+            patch = max(2, min(images.shape[-2:]) // 8)
+            occ = occlusion_map(
+                score_fn, images.float(), targets, patch=patch, stride=max(1, patch // 2)
+            )
+            out["attention/occlusion_agreement"] = float(occlusion_agreement(maps, occ).nanmean())
+        return out
 
     def _score_fn(self, pl_module: Any, plugin: Any) -> Callable[[Tensor], Tensor]:
         model = self._model(pl_module)
@@ -476,7 +560,9 @@ class GradCAMCallback(Callback):
             self._thumbs.append(_thumbnail(thumbs).cpu())
             self._thumb_steps.append(step)
 
-        header = "| probe | label | target | prediction | confidence |\n|---:|---:|---:|---:|---:|\n"
+        header = (
+            "| probe | label | target | prediction | confidence |\n|---:|---:|---:|---:|---:|\n"
+        )
         body = "".join(
             f"| {i} | {labels[i]} | {tgts[i]} | {preds[i]} | {confs[i]:.3f} |\n" for i in range(n)
         )
@@ -564,6 +650,7 @@ def _log_metrics_direct(trainer: Any, scalars: dict[str, float], step: int) -> N
             logger.log_metrics(finite, step=step)
         except Exception as err:
             _warn(trainer, f"GradCAMCallback: {type(logger).__name__}.log_metrics failed: {err!r}")
+
 
 def _flag_to_dict(flag: Flag) -> dict[str, Any]:
     from dataclasses import asdict

@@ -227,6 +227,16 @@ class GradCAM:
             self._info = [by_name[n] for n, _ in self._layers]
         return list(self._info)
 
+    def guided(self, images: Tensor, targets: TargetSpec = None) -> Tensor:
+        """Guided Grad-CAM: guided backpropagation times the upsampled, normalised map.
+
+        Returns float32 ``[N, C, H, W]`` (fine-grained and class-discriminative); costs two
+        forward + backward passes. See :func:`gradcam_callback.guided.guided_gradcam`.
+        """
+        from .guided import guided_gradcam
+
+        return guided_gradcam(self, images, targets)
+
     def describe(self) -> str:
         """One line per target layer: name, channels, map size and stride (after ``resolve``)."""
         if self._info is None:
@@ -304,10 +314,15 @@ class GradCAM:
                     raise RuntimeError(f"target layer(s) {missing} did not run in the forward")
                 scores, target_idx = _target_scores(output, targets, x.shape[0])
                 acts = [capture.acts[n] for n in names]
-                if scores.requires_grad:
-                    grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
-                else:  # the output does not depend on the target layer
-                    grads = (None,) * len(acts)
+                if not scores.requires_grad:
+                    raise RuntimeError(
+                        f"the target scores do not depend on the target layer(s) {names} through "
+                        "autograd, so there is no gradient to weight the maps with. Does the "
+                        "model's forward run that part under torch.no_grad() (a frozen linear "
+                        "probe), or detach it? Run it with grad enabled (freeze with "
+                        "requires_grad_(False) instead), or pick a layer the output depends on."
+                    )
+                grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
         finally:
             for h in handles:
                 h.remove()

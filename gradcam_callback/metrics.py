@@ -41,11 +41,13 @@ __all__ = [
     "erase",
     "erasure_effect",
     "focus_entropy",
+    "grow_region",
     "js_divergence",
     "mass_share",
     "pearson",
     "pointing_game",
     "spearman",
+    "top_region",
     "topk_iou",
 ]
 
@@ -161,6 +163,17 @@ def _top_region(flat: Tensor, frac: float) -> Tensor:
     k = min(p, max(1, math.ceil(frac * p)))
     kth = flat.topk(k, dim=1).values[:, -1:]
     return (flat >= kth) & (flat > 0)
+
+
+def top_region(maps: Tensor, frac: float = 0.1) -> Tensor:
+    """Bool ``[N, H, W]``: each map's hottest ``frac`` of pixels (ties included, zeros never).
+
+    Args:
+        maps: float ``[N, H, W]``.
+        frac: area fraction in ``(0, 1]``; the region holds the pixels at least as hot as the
+            ``ceil(frac * H * W)``-th hottest one, and ``> 0``.
+    """
+    return _top_region(_flat(maps), frac).view(maps.shape)
 
 
 def topk_iou(a: Tensor, b: Tensor, frac: float = 0.1) -> Tensor:
@@ -376,10 +389,16 @@ class Hotspot:
             each probe's share, hot-spot pixels by the group's mean attention). Near 1 for pasted watermarks, tags and tokens; near 0 (clamped) for
             moving objects or random texture.
         size: float32 ``[G]``, number of usable maps in each group.
+        footprint: bool ``[N, H, W]``, the group's hot spot grown over stable pixels (see
+            :func:`grow_region`): the likely extent of a pasted artifact, e.g. a whole border
+            band whose middle alone is hot. This is the region to erase in a causal check.
+        group_footprint: bool ``[G, H, W]``, the same per group.
     """
 
     region: Tensor
     group_region: Tensor
+    footprint: Tensor
+    group_footprint: Tensor
     share: Tensor
     enrichment: Tensor
     consistency: Tensor
@@ -395,6 +414,8 @@ def anchored_hotspot(
     num_groups: int | None = None,
     frac: float = 0.05,
     min_group: int = 4,
+    stable_ratio: float = 0.5,
+    max_area: float = 0.25,
 ) -> Hotspot:
     """Attention piled up at one place across *different* probe images.
 
@@ -413,6 +434,9 @@ def anchored_hotspot(
         num_groups: number of groups; ``None`` reads ``groups.max() + 1`` (one host sync).
         frac: hot-spot area as a fraction of the image.
         min_group: smallest number of usable maps for a group's statistics (else ``NaN``).
+        stable_ratio: a pixel is *stable* when its standard deviation across the group's images
+            is below this fraction of the image-wide mean; the footprint grows over those.
+        max_area: the footprint stops growing before it covers more than this image fraction.
 
     Returns:
         :class:`Hotspot`.
@@ -465,9 +489,15 @@ def anchored_hotspot(
     stability = (1.0 - std_reg / std_all.clamp_min(torch.finfo(std.dtype).tiny)).clamp(0.0, 1.0)
     stability = torch.where(enough & (area > 0) & (std_all > 0), stability, _nan(stability))
 
+    # the artifact's likely extent: the hot spot grown over pixels that barely change
+    stable = (std < stable_ratio * std_all[:, None]).view(num_groups, h, w)
+    foot = grow_region(greg.view(num_groups, h, w), stable, max_area=max_area)
+
     return Hotspot(
         region=region.view(n, h, w),
         group_region=greg.view(num_groups, h, w),
+        footprint=foot[groups] & ok[:, None, None],
+        group_footprint=foot,
         share=share,
         enrichment=enr,
         consistency=consistency,
@@ -475,6 +505,39 @@ def anchored_hotspot(
         stability=stability,
         size=size,
     )
+
+
+def grow_region(
+    seed: Tensor, allowed: Tensor, max_area: float = 0.25, iters: int | None = None
+) -> Tensor:
+    """Grow ``seed`` into 8-connected ``allowed`` pixels (batched constrained dilation).
+
+    Each step adds the ``allowed`` neighbours of the current region; a region stops growing
+    (keeps its last size) before its area would exceed ``max_area`` of the image, so a region
+    that would flood a stable background stays near its seed. A fixed number of steps, no host
+    synchronisation.
+
+    Args:
+        seed: bool ``[G, H, W]``.
+        allowed: bool ``[G, H, W]`` (or ``[H, W]``).
+        max_area: largest area fraction in ``(0, 1]`` the grown region may reach.
+        iters: dilation steps; ``None``: ``ceil(max(H, W) / 2)`` (enough to span the image from
+            its middle).
+
+    Returns:
+        bool ``[G, H, W]``, a superset of ``seed``.
+    """
+    g, h, w = seed.shape
+    if iters is None:
+        iters = math.ceil(max(h, w) / 2)
+    allowed = allowed.expand(g, h, w)[:, None]
+    region = seed[:, None].float()
+    limit = max_area * h * w
+    for _ in range(iters):
+        grown = torch.maximum(F.max_pool2d(region, 3, 1, 1) * allowed, region)
+        fits = grown.sum((1, 2, 3), keepdim=True) <= limit
+        region = torch.where(fits, grown, region)
+    return region[:, 0] > 0
 
 
 # ----------------------------------------------------------------------------- causal

@@ -95,7 +95,9 @@ class ProbeSet:
                         f"probe labels must have shape [N] = [{n}], got {_shape(labels)}"
                     )
                 if labels.is_floating_point() or labels.dtype == torch.bool:
-                    raise ValueError(f"probe labels must be integer class indices, got {labels.dtype}")
+                    raise ValueError(
+                        f"probe labels must be integer class indices, got {labels.dtype}"
+                    )
                 if labels.numel() and int(labels.min()) < 0:
                     raise ValueError(f"probe labels must be >= 0, got {int(labels.min())}")
                 self.labels = labels.detach().to("cpu", torch.long).clone()
@@ -299,7 +301,9 @@ def select_probes(
     images = torch.stack([s[0] for s in pick])
     labels = torch.stack([s[1] for s in pick]) if labels_known else None
     if not labels_known and any(s[1] is not None for s in samples):
-        warnings.warn("some samples have no integer label; probes use predicted classes", stacklevel=2)
+        warnings.warn(
+            "some samples have no integer label; probes use predicted classes", stacklevel=2
+        )
 
     def stack_masks(j: int) -> Tensor | None:
         masks = [s[j] for s in pick]

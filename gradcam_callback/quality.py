@@ -133,7 +133,8 @@ class RandomizationReport:
         spearman: float32 ``[S, N]``, rank correlation of each probe's map after stage ``s`` with
             its trained-model map (``NaN`` where a map is constant).
         ssim: float32 ``[S, N]``, SSIM of the same pairs (maps min-max normalised to ``[0, 1]``).
-        passed: ``similarity < threshold``: the maps do change when the weights are randomised.
+        passed: ``similarity < threshold``: the maps do change when the weights are randomised
+            (``False`` too when every trained-model map is constant: nothing could be tested).
         similarity: the test statistic, the mean of :attr:`probe_similarity` over probes whose
             trained map is not constant (a ``NaN`` correlation of a constant randomised map
             counts as 0, "changed").
@@ -284,6 +285,7 @@ def _reinit_(modules: Sequence[nn.Module], seed: int) -> None:
                 nn.init.normal_(p, 0.0, 1.0, generator=g)
 
 
+@torch.inference_mode(False)  # the copy's weights and the probes must be normal tensors
 def randomization_check(
     model: nn.Module,
     images: Tensor,
@@ -331,6 +333,8 @@ def randomization_check(
         keep_maps: keep every stage's maps in the report (``[S + 1, N, H, W]``).
     """
     base = unwrap_model(model)
+    if images.is_inference():  # e.g. probes captured in a Lightning validation hook
+        images = images.clone()
     if explainer is None:
         engine = GradCAM(base, target_layer=target_layer, method=method)
         res = engine.explain(images, targets)

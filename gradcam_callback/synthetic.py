@@ -626,7 +626,7 @@ class ShortcutDataModule(pl.LightningDataModule):
         n_train: int = 1536,
         n_val: int = 512,
         n_test: int = 512,
-        batch_size: int = 128,
+        batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
         shortcut_epochs: int | None = None,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pytorch_lightning as pl  # noqa: E402
-from lit_helpers import loaders, make_module_class, trainer_kwargs  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+import pytorch_lightning as pl
+from lit_helpers import loaders, make_module_class, trainer_kwargs
+from pytorch_lightning.loggers import TensorBoardLogger
 
-from gradcam_callback import GradCAMCallback  # noqa: E402
+from gradcam_callback import GradCAMCallback
 
 
 def main(out: Path) -> None:

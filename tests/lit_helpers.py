@@ -138,3 +138,31 @@ def trainer_kwargs(tmp_path: Any, **kw: Any) -> dict[str, Any]:
     )
     base.update(kw)
     return base
+
+
+def make_datamodule_class(L: types.ModuleType) -> type:
+    """A LightningDataModule class of namespace ``L`` over :func:`blob_data` (for CLI tests)."""
+
+    class BlobDataModule(L.LightningDataModule):
+        def __init__(self, layout: str = "xy", batch_size: int = 16):
+            super().__init__()
+            self.layout = layout
+            self.batch_size = batch_size
+
+        def train_dataloader(self) -> DataLoader:
+            return loaders(self.layout, batch_size=self.batch_size)[0]
+
+        def val_dataloader(self) -> DataLoader:
+            return loaders(self.layout, batch_size=self.batch_size)[1]
+
+    return BlobDataModule
+
+
+def _lightning_classes() -> tuple[type, type]:
+    import lightning.pytorch as L
+
+    return make_module_class(L), make_datamodule_class(L)
+
+
+# importable class paths for lightning.pytorch LightningCLI tests (lightning is a dev dependency)
+LightningTinyModule, LightningBlobDataModule = _lightning_classes()

@@ -330,9 +330,28 @@ def test_resume_keeps_probes_and_baseline(tmp_path):
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="every_n_epochs"):
         GradCAMCallback(every_n_epochs=0)
-    with pytest.raises(ValueError, match="Unknown method|unknown method"):
+    with pytest.raises(ValueError, match=r"[Uu]nknown method"):
         GradCAMCallback(method="gradcamm")
     with pytest.raises(ValueError, match="on_flag"):
         GradCAMCallback(on_flag="explode")
     with pytest.raises(ValueError, match="both mean and std"):
         GradCAMCallback(mean=[0.5, 0.5, 0.5])
+
+
+def test_opt_in_quality_checks(tmp_path):
+    cb = GradCAMCallback(
+        num_probes=4,
+        verbose=False,
+        sanity_check=True,
+        faithfulness_every_n_runs=1,
+        faithfulness_steps=4,
+        occlusion_every_n_runs=2,
+    )
+    fit(tmp_path, cb, max_epochs=2)
+    runs = [r for r in cb.history if r["stage"] != "sanity_check"]
+    assert all(0 <= r["metrics"]["faithfulness/deletion_auc"] <= 1 for r in runs)
+    assert ["attention/occlusion_agreement" in r["metrics"] for r in runs] == [False, True, False]
+    sanity = cb.history[-1]
+    assert sanity["stage"] == "sanity_check"
+    assert -1 <= sanity["metrics"]["sanity/similarity"] <= 1
+    assert sanity["flags"] == ([] if sanity["metrics"]["sanity/passed"] else ["unfaithful"])

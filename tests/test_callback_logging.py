@@ -52,7 +52,11 @@ def test_tensorboard_images_scalars_text_share_val_steps(tmp_path, namespace, pl
     gradcam_steps = [e.step for e in acc.Scalars("gradcam/probe/confidence")]
     assert gradcam_steps == [0, *val_steps]
     # the overlay grid: 4 probe rows of input | heatmap | overlay, not blank
-    img = np.array(Image.open(__import__("io").BytesIO(acc.Images("gradcam/overlays")[-1].encoded_image_string)))
+    img = np.array(
+        Image.open(
+            __import__("io").BytesIO(acc.Images("gradcam/overlays")[-1].encoded_image_string)
+        )
+    )
     assert img.shape[0] == 4 * (32 + 2) + 2 and img.shape[1] == 3 * (32 + 2) + 2
     assert img.std() > 10
     text_tags = acc.Tags()["tensors"]
@@ -70,8 +74,9 @@ def test_csv_logger_and_no_logger_write_pngs(tmp_path, namespace):
     trainer = L.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=1))
     trainer.fit(make_module_class(L)(), train, val)
     root = Path(logger.log_dir) / "gradcam"
-    steps = sorted(p.name for p in root.glob("step=*"))
+    steps = sorted(p.parent.name for p in root.glob("step=*/gradcam_overlays.png"))
     assert steps == ["step=0", "step=3"]
+    assert (root / "step=4" / "gradcam_filmstrip.png").exists()  # at fit end
     png = np.array(Image.open(root / "step=3" / "gradcam_overlays.png"))
     assert png.ndim == 3 and png.std() > 10
     metrics = (Path(logger.log_dir) / "metrics.csv").read_text()
@@ -124,24 +129,19 @@ def test_a_failing_logger_warns_once_and_training_goes_on(tmp_path):
 
     from gradcam_callback import GradCAMCallback
 
-    class BrokenTB(TensorBoardLogger):
-        @property
-        def experiment(self):
-            raise OSError("disk full")
+    broken = TensorBoardLogger(str(tmp_path), name="broken")
 
-        def log_metrics(self, metrics, step=None):
-            pass
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
 
-        def log_hyperparams(self, *a, **k):
-            pass
+    broken.experiment.add_image = disk_full  # the media calls of this logger all fail
+    broken.experiment.add_text = disk_full
 
     csv = CSVLogger(str(tmp_path), name="csv")
     cb = GradCAMCallback(num_probes=4, verbose=False)
     train, val = loaders()
     trainer = pl.Trainer(
-        **trainer_kwargs(
-            tmp_path, logger=[BrokenTB(str(tmp_path)), csv], callbacks=[cb], max_epochs=2
-        )
+        **trainer_kwargs(tmp_path, logger=[broken, csv], callbacks=[cb], max_epochs=2)
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -149,7 +149,7 @@ def test_a_failing_logger_warns_once_and_training_goes_on(tmp_path):
     disk = [w for w in caught if "disk full" in str(w.message)]
     assert len(disk) == 1
     assert trainer.current_epoch == 2 and len(cb.history) == 3
-    assert len(list((Path(csv.log_dir) / "gradcam").glob("step=*"))) == 3
+    assert len(list((Path(csv.log_dir) / "gradcam").glob("step=*/gradcam_overlays.png"))) == 3
 
 
 def test_metrics_are_monitorable_by_early_stopping(tmp_path):
@@ -161,9 +161,7 @@ def test_metrics_are_monitorable_by_early_stopping(tmp_path):
     cb = GradCAMCallback(num_probes=4, verbose=False)
     es = EarlyStopping(monitor="gradcam/attention/entropy", mode="max", patience=0, strict=True)
     train, val = loaders()
-    trainer = pl.Trainer(
-        **trainer_kwargs(tmp_path, logger=False, callbacks=[cb, es], max_epochs=4)
-    )
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=False, callbacks=[cb, es], max_epochs=4))
     trainer.fit(make_module_class(pl)(), train, val)
     assert es.best_score is not None and torch.isfinite(es.best_score)
 
@@ -197,3 +195,37 @@ def test_lightning_cli_config(tmp_path, monkeypatch):
     assert len(cbs) == 1 and len(cbs[0].history) == 2
     assert cbs[0].every_n_epochs == 1 and cbs[0].num_probes == 8
     assert os.path.exists(tmp_path / "gradcam" / "step=0")
+
+
+def test_lightning_namespace_cli_needs_its_own_class(tmp_path, monkeypatch):
+    pytest.importorskip("jsonargparse")
+    from lightning.pytorch.cli import LightningCLI
+    from lit_helpers import LightningBlobDataModule, LightningTinyModule
+
+    from gradcam_callback.lightning import GradCAMCallback as LightningGradCAM
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(class_path):
+        callbacks = json.dumps([{"class_path": class_path, "init_args": {"num_probes": 4}}])
+        return LightningCLI(
+            LightningTinyModule,
+            LightningBlobDataModule,
+            args=[
+                "fit",
+                "--trainer.max_epochs=1",
+                "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_checkpointing=false",
+                f"--trainer.default_root_dir={tmp_path}",
+                f"--trainer.callbacks={callbacks}",
+            ],
+            save_config_kwargs={"overwrite": True},
+        )
+
+    cli = run("gradcam_callback.lightning.GradCAMCallback")
+    cbs = [c for c in cli.trainer.callbacks if isinstance(c, LightningGradCAM)]
+    assert len(cbs) == 1 and [r["stage"] for r in cbs[0].history] == ["baseline", "fit"]
+    # the pytorch_lightning class is refused by lightning.pytorch's CLI type check
+    with pytest.raises((SystemExit, ValueError, TypeError)):
+        run("gradcam_callback.GradCAMCallback")

@@ -761,3 +761,43 @@ def test_normalize_maps() -> None:
     x = torch.randn(2, 3, 16, 16)
     cam = GradCAM(model, "2")
     torch.testing.assert_close(cam(x, lambda out: out[:, 1] * 1e-10), cam(x, 1))
+
+
+def test_guided_method_is_guided_backprop_times_the_map():
+    from gradcam_callback.guided import guided_backprop
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(4, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6, 3),
+    ).eval()
+    x = torch.randn(3, 3, 10, 12)
+    cam = GradCAM(model, "2")
+    out = cam.guided(x, [0, 1, 2])
+    expected = guided_backprop(model, x, [0, 1, 2]) * cam(x, [0, 1, 2])[:, None]
+    assert out.shape == (3, 3, 10, 12) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)
+    assert out.abs().sum() > 0
+
+
+def test_output_detached_from_the_layer_is_a_clear_error():
+    class LinearProbe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Conv2d(3, 4, 3)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            with torch.no_grad():
+                f = self.backbone(x)
+            return self.head(f.mean((2, 3)))
+
+    model = LinearProbe()
+    with pytest.raises(RuntimeError, match="do not depend on the target layer"):
+        GradCAM(model, "backbone")(torch.randn(2, 3, 8, 8))
+    assert not model.backbone._forward_hooks
