@@ -30,7 +30,7 @@ runs once on one image (warm-up: lazy initialisation, library caches), then one 
 the batch. CPU: peak of the running sum of the allocation/free events that ``torch.profiler``
 records during the call (``profile_memory=True``): the peak tensor memory *added* by the call
 (numpy buffers of pytorch-grad-cam are not tensors and not counted; its tensors are), plus the
-RSS high-water-mark delta of a separate call (``VmHWM`` reset through ``/proc/self/clear_refs``,
+RSS high-water-mark delta of the same call (``VmHWM`` reset through ``/proc/self/clear_refs``,
 then ``VmHWM`` after minus ``VmRSS`` before) as a cross-check.
 CUDA: ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the call.
 
@@ -80,6 +80,9 @@ RATIOS: tuple[tuple[str, str, float | None], ...] = (
     ("ours", "captum", 1.0),
 )
 MEMORY_TARGET = 1.5  # ours / inference
+#: Methods measured for memory by default (the ++ variants keep the same tensors as their base,
+#: floor-lean the same as ours).
+MEMORY_METHODS: tuple[str, ...] = ("ours", "pgc", "captum", "floor", "inference")
 
 
 # ------------------------------------------------------------------------------ environment
@@ -89,6 +92,25 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
+
+
+def oversubscription_note(threads: int) -> str | None:
+    """A warning line when the 1-minute load exceeds the free cores for ``threads`` threads.
+
+    With more runnable threads than cores, every OpenMP parallel region waits for descheduled
+    peers: small ops slow down by tens of times, which distorts ratios. One thread avoids it.
+    """
+    try:
+        load1 = float(loadavg().split()[0])
+    except ValueError:
+        return None
+    cores = os.cpu_count() or 1
+    if threads > 1 and load1 > cores - threads + 1:
+        return (
+            f"WARNING: load {load1:.1f} on {cores} cores with {threads} torch threads: OpenMP "
+            "regions wait for descheduled threads and times inflate; use --threads 1 here"
+        )
+    return None
 
 
 def machine_info(device: str) -> dict[str, str]:
@@ -328,17 +350,16 @@ def memory_child(method: str, model_name: str, batch: int, size: int, device: st
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
         fn(x[:1])  # warm-up on one image; also loads the profiler's libraries
     gc.collect()
-    # 1) RSS: high-water mark reset to the current RSS, one call, then the new high-water mark.
-    if _reset_rss_peak():
-        rss_before = _status_kb("VmRSS")
-        fn(x)
-        hwm = _status_kb("VmHWM")
-        if rss_before is not None and hwm is not None:
-            result["rss_mb"] = max(0, hwm - rss_before) / 1024
-    gc.collect()
-    # 2) tensor allocations: peak of the running sum of the profiler's allocation/free events.
+    # One call under the profiler (its libraries were loaded by the warm-up): tensor allocations
+    # from the profiler's events, RSS from the high-water mark (reset to the current RSS first).
+    reset = _reset_rss_peak()
+    rss_before = _status_kb("VmRSS")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(x)
+    hwm = _status_kb("VmHWM")
+    if reset and rss_before is not None and hwm is not None:
+        result["rss_mb"] = max(0, hwm - rss_before) / 1024
+    # Peak of the running sum of the allocation (+) and free (-) events, in time order.
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     running = peak = 0
@@ -384,24 +405,38 @@ def run_memory_child(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--models", default="resnet18,resnet50", help="comma-separated")
-    p.add_argument("--batches", default="1,8,32", help="comma-separated")
-    p.add_argument("--size", type=int, default=224, help="input height and width")
+    p.add_argument("--models", default=None, help="comma-separated (resnet18,resnet50)")
+    p.add_argument("--batches", default=None, help="comma-separated (1,8,32)")
+    p.add_argument("--size", type=int, default=None, help="input height and width (224)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: by size)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    p.add_argument("--memory-methods", default=None, help="methods measured for memory")
+    p.add_argument(
+        "--memory-methods",
+        default=None,
+        help="methods measured for memory (default: ours,pgc,captum,floor,inference)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="memory subprocesses at a time (peaks are per process; default: cores / threads)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny settings (< 60 s)")
     p.add_argument("--memory-child", nargs=3, metavar=("METHOD", "MODEL", "BATCH"))
     args = p.parse_args(argv)
-    if args.quick:
-        args.models, args.batches, args.size = "resnet18", "1,2", 64
+    quick = args.quick
+    args.models = args.models or ("resnet18" if quick else "resnet18,resnet50")
+    args.batches = args.batches or ("1,2" if quick else "1,8,32")
+    args.size = args.size or (64 if quick else 224)
+    if quick:
         args.reps = args.reps or 2
         args.warmup = 1 if args.warmup is None else args.warmup
         args.memory_methods = args.memory_methods or "ours,inference"
+        args.threads = args.threads or 1  # a smoke run: robust on a loaded machine
     return args
 
 
@@ -410,7 +445,7 @@ def default_reps(model: str, batch: int, device: str) -> int:
     if device == "cuda":
         return 30
     work = batch * (2.3 if model == "resnet50" else 1.0)  # ~ relative cost of a call
-    return 15 if work <= 2.5 else 7 if work <= 20 else 3
+    return 7 if work <= 2.5 else 5 if work <= 20 else 3
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -432,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    mem_methods = [m for m in (args.memory_methods or ",".join(methods)).split(",") if m]
+    default_mem = ",".join(m for m in MEMORY_METHODS if m in methods)
+    mem_methods = [m for m in (args.memory_methods or default_mem).split(",") if m]
     warmup = args.warmup if args.warmup is not None else (5 if args.device == "cuda" else 1)
     threads = torch.get_num_threads()
 
@@ -441,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"# bench_engine: device={args.device} size={args.size}x{args.size} threads={threads}")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"loadavg start: {loadavg()}")
+    if note := oversubscription_note(torch.get_num_threads()):
+        print(note)
     results: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}, "info": info}
     results["time"], results["memory"] = {}, {}
     for model_name in models:
@@ -449,16 +487,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             key = f"{model_name}/b{batch}"
             times = time_config(model_name, batch, args.size, methods, reps, warmup, args.device)
             results["time"][key] = times
-            print(f"  timed {key}: {reps} reps, load {loadavg()}", file=sys.stderr, flush=True)
+            elapsed = time.perf_counter() - t_start
+            print(
+                f"  [{elapsed:.0f} s] timed {key}: {reps} reps, load {loadavg()}", file=sys.stderr
+            )
     if not args.no_memory:
-        for model_name in models:
-            for batch in batches:
-                key = f"{model_name}/b{batch}"
-                results["memory"][key] = {
-                    m: run_memory_child(m, model_name, batch, args.size, args.device, threads)
-                    for m in mem_methods
-                }
-                print(f"  memory {key} done, load {loadavg()}", file=sys.stderr, flush=True)
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [
+            (m, model_name, batch)
+            for model_name in models
+            for batch in batches
+            for m in mem_methods
+        ]
+        n_jobs = args.jobs or max(1, min(4, (os.cpu_count() or 1) // threads))
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            done = pool.map(lambda j: run_memory_child(*j, args.size, args.device, threads), jobs)
+            for (m, model_name, batch), res in zip(jobs, done):
+                results["memory"].setdefault(f"{model_name}/b{batch}", {})[m] = res
+        elapsed = time.perf_counter() - t_start
+        print(f"  [{elapsed:.0f} s] memory done, load {loadavg()}", file=sys.stderr)
     results["loadavg_end"] = loadavg()
     results["seconds"] = time.perf_counter() - t_start
 

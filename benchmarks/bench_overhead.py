@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import io
@@ -62,6 +63,25 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
+
+
+def oversubscription_note(threads: int) -> str | None:
+    """A warning line when the 1-minute load exceeds the free cores for ``threads`` threads.
+
+    With more runnable threads than cores, every OpenMP parallel region waits for descheduled
+    peers: small ops slow down by tens of times, which distorts ratios. One thread avoids it.
+    """
+    try:
+        load1 = float(loadavg().split()[0])
+    except ValueError:
+        return None
+    cores = os.cpu_count() or 1
+    if threads > 1 and load1 > cores - threads + 1:
+        return (
+            f"WARNING: load {load1:.1f} on {cores} cores with {threads} torch threads: OpenMP "
+            "regions wait for descheduled threads and times inflate; use --threads 1 here"
+        )
+    return None
 
 
 def machine_info(device: str) -> dict[str, str]:
@@ -119,33 +139,86 @@ class FitClock(pl.Callback):
         return self.stop - self.start
 
 
-def time_hooks(callback: pl.Callback, device: str) -> dict[str, float]:
-    """Wrap every hook the callback's class overrides with a timer; returns ``{hook: seconds}``.
+#: Pieces of the callback's work timed separately: (label, module path, attribute path).
+#: Indented labels (shown with a ``--`` per level) are part of the line above them.
+COMPONENTS: tuple[tuple[str, str, str], ...] = (
+    ("engine: GradCAM.explain", "gradcam_callback.engine", "GradCAM.explain"),
+    ("monitor: ShortcutMonitor.analyze", "gradcam_callback.alarms", "ShortcutMonitor.analyze"),
+    ("  causal check: metrics.erasure_effect", "gradcam_callback.metrics", "erasure_effect"),
+    ("    inpainting: metrics.erase", "gradcam_callback.metrics", "erase"),
+    ("media: GradCAMCallback._log_media", "gradcam_callback.callback", "GradCAMCallback._log_media"),
+    ("  PNG encoding: render.write_png", "gradcam_callback.render", "write_png"),
+    ("scalars: LightningModule.log", "pytorch_lightning", "LightningModule.log"),
+    ("fit end: GradCAMCallback._log_filmstrip", "gradcam_callback.callback",
+     "GradCAMCallback._log_filmstrip"),
+    ("  GIF: render.write_gif", "gradcam_callback.callback", "write_gif"),
+)  # fmt: skip
 
-    On CUDA each wrapped hook synchronises before stopping its timer, so queued kernels are
-    charged to the hook that launched them.
+
+class Instrument:
+    """Timers around the callback's hooks and around :data:`COMPONENTS` (only counted while a
+    callback hook runs, so the training's own ``self.log`` calls are not charged).
+
+    On CUDA each timed region synchronises before stopping its timer, so queued kernels are
+    charged to the region that launched them.
     """
-    spent: dict[str, float] = {}
-    base = pl.Callback
-    names = [n for n in dir(base) if n.startswith("on_") or n in ("setup", "teardown")]
-    for name in names:
-        impl = getattr(type(callback), name, None)
-        if impl is None or impl is getattr(base, name):
-            continue
-        bound: Callable[..., Any] = getattr(callback, name)
 
-        @functools.wraps(bound)
-        def timed(*args: Any, _name: str = name, _fn: Callable[..., Any] = bound, **kw: Any) -> Any:
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.hooks: dict[str, float] = {}
+        self.parts: dict[str, float] = {}
+        self.depth = 0
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _timer(self, fn: Callable[..., Any], key: str, into: dict[str, float], hook: bool) -> Any:
+        inst = self
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kw: Any) -> Any:
+            if not hook and inst.depth == 0:
+                return fn(*args, **kw)
+            inst.depth += hook
             t0 = time.perf_counter()
             try:
-                return _fn(*args, **kw)
+                return fn(*args, **kw)
             finally:
-                if device == "cuda":
+                if inst.device == "cuda":
                     torch.cuda.synchronize()
-                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - t0
+                into[key] = into.get(key, 0.0) + time.perf_counter() - t0
+                inst.depth -= hook
 
-        setattr(callback, name, timed)
-    return spent
+        return timed
+
+    def wrap_hooks(self, callback: pl.Callback) -> None:
+        """Time every Lightning hook the callback's class overrides (instance attributes)."""
+        base = pl.Callback
+        for name in dir(base):
+            if not (name.startswith("on_") or name in ("setup", "teardown")):
+                continue
+            if getattr(type(callback), name, None) is getattr(base, name):
+                continue
+            setattr(callback, name, self._timer(getattr(callback, name), name, self.hooks, True))
+
+    def __enter__(self) -> Instrument:
+        import importlib
+
+        for label, module, attr in COMPONENTS:
+            owner: Any = importlib.import_module(module)
+            *path, leaf = attr.split(".")
+            try:
+                for part in path:
+                    owner = getattr(owner, part)
+                original = owner.__dict__[leaf] if isinstance(owner, type) else getattr(owner, leaf)
+            except (AttributeError, KeyError):
+                continue  # renamed or moved: that line is left out of the breakdown
+            setattr(owner, leaf, self._timer(original, label, self.parts, False))
+            self._undo.append((owner, leaf, original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, leaf, original in reversed(self._undo):
+            setattr(owner, leaf, original)
+        self._undo.clear()
 
 
 # ------------------------------------------------------------------------------ one fit
@@ -153,11 +226,11 @@ def fit_once(args: argparse.Namespace, arm: str, root: Path) -> dict[str, Any]:
     """One fit of the workload with (``arm="on"``) or without (``"off"``) the callback."""
     clock = FitClock()
     callbacks: list[pl.Callback] = [clock]
-    spent: dict[str, float] = {}
+    inst = Instrument(args.device)
     cam: GradCAMCallback | None = None
     if arm == "on":
-        cam = GradCAMCallback()
-        spent = time_hooks(cam, args.device)
+        cam = GradCAMCallback(**args.cb_kwargs)
+        inst.wrap_hooks(cam)
         callbacks.append(cam)
     run_dir = root / f"{arm}-{time.monotonic_ns()}"
     logger: Any = False
@@ -187,11 +260,11 @@ def fit_once(args: argparse.Namespace, arm: str, root: Path) -> dict[str, Any]:
     else:
         fit = functools.partial(_fit_resnet, args, callbacks, trainer_kwargs, dm_kwargs)
     sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), inst:
         warnings.simplefilter("ignore")
         fit()
-    out: dict[str, Any] = {"arm": arm, "fit_s": clock.seconds, "hook_s": sum(spent.values())}
-    out["hooks"] = dict(spent)
+    out: dict[str, Any] = {"arm": arm, "fit_s": clock.seconds, "hook_s": sum(inst.hooks.values())}
+    out["hooks"], out["parts"] = dict(inst.hooks), dict(inst.parts)
     if cam is not None:
         out["runs"] = len(cam.history)
         out["flags"] = sorted({f.kind for f in cam.flags})
@@ -241,12 +314,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--logger", default="none", choices=("none", "tensorboard"))
+    p.add_argument(
+        "--callback-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="non-default GradCAMCallback argument (repeatable), e.g. filmstrip=False",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny world (< 60 s)")
     args = p.parse_args(argv)
     if args.quick:
         args.reps = min(args.reps, 1)
         args.warmup = 0
+        args.threads = args.threads or 1  # a smoke run: robust on a loaded machine
         args.epochs = args.epochs or 1
         args.n_train = args.n_train or 128
         args.n_val = args.n_val or 64
@@ -261,6 +342,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "batch_size": args.batch_size,
     }
     args.dm_kwargs = {k: v for k, v in dm_kwargs.items() if v is not None}
+    args.cb_kwargs = {}
+    for item in args.callback_arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--callback-arg expects KEY=VALUE, got {item!r}")
+        try:
+            args.cb_kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            args.cb_kwargs[key.strip()] = value.strip()
     return args
 
 
@@ -274,9 +364,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info = machine_info(args.device)
     t_start = time.perf_counter()
     workload = f"{args.model} {args.dm_kwargs or '(train_world defaults)'} epochs={args.epochs}"
+    cb = ", ".join(f"{k}={v!r}" for k, v in args.cb_kwargs.items())
     print(f"# bench_overhead: device={args.device} workload={workload}")
+    print(f"callback: GradCAMCallback({cb})")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"loadavg start: {loadavg()}")
+    if note := oversubscription_note(torch.get_num_threads()):
+        print(note)
     fits: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="gcam-bench-") as tmp:
         root = Path(tmp)
@@ -324,9 +418,20 @@ def report(results: dict[str, Any], device: str) -> str:
         ["callback hook time / median(off)", f"{hook_pct:.1f}"],
     ]
     out.append(md_table(["measure", "overhead %"], rows))
-    per_hook = {k: round(v, 3) for k, v in last["hooks"].items()}
+    out += ["", "## Where the callback's time goes (median per fit)", ""]
+    rows = []
+    fits_on = results["fits"]["on"]
+    for name in last["hooks"]:
+        v = statistics.median(f["hooks"].get(name, 0.0) for f in fits_on)
+        rows.append([f"hook {name}", f"{v:.3f}", f"{v / med_off * 100:.1f}"])
+    for label, _, _ in COMPONENTS:
+        if any(label in f["parts"] for f in fits_on):
+            v = statistics.median(f["parts"].get(label, 0.0) for f in fits_on)
+            level = (len(label) - len(label.lstrip())) // 2
+            shown = "-- " * level + label.strip()
+            rows.append([shown, f"{v:.3f}", f"{v / med_off * 100:.1f}"])
+    out.append(md_table(["part", "seconds", "% of off fit"], rows))
     out += ["", f"callback runs per fit: {last.get('runs')}, flags: {last.get('flags')}"]
-    out.append(f"hook seconds (last fit): {per_hook}")
     out += ["", "## Targets", ""]
     rows = [
         [f"overhead <= {target}% (paired)", f"{paired:.1f}", _verdict(paired <= target)],

@@ -25,7 +25,6 @@ it is new again. The baseline run (``baseline=True``) never raises a flag.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,32 +130,38 @@ class ShortcutMonitor:
     never count towards a flag.
 
     Args:
-        artifact_enrichment: artifact flag (masks) when the mean attention enrichment inside the
-            artifact masks, over the probes that show an artifact, is at least this.
-        object_enrichment: background flag (masks) when the mean attention enrichment on the
-            objects is at most this (1 = no more than a uniform map).
-        object_drop: with masks and a ``score_fn``, the background flag also needs erasing the
-            objects to drop the target probability by less than this on average.
-        hotspot_consistency: mask-free artifact flag needs a class group whose probes put at
-            least this enrichment on the group's shared hot spot.
-        hotspot_offset: ... and that hot spot at least this far from the image centre (fraction
-            of half the diagonal; objects of interest are usually central).
-        hotspot_stability: ... and, without causal confirmation, image pixels under the hot spot
-            this constant across the group's images (watermarks are pasted, objects move).
+        artifact_enrichment: artifact flag (masks): the mean attention enrichment inside the
+            artifact masks, over the probes that show an artifact, is at least this ...
+        evidence_drop: ... and (causal confirmation) erasing the region removes at least this
+            share of the target's evidence (log-odds, :func:`~.metrics.evidence_drop`) on
+            average over the tested probes ...
+        flip_rate: ... or flips at least this share of their predictions while removing some
+            evidence (flips of a hesitant model alone are noise).
+        object_enrichment: background flag (masks): the mean attention enrichment on the objects
+            is at most this (1 = as much as a uniform map puts there) ...
+        object_drop: ... and (causal confirmation) erasing the objects removes less than this
+            share of the target's evidence on average: the model barely needs them.
+        hotspot_consistency: mask-free artifact flag: a class group whose probes put at least
+            this enrichment on the group's shared hot spot (1 = chance) ...
+        hotspot_offset: ... at least this far from the image centre (fraction of half the
+            diagonal; 1 = a corner) ...
+        hotspot_stability: ... with image pixels under it at least this stable across the
+            group's images (pasted marks are; moving objects and random backgrounds score 0) ...
+            and, with causal confirmation, ``evidence_drop`` / ``flip_rate`` when its footprint
+            is erased.
+        diffuse_entropy: mask-free background flag: the maps' mean normalised entropy is at least
+            this (attention spread over the whole image, as over a class-tied texture) ...
+        focus_drop: ... and (causal confirmation) erasing each map's hottest ``focus_frac``
+            removes less than this share of the target's evidence: no compact evidence.
         hotspot_frac: hot-spot area as a fraction of the image.
         focus_frac: the hottest fraction of each map that the focus erasure removes.
-        border_enrichment: mask-free background flag when the mean attention enrichment of the
-            image frame (band of ``border_width``) is at least this.
-        border_width: frame width as a fraction of each side.
-        flip_rate: causal confirmation: erasing the flagged region flips at least this share of
-            the tested probes' predictions ...
-        score_drop: ... or drops their mean target probability by at least this.
+        border_width: width of the image-frame band of ``attention/border_enrichment`` and of
+            the ``causal/border_*`` erasure (fraction of each side); reported, not flagged.
         drift_pearson: drift flag when the mean Pearson correlation of the maps with the previous
             run's maps falls below this (never against the baseline run: training moves the
             maps away from the untrained model's by design).
-        min_probes: the fewest usable probes a set-level value needs to raise a flag.
-        confirm: require causal confirmation (needs ``score_fn`` in :meth:`analyze`) for the
-            artifact flags and the masked background flag.
+        min_probes: the fewest usable probes (per class group for hot spots) a flag needs.
+        confirm: run the causal checks when :meth:`analyze` gets a ``score_fn``.
         max_classes: per-class means are reported for at most this many classes.
     """
 
@@ -164,34 +169,36 @@ class ShortcutMonitor:
         self,
         *,
         artifact_enrichment: float = 3.0,
-        object_enrichment: float = 1.0,
-        object_drop: float = 0.2,
-        hotspot_consistency: float = 4.0,
+        evidence_drop: float = 0.5,
+        flip_rate: float = 0.5,
+        object_enrichment: float = 1.5,
+        object_drop: float = 0.5,
+        hotspot_consistency: float = 3.0,
         hotspot_offset: float = 0.3,
-        hotspot_stability: float = 0.5,
+        hotspot_stability: float = 0.1,
+        diffuse_entropy: float = 0.9,
+        focus_drop: float = 0.5,
         hotspot_frac: float = 0.05,
         focus_frac: float = 0.1,
-        border_enrichment: float = 1.5,
         border_width: float = 0.125,
-        flip_rate: float = 0.2,
-        score_drop: float = 0.2,
         drift_pearson: float = 0.5,
         min_probes: int = 4,
         confirm: bool = True,
         max_classes: int = 20,
     ) -> None:
         self.artifact_enrichment = float(artifact_enrichment)
+        self.evidence_drop = float(evidence_drop)
+        self.flip_rate = float(flip_rate)
         self.object_enrichment = float(object_enrichment)
         self.object_drop = float(object_drop)
         self.hotspot_consistency = float(hotspot_consistency)
         self.hotspot_offset = float(hotspot_offset)
         self.hotspot_stability = float(hotspot_stability)
+        self.diffuse_entropy = float(diffuse_entropy)
+        self.focus_drop = float(focus_drop)
         self.hotspot_frac = float(hotspot_frac)
         self.focus_frac = float(focus_frac)
-        self.border_enrichment = float(border_enrichment)
         self.border_width = float(border_width)
-        self.flip_rate = float(flip_rate)
-        self.score_drop = float(score_drop)
         self.drift_pearson = float(drift_pearson)
         self.min_probes = int(min_probes)
         self.confirm = bool(confirm)
@@ -272,7 +279,6 @@ class ShortcutMonitor:
         if baseline or first:
             self.baseline_maps = maps.clone()
         per: dict[str, Tensor] = {}
-        scalars: dict[str, Tensor] = {}
 
         # ---- drift
         for ref_name, ref in (("baseline", self.baseline_maps), ("previous", self.previous_maps)):
@@ -312,100 +318,159 @@ class ShortcutMonitor:
 
         # ---- anchored hot spot (mask-free), grouped by the explained class
         uniq, inv = torch.unique(targets, return_inverse=True)
+        n_grp = int(uniq.numel())
         hot = M.anchored_hotspot(
-            maps, images, inv, num_groups=int(uniq.numel()), frac=self.hotspot_frac,
+            maps,
+            images,
+            inv,
+            num_groups=n_grp,
+            frac=self.hotspot_frac,
             min_group=self.min_probes,
         )
         per["attention/hotspot_share"] = hot.share
         per["attention/hotspot_enrichment"] = hot.enrichment
-        # the group that looks most like an anchored artifact: consistent and off-centre
-        cand = torch.nan_to_num(hot.consistency, nan=-1.0) * (hot.offset >= self.hotspot_offset)
-        best = cand.argmax()
-        scalars["attention/hotspot_consistency"] = hot.consistency[best]
-        scalars["attention/hotspot_offset"] = hot.offset[best]
-        scalars["attention/hotspot_stability"] = hot.stability[best]
-        scalars["attention/hotspot_class"] = uniq[best].float()
-        in_best = inv == best
+        group: dict[str, Tensor] = {  # [G] each
+            "attention/hotspot_consistency": hot.consistency,
+            "attention/hotspot_offset": hot.offset,
+            "attention/hotspot_stability": hot.stability,
+            "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
+        }
 
         # ---- causal confirmation: one batched forward of the probes per erased region kind
         causal = score_fn is not None and self.confirm
         if causal:
             assert score_fn is not None
-            regions: dict[str, Tensor] = {
-                "hotspot": _dilate(hot.footprint, 1),
-                "border": M.border_mask(h, w, self.border_width, dev).expand(n, h, w),
-                "focus": _dilate(M.top_region(maps, self.focus_frac), 1),
+            regions: dict[str, tuple[Tensor, Tensor | None]] = {
+                "hotspot": (_dilate(hot.footprint, 1), None),
+                "focus": (_dilate(M.top_region(maps, self.focus_frac), 1), None),
+                "border": (M.border_mask(h, w, self.border_width, dev).expand(n, h, w), None),
             }
-            if artifact_masks is not None:
-                regions["artifact"] = _dilate(am, 1)
             if object_masks is not None:
-                regions["object"] = _dilate(om, 1)
+                regions["object"] = (_dilate(om, 1), has_obj)
+            if artifact_masks is not None:
+                regions["artifact"] = (_dilate(am, 1), has_art)
             with torch.no_grad():
                 base = logits if logits is not None else score_fn(images)
                 base = base.detach().float().to(dev)
-                for name, reg in regions.items():
-                    flip, drop = M.erasure_effect(score_fn, images, reg, targets, base)
-                    tested = reg.flatten(1).any(1)
-                    if name == "artifact":
-                        tested = tested & has_art
-                    elif name == "object":
-                        tested = tested & has_obj
-                    per[f"causal/{name}_flip"] = torch.where(tested, flip, torch.nan)
-                    per[f"causal/{name}_drop"] = torch.where(tested, drop, torch.nan)
-            sel = in_best & hot.footprint.flatten(1).any(1)
-            for key, src in (("flip_rate", "flip"), ("score_drop", "drop")):
-                vals = torch.where(sel, per[f"causal/hotspot_{src}"], torch.nan)
-                scalars[f"causal/hotspot_{key}"] = _nanmean(vals)
+                for name, (reg, valid) in regions.items():
+                    eff = M.erasure_effect(score_fn, images, reg, targets, base)
+                    tested = reg.flatten(1).any(1) & (valid if valid is not None else True)
+                    per[f"causal/{name}_flip"] = torch.where(tested, eff.flipped, torch.nan)
+                    per[f"causal/{name}_drop"] = torch.where(tested, eff.score_drop, torch.nan)
+                    per[f"causal/{name}_evidence"] = torch.where(
+                        tested, eff.evidence_drop, torch.nan
+                    )
+            oh = F.one_hot(inv, n_grp).float()  # [N, G]
+            for key, src in (
+                ("flip_rate", "flip"),
+                ("score_drop", "drop"),
+                ("evidence_drop", "evidence"),
+            ):
+                v = per[f"causal/hotspot_{src}"]
+                ok = (~torch.isnan(v)).float()
+                cnt = ok @ oh
+                group[f"causal/hotspot_{key}"] = torch.where(
+                    cnt > 0, (torch.nan_to_num(v) @ oh) / cnt.clamp_min(1), torch.nan
+                )
             src = "artifact" if artifact_masks is not None else "hotspot"
             per["causal/flip"] = per[f"causal/{src}_flip"]
             per["causal/score_drop"] = per[f"causal/{src}_drop"]
+            per["causal/evidence_drop"] = per[f"causal/{src}_evidence"]
 
         # ---- one transfer to the host
         names = list(per)
-        stacked = torch.stack([per[k].float() for k in names]) if names else torch.empty(0, n)
-        means = torch.stack([_nanmean(row) for row in stacked]) if names else torch.empty(0)
-        snames = list(scalars)
-        svals = torch.stack([scalars[k].float() for k in snames]) if snames else torch.empty(0)
+        stacked = torch.stack([per[k].float() for k in names])  # [M, N]
+        means = torch.stack([_nanmean(row) for row in stacked])
         cls_uniq, cls_inv = torch.unique(group_of, return_inverse=True)
         n_cls = int(cls_uniq.numel())
-        if names and n_cls <= self.max_classes:
-            oh = F.one_hot(cls_inv, n_cls).float()  # [N, G]
-            ok = ~torch.isnan(stacked)  # [M, N]
-            csum = torch.nan_to_num(stacked) @ oh
-            ccount = ok.float() @ oh
-            cmeans = torch.where(ccount > 0, csum / ccount.clamp_min(1), torch.nan)
+        if n_cls <= self.max_classes:
+            oh_cls = F.one_hot(cls_inv, n_cls).float()  # [N, C]
+            cnt = (~torch.isnan(stacked)).float() @ oh_cls
+            cmeans = torch.where(
+                cnt > 0, (torch.nan_to_num(stacked) @ oh_cls) / cnt.clamp_min(1), torch.nan
+            )
         else:
             cmeans = torch.empty(0, 0)
+        gnames = list(group)
         host = {
-            "stacked": stacked.cpu(),
-            "means": means.cpu(),
-            "svals": svals.cpu(),
-            "cls": cls_uniq.cpu(),
-            "cmeans": cmeans.cpu(),
-            "hotspot": hot.footprint.cpu(),
-            "in_best": in_best.cpu(),
+            "stacked": stacked,
+            "means": means,
+            "cls": cls_uniq,
+            "cmeans": cmeans,
+            "group": torch.stack([group[k].float() for k in gnames]),  # [K, G]
+            "group_size": hot.size,
+            "group_cls": uniq,
+            "inv": inv,
+            "hotspot": hot.footprint,
         }
+        host = {k: v.cpu() for k, v in host.items()}
         out = Analysis(hotspot=host["hotspot"])
         out.per_probe = {k: host["stacked"][i] for i, k in enumerate(names)}
         out.summary = {k: float(host["means"][i]) for i, k in enumerate(names)}
+        classes = host["cls"].tolist()
         if host["cmeans"].numel():
             for i, k in enumerate(names):
-                for j, c in enumerate(host["cls"].tolist()):
+                for j, c in enumerate(classes):
                     out.summary[f"{k}/class_{c}"] = float(host["cmeans"][i, j])
-        out.summary.update({k: float(host["svals"][i]) for i, k in enumerate(snames)})
+        gstats = {k: host["group"][i] for i, k in enumerate(gnames)}
+        gcls = host["group_cls"].tolist()
+        if len(gcls) <= self.max_classes:
+            for k, v in gstats.items():
+                for j, c in enumerate(gcls):
+                    out.summary[f"{k}/class_{c}"] = float(v[j])
+        passing = self._hotspot_groups(gstats, host["group_size"], causal)
+        cons = torch.nan_to_num(gstats["attention/hotspot_consistency"], nan=-1.0)
+        off_ok = gstats["attention/hotspot_offset"] >= self.hotspot_offset
+        if passing:
+            best = max(passing, key=lambda j: float(cons[j]))
+        else:  # report the most anchored-looking group: off-centre first, then consistent
+            best = int((cons + 1e6 * off_ok.float()).argmax())
+        for k, v in gstats.items():
+            out.summary[k] = float(v[best])
 
         if baseline:
             self.active = {}
         else:
-            raw = self._rules(out, host["in_best"], causal, epoch, global_step)
+            raw = self._rules(out, host["inv"], gcls, passing, causal, epoch, global_step)
             out.flags = self._mark_persistence(raw, epoch, global_step)
         self.previous_maps = maps.clone()
         self.previous_is_baseline = baseline or first
         return out
 
     # ------------------------------------------------------------------ rules
+    def _confirms(self, flip_rate: float, evidence: float) -> bool:
+        """Causal confirmation from the mean flip rate and evidence drop (NaN fails)."""
+        return evidence >= self.evidence_drop or (flip_rate >= self.flip_rate and evidence > 0)
+
+    def _hotspot_groups(self, g: dict[str, Tensor], size: Tensor, causal: bool) -> list[int]:
+        """Class groups whose hot spot is consistent, off-centre, and confirmed."""
+        out = []
+        for j in range(size.numel()):
+            cons = float(g["attention/hotspot_consistency"][j])
+            off = float(g["attention/hotspot_offset"][j])
+            if int(size[j]) < self.min_probes or not (
+                cons >= self.hotspot_consistency and off >= self.hotspot_offset
+            ):
+                continue
+            stab = float(g["attention/hotspot_stability"][j])
+            ok = stab >= self.hotspot_stability  # NaN fails
+            if ok and causal:
+                fr = float(g["causal/hotspot_flip_rate"][j])
+                ev = float(g["causal/hotspot_evidence_drop"][j])
+                ok = self._confirms(fr, ev)
+            if ok:
+                out.append(j)
+        return out
+
     def _rules(
-        self, a: Analysis, in_best: Tensor, causal: bool, epoch: int, step: int
+        self,
+        a: Analysis,
+        inv: Tensor,
+        gcls: list[int],
+        passing: list[int],
+        causal: bool,
+        epoch: int,
+        step: int,
     ) -> list[Flag]:
         p, s = a.per_probe, a.summary
         flags: list[Flag] = []
@@ -413,70 +478,87 @@ class ShortcutMonitor:
         def flag(kind: str, metric: str, value: float, thr: float, probes: list[int], msg: str):
             flags.append(
                 Flag(
-                    kind=kind, epoch=epoch, global_step=step,
-                    probe=probes[0] if len(probes) == 1 else None, value=float(value),
-                    threshold=float(thr), message=msg, probes=tuple(probes), metric=metric,
+                    kind=kind,
+                    epoch=epoch,
+                    global_step=step,
+                    probe=probes[0] if len(probes) == 1 else None,
+                    value=float(value),
+                    threshold=float(thr),
+                    message=msg,
+                    probes=tuple(probes),
+                    metric=metric,
                 )
             )
 
-        def top(values: Tensor, mask: Tensor, descending: bool = True) -> list[int]:
+        def ranked(values: Tensor, mask: Tensor, descending: bool = True) -> list[int]:
             idx = torch.nonzero(mask & ~torch.isnan(values)).flatten()
-            order = values[idx].argsort(descending=descending)
+            order = values[idx].argsort(descending=descending, stable=True)
             return idx[order].tolist()
 
+        def causal_note(region: str, usable: Tensor) -> tuple[bool, str]:
+            if not causal:
+                return True, " (not confirmed causally: no score_fn)"
+            fr = float(_nanmean(p[f"causal/{region}_flip"][usable]))
+            ev = float(_nanmean(p[f"causal/{region}_evidence"][usable]))
+            return self._confirms(fr, ev), (
+                f"; erasing it flips {fr:.0%} of their predictions and removes {ev:.0%} of the "
+                "target's evidence (log-odds)"
+            )
+
         # -- artifact, with masks
-        artifact_done = False
         if "attention/artifact_enrichment" in p:
             enr = p["attention/artifact_enrichment"]
             usable = ~torch.isnan(enr)
             value = s["attention/artifact_enrichment"]
             if int(usable.sum()) >= self.min_probes and value >= self.artifact_enrichment:
-                conf, why = self._confirmed(p, "artifact", usable, causal)
-                if conf:
-                    probes = top(enr, enr >= self.artifact_enrichment)
+                ok, why = causal_note("artifact", usable)
+                if ok:
+                    probes = ranked(enr, enr >= self.artifact_enrichment)
                     share = s["attention/artifact_share"]
                     flag(
-                        "artifact", "attention/artifact_enrichment", value,
-                        self.artifact_enrichment, probes,
-                        f"attention on the label-artifact masks is {value:.1f}x what their area "
-                        f"predicts ({share:.0%} of the map's mass) over {int(usable.sum())} "
-                        f"probes with an artifact{why}; most affected probes: "
-                        f"{_fmt_probes(probes)}. See attention/artifact_enrichment and the "
-                        "overlays: the model may be reading the artifact, not the object.",
+                        "artifact",
+                        "attention/artifact_enrichment",
+                        value,
+                        self.artifact_enrichment,
+                        probes,
+                        f"attention on the label-artifact masks is {value:.1f}x their area share "
+                        f"({share:.0%} of the maps' mass, {int(usable.sum())} probes with an "
+                        f"artifact){why}. Most affected probes: {_fmt_probes(probes)}. The model "
+                        "reads the artifact, not the object: see attention/artifact_enrichment "
+                        "and the overlays.",
                     )
-                    artifact_done = True
 
-        # -- artifact, mask-free: anchored hot spot
-        cons = s["attention/hotspot_consistency"]
-        off = s["attention/hotspot_offset"]
-        stab = s["attention/hotspot_stability"]
-        if (
-            not artifact_done
-            and not math.isnan(cons)
-            and cons >= self.hotspot_consistency
-            and off >= self.hotspot_offset
-        ):
-            members = in_best & ~torch.isnan(p["attention/hotspot_enrichment"])
+        # -- artifact, mask-free: an anchored hot spot (also with masks: it may be unlisted)
+        if passing and not any(f.kind == "artifact" for f in flags):
+            sel = torch.zeros_like(inv, dtype=torch.bool)
+            for j in passing:
+                sel |= inv == j
+            enr = p["attention/hotspot_enrichment"]
+            probes = ranked(enr, sel)
+            cons = s["attention/hotspot_consistency"]
+            off = s["attention/hotspot_offset"]
+            cls = ", ".join(str(gcls[j]) for j in passing)
+            why = f"; the pixels there are {s['attention/hotspot_stability']:.0%} stable across images"
             if causal:
-                fr = s["causal/hotspot_flip_rate"]
-                sd = s["causal/hotspot_score_drop"]
-                ok = (fr >= self.flip_rate) or (sd >= self.score_drop)
-                why = f"; erasing it flips {fr:.0%} of their predictions, drops p(target) by {sd:.2f}"
-            else:
-                ok = not math.isnan(stab) and stab >= self.hotspot_stability
-                why = f"; the pixels there are {stab:.0%} stable across images"
-            if ok and int(members.sum()) >= self.min_probes:
-                probes = top(p["attention/hotspot_enrichment"], members)
-                cls = int(s["attention/hotspot_class"])
-                flag(
-                    "artifact", "attention/hotspot_consistency", cons, self.hotspot_consistency,
-                    probes,
-                    f"probes explained as class {cls} pile their attention on the same "
-                    f"off-centre spot ({cons:.1f}x its area share, {off:.0%} of the way to a "
-                    f"corner){why}. Probes: {_fmt_probes(probes)}. A watermark, tag, token or "
-                    "border at a fixed place is a likely shortcut; see "
-                    "attention/hotspot_consistency and the overlays.",
+                why += (
+                    f"; erasing it flips {s['causal/hotspot_flip_rate']:.0%} of their "
+                    f"predictions and removes {s['causal/hotspot_evidence_drop']:.0%} of the "
+                    "target's evidence (log-odds)"
                 )
+            else:
+                why += " (not confirmed causally: no score_fn)"
+            flag(
+                "artifact",
+                "attention/hotspot_consistency",
+                cons,
+                self.hotspot_consistency,
+                probes,
+                f"probes explained as class {cls} pile their attention on one off-centre spot "
+                f"({cons:.1f}x its area share, {off:.0%} of the way from the centre to a corner)"
+                f"{why}. Probes: {_fmt_probes(probes)}. A watermark, tag, token or border at a "
+                "fixed place is a likely shortcut: see attention/hotspot_consistency and the "
+                "overlays.",
+            )
 
         # -- background, with object masks
         if "attention/object_enrichment" in p:
@@ -484,36 +566,52 @@ class ShortcutMonitor:
             usable = ~torch.isnan(enr)
             value = s["attention/object_enrichment"]
             if int(usable.sum()) >= self.min_probes and value <= self.object_enrichment:
-                ok, why = True, ""
-                if causal and "causal/object_drop" in p:
-                    od = s["causal/object_drop"]
-                    ok = od < self.object_drop
-                    why = f"; erasing the objects drops p(target) by only {od:.2f}"
+                ok, why = True, " (not confirmed causally: no score_fn)"
+                if causal:
+                    od = float(_nanmean(p["causal/object_evidence"][usable]))
+                    ok = not od >= self.object_drop  # NaN (nothing to lose) passes
+                    why = f"; erasing the objects removes only {od:.0%} of the target's evidence"
                 if ok:
-                    probes = top(enr, enr <= self.object_enrichment, descending=False)
+                    probes = ranked(enr, enr <= self.object_enrichment, descending=False)
                     share = s["attention/object_share"]
                     flag(
-                        "background", "attention/object_enrichment", value,
-                        self.object_enrichment, probes,
-                        f"attention left the objects: {share:.0%} of the map's mass is on them, "
+                        "background",
+                        "attention/object_enrichment",
+                        value,
+                        self.object_enrichment,
+                        probes,
+                        f"attention left the objects: {share:.0%} of the maps' mass is on them, "
                         f"{value:.2f}x their area share{why}. Probes: {_fmt_probes(probes)}. "
-                        "The model may use the background; see attention/object_enrichment.",
+                        "The model relies on something else (background, artifact): see "
+                        "attention/object_enrichment.",
                     )
-        # -- background, mask-free: attention on the image frame
-        elif not artifact_done:
-            enr = p["attention/border_enrichment"]
-            usable = ~torch.isnan(enr)
-            value = s["attention/border_enrichment"]
-            if int(usable.sum()) >= self.min_probes and value >= self.border_enrichment:
-                probes = top(enr, enr >= self.border_enrichment)
-                flag(
-                    "background", "attention/border_enrichment", value, self.border_enrichment,
-                    probes,
-                    f"attention spreads to the image frame: {value:.2f}x its area share on the "
-                    f"outer {self.border_width:.0%} band, where objects rarely are. Probes: "
-                    f"{_fmt_probes(probes)}. The model may use the background or a border; "
-                    "see attention/border_enrichment.",
-                )
+        # -- background, mask-free: attention spread over the whole image
+        else:
+            ent = p["attention/entropy"]
+            usable = ~torch.isnan(ent)
+            value = s["attention/entropy"]
+            if int(usable.sum()) >= self.min_probes and value >= self.diffuse_entropy:
+                ok, why = True, " (not confirmed causally: no score_fn)"
+                if causal:
+                    fd = float(_nanmean(p["causal/focus_evidence"][usable]))
+                    ok = not fd >= self.focus_drop  # NaN (nothing to lose) passes
+                    why = (
+                        f"; erasing the hottest {self.focus_frac:.0%} of each map removes only "
+                        f"{fd:.0%} of the target's evidence"
+                    )
+                if ok:
+                    probes = ranked(ent, ent >= self.diffuse_entropy)
+                    flag(
+                        "background",
+                        "attention/entropy",
+                        value,
+                        self.diffuse_entropy,
+                        probes,
+                        f"attention is spread over the whole image (normalised entropy "
+                        f"{value:.3f}){why}. Probes: {_fmt_probes(probes)}. The model may read "
+                        "a background texture or colour instead of an object: see "
+                        "attention/entropy and the overlays.",
+                    )
 
         # -- drift (informational), only between two trained runs
         if not self.previous_is_baseline and "drift/pearson_previous" in p:
@@ -521,26 +619,18 @@ class ShortcutMonitor:
             usable = ~torch.isnan(r)
             value = s["drift/pearson_previous"]
             if int(usable.sum()) >= self.min_probes and value < self.drift_pearson:
-                probes = top(r, r < self.drift_pearson, descending=False)
+                probes = ranked(r, r < self.drift_pearson, descending=False)
                 flag(
-                    "drift", "drift/pearson_previous", value, self.drift_pearson, probes,
+                    "drift",
+                    "drift/pearson_previous",
+                    value,
+                    self.drift_pearson,
+                    probes,
                     f"the maps changed suddenly since the last run (mean correlation "
-                    f"{value:.2f}); probes: {_fmt_probes(probes)}. Informational; see "
-                    "drift/pearson_previous.",
+                    f"{value:.2f}); probes: {_fmt_probes(probes)}. Informational: see "
+                    "drift/pearson_previous and compare the overlays.",
                 )
         return flags
-
-    def _confirmed(
-        self, p: dict[str, Tensor], region: str, usable: Tensor, causal: bool
-    ) -> tuple[bool, str]:
-        if not causal or f"causal/{region}_flip" not in p:
-            return True, ""
-        fl = p[f"causal/{region}_flip"][usable]
-        dr = p[f"causal/{region}_drop"][usable]
-        fr = float(_nanmean(fl))
-        sd = float(_nanmean(dr))
-        ok = fr >= self.flip_rate or sd >= self.score_drop
-        return ok, f"; erasing it flips {fr:.0%} of their predictions, drops p(target) by {sd:.2f}"
 
     def _mark_persistence(self, flags: list[Flag], epoch: int, step: int) -> list[Flag]:
         out: list[Flag] = []

@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "Erasure",
     "Hotspot",
     "anchored_hotspot",
     "border_enrichment",
@@ -40,9 +42,11 @@ __all__ = [
     "enrichment",
     "erase",
     "erasure_effect",
+    "evidence_drop",
     "focus_entropy",
     "grow_region",
     "js_divergence",
+    "log_odds",
     "mass_share",
     "pearson",
     "pointing_game",
@@ -565,9 +569,7 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
     levels: list[tuple[Tensor, Tensor]] = [(x * known, known)]
     while max(levels[-1][0].shape[-2:]) > 1:
         v, k = levels[-1]
-        levels.append(
-            (F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(k, 2, ceil_mode=True))
-        )
+        levels.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(k, 2, ceil_mode=True)))
     v, k = levels[-1]
     est = v / k.clamp_min(1e-12) * (k > 0)
     for v, k in reversed(levels[:-1]):
@@ -582,6 +584,54 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
     return out.to(images.dtype)
 
 
+def log_odds(logits: Tensor, targets: Tensor) -> Tensor:
+    """Log-odds of the target class under the softmax: ``logit_t - logsumexp(other logits)``.
+
+    Args:
+        logits: float ``[N, K]``, ``K >= 2``.
+        targets: long ``[N]``.
+
+    Returns:
+        float32 ``[N]``: ``log(p_t / (1 - p_t))``; ``> 0`` where the target is the more likely
+        outcome (for ``K = 2``: where it is predicted).
+    """
+    x = logits.float()
+    t = targets.to(device=x.device, dtype=torch.long)[:, None]
+    other = x.scatter(1, t, float("-inf"))
+    return x.gather(1, t)[:, 0] - other.logsumexp(1)
+
+
+def evidence_drop(base_logits: Tensor, after_logits: Tensor, targets: Tensor) -> Tensor:
+    """Share of the target's evidence (log-odds) lost between two forwards.
+
+    ``(m0 - m1) / m0`` with ``m`` the :func:`log_odds` of the target, clamped to ``[-1, 1]``.
+    Unlike the probability drop it does not saturate: a confident model (``p = 0.9999``) that
+    loses 60 % of its evidence still shows 0.6, and a hesitant one (``p = 0.7``) that loses all
+    of it shows 1.
+
+    Args:
+        base_logits, after_logits: float ``[N, K]``.
+        targets: long ``[N]``.
+
+    Returns:
+        float32 ``[N]`` in ``[-1, 1]``: 1 = the evidence is gone (at or past even odds), 0 =
+        unchanged, < 0 = the target gained. ``NaN`` where the base log-odds are not positive
+        (nothing to lose).
+    """
+    m0 = log_odds(base_logits, targets)
+    m1 = log_odds(after_logits, targets)
+    rel = ((m0 - m1) / m0.clamp_min(torch.finfo(m0.dtype).tiny)).clamp(-1.0, 1.0)
+    return torch.where(m0 > 0, rel, _nan(rel))
+
+
+class Erasure(NamedTuple):
+    """Result of :func:`erasure_effect`, float32 ``[N]`` each (see there)."""
+
+    flipped: Tensor
+    score_drop: Tensor
+    evidence_drop: Tensor
+
+
 @torch.no_grad()
 def erasure_effect(
     score_fn: Callable[[Tensor], Tensor],
@@ -589,7 +639,7 @@ def erasure_effect(
     region: Tensor,
     targets: Tensor,
     base_logits: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> Erasure:
     """Causal check: erase ``region`` (see :func:`erase`) and measure what the model loses.
 
     Turns "the map looks at the corner" into "the model depends on the corner". One batched
@@ -603,16 +653,18 @@ def erasure_effect(
         base_logits: float ``[N, K]``, the logits of the unchanged images (computed if ``None``).
 
     Returns:
-        ``(flipped, score_drop)``, float32 ``[N]`` each. ``flipped`` is 1.0 where the predicted
-        class (argmax) changed, else 0.0; its mean is the flip rate. ``score_drop`` is the fall
-        of the softmax probability of the target class, in ``[-1, 1]`` (> 0: the region helped
-        the target). Probes with an empty region give 0 for both.
+        :class:`Erasure` ``(flipped, score_drop, evidence_drop)``: ``flipped`` is 1.0 where the
+        predicted class (argmax) changed, else 0.0 (its mean is the flip rate); ``score_drop`` is
+        the fall of the target's softmax probability, in ``[-1, 1]``; ``evidence_drop`` the share
+        of the target's log-odds lost (:func:`evidence_drop`), in ``[-1, 1]`` or ``NaN``. Probes
+        with an empty region give 0 for all three (up to the model's numerical noise).
     """
     if base_logits is None:
         base_logits = score_fn(images)
-    after = score_fn(erase(images, region))
-    base_logits, after = base_logits.float(), after.float()
-    t = targets.to(device=after.device, dtype=torch.long)[:, None]
+    after = score_fn(erase(images, region)).float()
+    base_logits = base_logits.float().to(after.device)
+    t = targets.to(device=after.device, dtype=torch.long)
     flipped = (after.argmax(1) != base_logits.argmax(1)).float()
-    drop = base_logits.softmax(1).gather(1, t)[:, 0] - after.softmax(1).gather(1, t)[:, 0]
-    return flipped, drop
+    p0 = base_logits.softmax(1).gather(1, t[:, None])[:, 0]
+    p1 = after.softmax(1).gather(1, t[:, None])[:, 0]
+    return Erasure(flipped, p0 - p1, evidence_drop(base_logits, after, t))

@@ -104,7 +104,8 @@ _S_LABEL, _S_OBJECT, _S_BACKGROUND, _S_VARIANT, _S_SWAP, _S_APPEARANCE = range(1
 _SPLITS = {"train": 11, "val": 12, "test": 13, "train_decorrelated": 11}
 
 _BG_LO, _BG_HI = 0.05, 0.95
-_R_MIN, _R_MAX = 6.0, 10.0
+_R_MIN, _R_MAX = 7.0, 11.0
+_BLOB_AMPLITUDE, _NOISE_AMPLITUDE = 0.1, 0.03
 
 # 5x5 letter glyphs (watermark and the inside of a stamp), one per class: Z, N, W, R.
 _GLYPHS = (
@@ -128,7 +129,8 @@ _TAGS = ((1, 0, 7, 1), (4, 2, 5, 6), (3, 3, 0, 7), (6, 5, 2, 4))
 _BORDER_COLOURS = ((0.92, 0.10, 0.10), (0.10, 0.25, 0.92), (0.10, 0.80, 0.20), (0.95, 0.85, 0.10))
 _STAMP_INK = (0.75, 0.05, 0.10)
 _WATERMARK_ALPHA = 0.8
-_TEXTURE_AMPLITUDE = 0.18
+_TEXTURE_AMPLITUDE, _TEXTURE_PERIOD = 0.08, 6.0
+_TEXTURE_WAVE = "square"
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,9 +272,9 @@ def _template(kind: str, place: str, h: int, w: int, num_classes: int) -> _Templ
             masks[k][region] = True
             colours[k] = torch.tensor(_BORDER_COLOURS[k]).view(3, 1, 1)
     elif kind == "stamp":
-        frame = 2 * unit
+        frame = unit
         for k in range(num_classes):
-            glyph = _bitmap(_GLYPHS[k], unit)
+            glyph = _bitmap(_GLYPHS[k], 2 * unit)
             side = 2 * frame + 2 * unit + glyph.shape[0]
             stamp = torch.ones(side, side, dtype=torch.bool)
             stamp[frame:-frame, frame:-frame] = False
@@ -288,14 +290,24 @@ def _template(kind: str, place: str, h: int, w: int, num_classes: int) -> _Templ
     return _Template(masks, colours, alpha, box)
 
 
+def _upsample_matrix(n_out: int, n_in: int) -> Tensor:
+    """``[n_out, n_in]`` linear-interpolation weights (``align_corners=False``)."""
+    eye = torch.eye(n_in).unsqueeze(0)  # [1, C=n_in, L=n_in]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+
+
 def _background(n: int, h: int, w: int, gen: torch.Generator) -> Tensor:
-    """Textured background ``[n, 3, h, w]`` in ``[0.05, 0.95]``: tinted level + blobs + noise."""
+    """Textured background ``[n, 3, h, w]`` in ``[0.05, 0.95]``: tinted level + blobs + noise.
+
+    Blobs: uniform noise on an ``h/8 x w/8`` grid, bilinearly upsampled (two small matmuls).
+    """
     level = 0.35 + 0.3 * torch.rand(n, 1, 1, 1, generator=gen)
     tint = 0.1 * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5)
-    low = torch.rand(n, 3, max(2, h // 8), max(2, w // 8), generator=gen) * 2 - 1
-    blobs = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-    noise = torch.randn(n, 3, h, w, generator=gen)
-    bg = level + tint + 0.15 * blobs + 0.04 * noise
+    hb, wb = max(2, h // 8), max(2, w // 8)
+    low = torch.rand(n, 3, hb, wb, generator=gen).mul_(2 * _BLOB_AMPLITUDE).sub_(_BLOB_AMPLITUDE)
+    blobs = _upsample_matrix(h, hb) @ low @ _upsample_matrix(w, wb).T
+    bg = torch.randn(n, 3, h, w, generator=gen).mul_(_NOISE_AMPLITUDE)
+    bg.add_(blobs).add_(level + tint)
     return bg.clamp_(_BG_LO, _BG_HI)
 
 
@@ -361,7 +373,9 @@ def _shape_masks(labels: Tensor, centres: Tensor, radius: Tensor, h: int, w: int
     return out
 
 
-def _draw_variants(labels: Tensor, num_classes: int, correlation: float | None, gen: torch.Generator) -> Tensor:
+def _draw_variants(
+    labels: Tensor, num_classes: int, correlation: float | None, gen: torch.Generator
+) -> Tensor:
     n = labels.numel()
     if correlation is None:
         return torch.randint(0, num_classes, (n,), generator=gen)
@@ -422,7 +436,9 @@ def make_world(
     elif artifact not in _VALID_PLACES:
         raise ValueError(f"place does not apply to artifact {artifact!r}")
     elif place not in _VALID_PLACES[artifact]:
-        raise ValueError(f"place for {artifact!r} must be one of {_VALID_PLACES[artifact]}, got {place!r}")
+        raise ValueError(
+            f"place for {artifact!r} must be one of {_VALID_PLACES[artifact]}, got {place!r}"
+        )
 
     g_label = _gen(seed, _S_LABEL)
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g_label)]
@@ -441,33 +457,38 @@ def make_world(
 
     art = torch.zeros(n, h, w, dtype=torch.bool)
     if artifact == "texture":
-        period = max(3.0, 6.0 * min(h, w) / 64)
+        period = max(3.0, _TEXTURE_PERIOD * min(h, w) / 64)
         theta = variants.float() * (math.pi / num_classes)
         phase = torch.rand(n, generator=g_app) * (2 * math.pi)
         ys = torch.arange(h, dtype=torch.float32).view(1, -1, 1)
         xs = torch.arange(w, dtype=torch.float32).view(1, 1, -1)
         proj = ys * torch.cos(theta).view(-1, 1, 1) + xs * torch.sin(theta).view(-1, 1, 1)
-        wave = torch.where(torch.sin(proj * (2 * math.pi / period) + phase.view(-1, 1, 1)) >= 0, 1.0, -1.0)
+        sine = torch.sin(proj * (2 * math.pi / period) + phase.view(-1, 1, 1))
+        if _TEXTURE_WAVE == "square":
+            wave = torch.where(sine >= 0, 1.0, -1.0)
+        else:  # smooth, one-signed: shifts every pixel by between 0.25 and 1 amplitude
+            wave = 0.625 + 0.375 * sine
         if paint:
             img = (img + _TEXTURE_AMPLITUDE * wave.unsqueeze(1)).clamp_(0.0, 1.0)
         art[:] = True
     elif template is not None:
-        for k in range(num_classes):
-            sel = torch.nonzero(variants == k).flatten()
-            if sel.numel() == 0:
-                continue
-            m = template.masks[k]
-            art[sel] = m
-            if paint:
-                patch = img[sel]
-                blended = (1 - template.alpha) * patch + template.alpha * template.colours[k]
-                img[sel] = torch.where(m, blended, patch)
+        # Only the artifact's bounding box (union over variants) is touched.
+        y0, y1, x0, x1 = template.box
+        masks = template.masks[:, y0:y1, x0:x1][variants]  # [n, bh, bw]
+        art[:, y0:y1, x0:x1] = masks
+        if paint:
+            crop = img[:, :, y0:y1, x0:x1]
+            ink = template.colours[:, :, y0:y1, x0:x1][variants]  # [n, 3, bh, bw]
+            blended = torch.lerp(crop, ink, template.alpha)
+            img[:, :, y0:y1, x0:x1] = torch.where(masks.unsqueeze(1), blended, crop)
     art &= ~obj
     img = torch.where(obj.unsqueeze(1), colour.view(n, 3, 1, 1), img)
+    mean, std = _mean_std()
+    img.sub_(mean).div_(std)  # normalise in place
     if artifact == "none" or artifact_mode == "removed":
         variants = torch.full((n,), -1, dtype=torch.long)
     return {
-        "images": normalize(img).contiguous(),
+        "images": img,
         "labels": labels,
         "object_masks": obj,
         "artifact_masks": art,
@@ -551,7 +572,7 @@ class ShortcutDataset(Dataset):
         return str(self.config["artifact"])
 
     def variant(
-        self, artifact: str = "removed", *, correlation: float | None | Literal["same"] = "same"
+        self, artifact: str = "removed", *, correlation: float | Literal["same"] | None = "same"
     ) -> ShortcutDataset:
         """The same objects on the same backgrounds, with the artifact changed.
 
@@ -674,6 +695,12 @@ class ShortcutDataModule(pl.LightningDataModule):
             )
         return self._cache[split]
 
+    def release(self, *splits: str) -> None:
+        """Forget generated splits (``"train"``, ``"train_decorrelated"``, ``"val"``, ``"test"``;
+        none given: all) to free memory; they are regenerated identically on the next access."""
+        for split in splits or tuple(self._cache):
+            self._cache.pop(split, None)
+
     @property
     def train_set(self) -> ShortcutDataset:
         """Training split (with ``correlation``); generated on first access."""
@@ -727,11 +754,15 @@ class ShortcutDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Unshuffled validation loader."""
-        return DataLoader(self.val_set, batch_size=2 * self.batch_size, num_workers=self.num_workers)
+        return DataLoader(
+            self.val_set, batch_size=2 * self.batch_size, num_workers=self.num_workers
+        )
 
     def test_dataloader(self) -> DataLoader:
         """Unshuffled test loader."""
-        return DataLoader(self.test_set, batch_size=2 * self.batch_size, num_workers=self.num_workers)
+        return DataLoader(
+            self.test_set, batch_size=2 * self.batch_size, num_workers=self.num_workers
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,15 +793,21 @@ class SmallCNN(nn.Module):
         seed: parameter initialisation seed (local generator; the global RNG is not used).
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, width: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 2, width: int = 16, seed: int = 0
+    ) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            _block(in_channels, width, 5, 2),
-            _block(width, 2 * width, 3, 2),
-            _block(2 * width, 2 * width, 3, 1),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(2 * width, num_classes)
+        # Built on the meta device (PyTorch's default init would draw from the global RNG), then
+        # materialised and initialised from a local generator.
+        with torch.device("meta"):
+            self.features = nn.Sequential(
+                _block(in_channels, width, 5, 2),
+                _block(width, 2 * width, 3, 2),
+                _block(2 * width, 2 * width, 3, 1),
+            )
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(2 * width, num_classes)
+        self.to_empty(device="cpu")
         self.reset_parameters(seed)
 
     @torch.no_grad()
@@ -825,7 +862,7 @@ class ShortcutClassifier(pl.LightningModule):
         num_classes: int = 2,
         in_channels: int = 3,
         width: int = 16,
-        lr: float = 3e-3,
+        lr: float = 1e-3,
         weight_decay: float = 0.0,
         seed: int = 0,
         model: nn.Module | None = None,
@@ -876,7 +913,12 @@ class ShortcutClassifier(pl.LightningModule):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: ShortcutDataset | Tensor, labels: Tensor | None = None, batch_size: int = 512) -> float:
+def accuracy(
+    model: nn.Module,
+    data: ShortcutDataset | Tensor,
+    labels: Tensor | None = None,
+    batch_size: int = 512,
+) -> float:
     """Top-1 accuracy of ``model`` (in eval mode; its mode is restored) on a dataset or tensors.
 
     Args:
@@ -929,7 +971,6 @@ class TrainedWorld:
     Attributes:
         model: the trained :class:`ShortcutClassifier` (CPU, eval mode).
         datamodule: its :class:`ShortcutDataModule` (splits already generated).
-        trainer: the ``pytorch_lightning.Trainer`` that fitted it.
         artifact, shortcut, seed: how the world was made.
         seconds: wall time of data generation plus training.
         metrics: ``trainer.callback_metrics`` after fitting, as floats (``val_acc``, ...).
@@ -937,7 +978,6 @@ class TrainedWorld:
 
     model: ShortcutClassifier
     datamodule: ShortcutDataModule
-    trainer: pl.Trainer
     artifact: str
     shortcut: bool
     seed: int
@@ -957,7 +997,7 @@ def train_world(
     callbacks: Sequence[pl.Callback] = (),
     num_classes: int = 2,
     width: int = 16,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
     trainer_kwargs: Mapping[str, Any] | None = None,
     **datamodule_kwargs: Any,
 ) -> TrainedWorld:
@@ -968,7 +1008,7 @@ def train_world(
         shortcut: ``True``: ``correlation=1.0`` (perfect shortcut); ``False``: the clean world
             (``correlation=None``). A ``correlation`` in ``datamodule_kwargs`` overrides it.
         seed: seeds the data (all splits) and the initialisation.
-        epochs: training epochs; ``None``: 4 for a shortcut world, 8 for a clean one.
+        epochs: training epochs; ``None``: 2 for a shortcut world, 8 for a clean one.
         callbacks: extra Lightning callbacks (e.g. a ``GradCAMCallback``).
         num_classes, width, lr: see :class:`ShortcutClassifier`.
         trainer_kwargs: overrides of the ``pytorch_lightning.Trainer`` arguments (defaults:
@@ -985,11 +1025,13 @@ def train_world(
     """
     start = time.perf_counter()
     datamodule_kwargs.setdefault("correlation", 1.0 if shortcut else None)
-    dm = ShortcutDataModule(artifact=artifact, num_classes=num_classes, seed=seed, **datamodule_kwargs)
+    dm = ShortcutDataModule(
+        artifact=artifact, num_classes=num_classes, seed=seed, **datamodule_kwargs
+    )
     dm.setup("fit")
     model = ShortcutClassifier(num_classes=num_classes, width=width, lr=lr, seed=seed)
     if epochs is None:
-        epochs = 4 if shortcut else 8
+        epochs = 2 if shortcut else 8
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
@@ -1018,10 +1060,15 @@ def train_world(
         torch.use_deterministic_algorithms(was_deterministic, warn_only=warn_only)
     model.eval()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # Detach the trainer (it holds the loaders) and drop the training images: a world kept for a
+    # test session then costs only its model and validation set. Dropped splits are regenerated,
+    # identically, on access.
+    model.trainer = None
+    dm.trainer = None
+    dm.release("train", "train_decorrelated")
     return TrainedWorld(
         model=model,
         datamodule=dm,
-        trainer=trainer,
         artifact=artifact,
         shortcut=shortcut,
         seed=seed,

@@ -7,9 +7,13 @@ import math
 import pickle
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from gradcam_callback.alarms import Flag, ShortcutDetected, ShortcutMonitor
+from gradcam_callback.engine import GradCAM
+from gradcam_callback.probes import select_probes
+from gradcam_callback.synthetic import ShortcutClassifier, train_world
 
 H = W = 32
 N = 8
@@ -225,3 +229,185 @@ def test_shortcut_detected_carries_flags() -> None:
     assert "watermark" in str(err)
     back = pickle.loads(pickle.dumps(err))
     assert back.flags == [f] and str(back) == str(err)
+
+
+# ----------------------------------------------------------------------------- trained worlds
+ARTIFACT_KINDS = ["watermark", "tag", "border", "stamp"]
+NUM_PROBES = 16
+
+
+def _probes(world, masks: bool) -> dict[str, torch.Tensor | None]:
+    """Zero-config style probes: balanced picks from the validation loader."""
+    probes = select_probes(world.datamodule.val_dataloader(), NUM_PROBES)
+    return {
+        "images": probes.images,
+        "labels": probes.labels,
+        "object_masks": probes.object_masks if masks else None,
+        "artifact_masks": probes.artifact_masks if masks else None,
+    }
+
+
+def _analyze_world(world, masks: bool, confirm: bool = True):
+    model = world.model.eval()
+    p = _probes(world, masks)
+    mon = ShortcutMonitor(confirm=confirm)
+
+    def score_fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    # step 0: the untrained network of the same architecture is the baseline: never a flag
+    untrained = ShortcutClassifier(num_classes=2, seed=world.seed).eval()
+    r0 = GradCAM(untrained, target_layer="model.features").explain(
+        p["images"], p["labels"], normalize=False
+    )
+    base = mon.analyze(
+        maps=r0.maps,
+        images=p["images"],
+        targets=p["labels"],
+        labels=p["labels"],
+        scores=r0.scores,
+        logits=r0.output,
+        object_masks=p["object_masks"],
+        artifact_masks=p["artifact_masks"],
+        score_fn=lambda x: untrained(x).detach(),
+        epoch=0,
+        global_step=0,
+        baseline=True,
+    )
+    assert base.flags == []
+    r = GradCAM(model, target_layer="model.features").explain(
+        p["images"], p["labels"], normalize=False
+    )
+    return mon.analyze(
+        maps=r.maps,
+        images=p["images"],
+        targets=p["labels"],
+        labels=p["labels"],
+        scores=r.scores,
+        logits=r.output,
+        object_masks=p["object_masks"],
+        artifact_masks=p["artifact_masks"],
+        score_fn=score_fn if confirm else None,
+        epoch=3,
+        global_step=100,
+    )
+
+
+def _kinds(analysis) -> set[str]:
+    return {f.kind for f in analysis.flags}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("masks", [True, False], ids=["masks", "mask_free"])
+@pytest.mark.parametrize("kind", ARTIFACT_KINDS)
+def test_artifact_flag_fires_in_shortcut_worlds(trained_world, kind: str, masks: bool) -> None:
+    a = _analyze_world(trained_world(kind, shortcut=True), masks)
+    art = [f for f in a.flags if f.kind == "artifact"]
+    assert len(art) == 1, a.summary
+    assert len(art[0].probes) >= NUM_PROBES // 4 and not art[0].persistent
+    if masks:
+        assert a.summary["attention/artifact_enrichment"] >= 3.0
+        assert a.summary["causal/artifact_evidence"] >= 0.5
+        assert "background" in _kinds(a)  # the attention also left the object
+    else:
+        assert art[0].metric == "attention/hotspot_consistency"
+        assert a.summary["attention/hotspot_offset"] >= 0.3
+        assert a.summary["causal/hotspot_evidence_drop"] >= 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("masks", [True, False], ids=["masks", "mask_free"])
+@pytest.mark.parametrize("kind", [*ARTIFACT_KINDS, "texture"])
+def test_silent_in_clean_worlds(trained_world, kind: str, masks: bool) -> None:
+    world = trained_world(kind, shortcut=False)
+    a = _analyze_world(world, masks)
+    assert not _kinds(a) & {"artifact", "background"}, [f.message for f in a.flags]
+    if masks and kind != "texture":
+        assert a.summary["attention/object_enrichment"] > 3.0
+        assert a.summary["causal/artifact_evidence"] < 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("masks", [True, False], ids=["masks", "mask_free"])
+def test_background_flag_fires_for_texture_shortcut(trained_world, masks: bool) -> None:
+    a = _analyze_world(trained_world("texture", shortcut=True), masks)
+    bg = [f for f in a.flags if f.kind == "background"]
+    assert len(bg) == 1 and "artifact" not in _kinds(a)
+    if masks:
+        assert bg[0].metric == "attention/object_enrichment" and bg[0].value <= 1.5
+        assert a.summary["causal/object_evidence"] < 0.5
+    else:
+        assert bg[0].metric == "attention/entropy" and bg[0].value >= 0.9
+        assert a.summary["causal/focus_evidence"] < 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["watermark", "texture"])
+def test_flags_without_causal_confirmation(trained_world, kind: str) -> None:
+    """confirm=False (no extra forwards): attention and pixel stability alone decide."""
+    expected = "artifact" if kind == "watermark" else "background"
+    fired = _analyze_world(trained_world(kind, shortcut=True), masks=False, confirm=False)
+    assert expected in _kinds(fired)
+    quiet = _analyze_world(trained_world(kind, shortcut=False), masks=False, confirm=False)
+    assert not _kinds(quiet) & {"artifact", "background"}
+
+
+class _Watch(pl.Callback):
+    """Runs the monitor at step 0 (baseline) and after every validation epoch."""
+
+    def __init__(self) -> None:
+        self.monitor = ShortcutMonitor()
+        self.flags: dict[int, list[Flag]] = {}
+        self.summary: dict[int, dict[str, float]] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.probes = select_probes(trainer.datamodule.val_dataloader(), NUM_PROBES)
+        self._run(trainer, pl_module, baseline=True)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module, baseline=False)
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, baseline: bool) -> None:
+        images, labels = self.probes.images, self.probes.labels
+        r = GradCAM(pl_module, target_layer="model.features").explain(
+            images, labels, normalize=False
+        )
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                a = self.monitor.analyze(
+                    maps=r.maps,
+                    images=images,
+                    targets=labels,
+                    labels=labels,
+                    scores=r.scores,
+                    logits=r.output,
+                    object_masks=None,
+                    artifact_masks=None,
+                    score_fn=pl_module,
+                    epoch=trainer.current_epoch,
+                    global_step=trainer.global_step,
+                    baseline=baseline,
+                )
+        finally:
+            pl_module.train(was_training)
+        if not baseline:
+            self.flags[trainer.current_epoch] = a.flags
+            self.summary[trainer.current_epoch] = a.summary
+
+
+@pytest.mark.slow
+def test_shortcut_taken_early_and_dropped_later_is_caught_while_it_lasts() -> None:
+    """Mask-free: the watermark predicts the label for 2 epochs, then is decorrelated."""
+    watch = _Watch()
+    world = train_world("watermark", shortcut=True, shortcut_epochs=2, epochs=10, callbacks=[watch])
+    assert world.metrics["val_acc"] > 0.9
+    artifact = {e: [f for f in fl if f.kind == "artifact"] for e, fl in watch.flags.items()}
+    first = min(e for e, fl in artifact.items() if fl)  # caught while it lasts ...
+    assert first < 2 and not artifact[first][0].persistent
+    for e in range(first + 1, 10):  # ... marked persistent rather than repeated as new ...
+        if artifact[e] and artifact[e - 1]:
+            assert artifact[e][0].persistent and artifact[e][0].since_epoch == first
+    assert not artifact[9], watch.summary[9]  # ... and silent once the model let go of it

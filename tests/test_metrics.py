@@ -225,10 +225,25 @@ def test_erasure_effect_flips_a_corner_reader() -> None:
     images[0, :, :4, :4] = 1.0  # probe 0 shows the corner mark, probe 1 does not
     region = torch.zeros(16, 16, dtype=torch.bool)
     region[:4, :4] = True
-    flipped, drop = M.erasure_effect(score_fn, images, region, torch.tensor([1, 1]))
+    flipped, drop, evidence = M.erasure_effect(score_fn, images, region, torch.tensor([1, 1]))
     torch.testing.assert_close(flipped, torch.tensor([1.0, 0.0]))
-    expected = torch.tensor([10.0, 0.0]).softmax(0)[0] - 0.5
+    expected = torch.tensor([0.0, 10.0]).softmax(0)[1] - 0.5
     torch.testing.assert_close(drop, torch.stack([expected, torch.tensor(0.0)]))
+    # probe 0 lost all of its log-odds (10 -> 0); probe 1 had none to lose (even odds)
+    assert evidence[0] == 1.0 and torch.isnan(evidence[1])
+
+
+def test_log_odds_and_evidence_drop() -> None:
+    base = torch.tensor([[0.0, 4.0], [0.0, 4.0], [0.0, 4.0], [2.0, 0.0], [1.0, 1.0]])
+    after = torch.tensor([[0.0, 1.0], [0.0, -8.0], [0.0, 6.0], [0.0, 0.0], [1.0, 1.0]])
+    t = torch.tensor([1, 1, 1, 0, 0])
+    torch.testing.assert_close(M.log_odds(base, t), torch.tensor([4.0, 4, 4, 2, 0]))
+    three = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    torch.testing.assert_close(M.log_odds(three, torch.tensor([0])), torch.tensor([0.0]))
+    ev = M.evidence_drop(base, after, t)
+    # 4 -> 1: three quarters lost; 4 -> -8: flipped (clamped to 1); 4 -> 6: gained half
+    torch.testing.assert_close(ev[:4], torch.tensor([0.75, 1.0, -0.5, 1.0]))
+    assert torch.isnan(ev[4])
 
 
 @pytest.mark.parametrize(
