@@ -156,7 +156,14 @@ class ShortcutMonitor:
         hotspot_frac: hot-spot area as a fraction of the image.
         focus_frac: the hottest fraction of each map that the focus erasure removes.
         border_width: width of the image-frame band of ``attention/border_enrichment`` and of
-            the ``causal/border_*`` erasure (fraction of each side); reported, not flagged.
+            the ``causal/border_*`` erasure (fraction of each side).
+        border_enrichment: optional mask-free background flag (off by default): the frame's
+            mean attention enrichment is at least this (and, causally, erasing the frame
+            removes ``evidence_drop`` of the evidence). Catches frames, rulers and scanner
+            borders along the whole edge; single-edge bands are caught as hot spots already.
+        score_drop: optional extra causal confirmation (off by default): the mean drop of the
+            target's softmax probability is at least this. It saturates for confident models,
+            which is why ``evidence_drop`` decides by default.
         drift_pearson: drift flag when the mean Pearson correlation of the maps with the previous
             run's maps falls below this (never against the baseline run: training moves the
             maps away from the untrained model's by design).
@@ -171,16 +178,18 @@ class ShortcutMonitor:
         artifact_enrichment: float = 3.0,
         evidence_drop: float = 0.5,
         flip_rate: float = 0.5,
-        object_enrichment: float = 1.5,
+        object_enrichment: float = 2.0,
         object_drop: float = 0.5,
         hotspot_consistency: float = 3.0,
         hotspot_offset: float = 0.3,
-        hotspot_stability: float = 0.1,
-        diffuse_entropy: float = 0.9,
+        hotspot_stability: float = 0.15,
+        diffuse_entropy: float = 0.95,
         focus_drop: float = 0.5,
         hotspot_frac: float = 0.05,
         focus_frac: float = 0.1,
         border_width: float = 0.125,
+        border_enrichment: float | None = None,
+        score_drop: float | None = None,
         drift_pearson: float = 0.5,
         min_probes: int = 4,
         confirm: bool = True,
@@ -199,6 +208,8 @@ class ShortcutMonitor:
         self.hotspot_frac = float(hotspot_frac)
         self.focus_frac = float(focus_frac)
         self.border_width = float(border_width)
+        self.border_enrichment = None if border_enrichment is None else float(border_enrichment)
+        self.score_drop = None if score_drop is None else float(score_drop)
         self.drift_pearson = float(drift_pearson)
         self.min_probes = int(min_probes)
         self.confirm = bool(confirm)
@@ -438,8 +449,10 @@ class ShortcutMonitor:
         return out
 
     # ------------------------------------------------------------------ rules
-    def _confirms(self, flip_rate: float, evidence: float) -> bool:
-        """Causal confirmation from the mean flip rate and evidence drop (NaN fails)."""
+    def _confirms(self, flip_rate: float, evidence: float, score_drop: float) -> bool:
+        """Causal confirmation from the mean flip rate, evidence and probability drops."""
+        if self.score_drop is not None and score_drop >= self.score_drop:
+            return True
         return evidence >= self.evidence_drop or (flip_rate >= self.flip_rate and evidence > 0)
 
     def _hotspot_groups(self, g: dict[str, Tensor], size: Tensor, causal: bool) -> list[int]:
@@ -457,7 +470,8 @@ class ShortcutMonitor:
             if ok and causal:
                 fr = float(g["causal/hotspot_flip_rate"][j])
                 ev = float(g["causal/hotspot_evidence_drop"][j])
-                ok = self._confirms(fr, ev)
+                sd = float(g["causal/hotspot_score_drop"][j])
+                ok = self._confirms(fr, ev, sd)
             if ok:
                 out.append(j)
         return out
@@ -500,7 +514,8 @@ class ShortcutMonitor:
                 return True, " (not confirmed causally: no score_fn)"
             fr = float(_nanmean(p[f"causal/{region}_flip"][usable]))
             ev = float(_nanmean(p[f"causal/{region}_evidence"][usable]))
-            return self._confirms(fr, ev), (
+            sd = float(_nanmean(p[f"causal/{region}_drop"][usable]))
+            return self._confirms(fr, ev, sd), (
                 f"; erasing it flips {fr:.0%} of their predictions and removes {ev:.0%} of the "
                 "target's evidence (log-odds)"
             )
@@ -611,6 +626,30 @@ class ShortcutMonitor:
                         f"{value:.3f}){why}. Probes: {_fmt_probes(probes)}. The model may read "
                         "a background texture or colour instead of an object: see "
                         "attention/entropy and the overlays.",
+                    )
+            # optional: attention on the image frame (a frame, ruler or scanner border)
+            enr = p["attention/border_enrichment"]
+            usable = ~torch.isnan(enr)
+            value = s["attention/border_enrichment"]
+            if (
+                self.border_enrichment is not None
+                and not any(f.kind in ("background", "artifact") for f in flags)
+                and int(usable.sum()) >= self.min_probes
+                and value >= self.border_enrichment
+            ):
+                ok, why = causal_note("border", usable)
+                if ok:
+                    probes = ranked(enr, enr >= self.border_enrichment)
+                    flag(
+                        "background",
+                        "attention/border_enrichment",
+                        value,
+                        self.border_enrichment,
+                        probes,
+                        f"attention sits on the image frame: {value:.2f}x its area share on the "
+                        f"outer {self.border_width:.0%} band{why}. Probes: {_fmt_probes(probes)}. "
+                        "A border, ruler or scanner frame may be a shortcut: see "
+                        "attention/border_enrichment.",
                     )
 
         # -- drift (informational), only between two trained runs

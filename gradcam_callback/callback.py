@@ -21,7 +21,17 @@ from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
 from .probes import BatchKeys, ProbeSet, preserve_rng, select_probes
 from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
-from .render import denormalize, filmstrip, overlay, probe_grid, probe_rows, write_gif, write_png
+from .render import (
+    denormalize,
+    filmstrip,
+    overlay,
+    pick_columns,
+    probe_grid,
+    probe_rows,
+    tile,
+    write_gif,
+    write_png,
+)
 from .sinks import SinkGroup
 
 __all__ = ["GradCAMCallback"]
@@ -608,8 +618,11 @@ class GradCAMCallback(Callback):
         step = _log_step(trainer)
         out_dir = sinks.log_dir / self.prefix
         write_png(strip, out_dir / "filmstrip.png")
-        sinks.log_image(f"{self.prefix}/filmstrip", strip, step)
-        frames = [probe_rows_to_frame(t) for t in self._thumbs]
+        cols = pick_columns(len(self._thumbs), self.max_filmstrip_runs)
+        shown = [self._thumb_steps[i] for i in cols]
+        caption = f"a row per probe, a column per run; runs at steps {shown}"
+        sinks.log_image(f"{self.prefix}/filmstrip", strip, step, caption=caption)
+        frames = [_frame(t) for t in self._thumbs]
         gif = write_gif(frames, out_dir / "evolution.gif")
         sinks.log_gif(f"{self.prefix}/evolution", gif, step)
 
@@ -793,10 +806,11 @@ def _thumbnail(images: Tensor, size: int = 96) -> Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def probe_rows_to_frame(thumbs: Tensor, padding: int = 2) -> Tensor:
-    """Stack the ``[N, 3, h, w]`` overlays of one run vertically into one ``[3, H, w]`` frame."""
-    n, c, h, w = thumbs.shape
-    frame = torch.zeros(c, n * h + (n - 1) * padding, w, dtype=thumbs.dtype)
-    for i in range(n):
-        frame[:, i * (h + padding) : i * (h + padding) + h] = thumbs[i]
-    return frame
+def _frame(thumbs: Tensor, padding: int = 2) -> Tensor:
+    """One GIF frame: the ``[N, 3, h, w]`` overlays of a run tiled in a near-square grid."""
+    n = thumbs.shape[0]
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    pad = thumbs.new_zeros((rows * cols - n, *thumbs.shape[1:]))
+    cells = torch.cat([thumbs, pad]).view(rows, cols, *thumbs.shape[1:])
+    return tile(cells, padding=padding)

@@ -320,8 +320,6 @@ def run(argv: Sequence[str] | None = None) -> DemoResult:
             warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
             trainer.fit(model, datamodule=dm)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
         log_dir = Path(logger.log_dir)
         model.eval()
         reliance = artifact_reliance(model, dm.val_set)
@@ -398,12 +396,12 @@ def _print_summary(res: DemoResult, artifact: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: run the demo, return the exit status (0; 130 when interrupted)."""
-    try:
-        run(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """Console entry point: run the demo and return the exit status (0).
+
+    Use :func:`run` for the :class:`DemoResult` (flags, paths, metrics). Ctrl-C is handled by
+    Lightning (graceful shutdown, exit status 1).
+    """
+    run(argv)
     return 0
 
 

@@ -380,7 +380,7 @@ def _resize_u8(images: Tensor, size: tuple[int, int]) -> Tensor:
     return _resize(images.float(), size).round().clamp(0, 255).to(torch.uint8)
 
 
-def _pick_columns(count: int, max_columns: int | None) -> list[int]:
+def pick_columns(count: int, max_columns: int | None) -> list[int]:
     """Evenly spaced indices into ``count`` runs, always keeping the first and the last."""
     if max_columns is None or count <= max_columns:
         return list(range(count))
@@ -421,7 +421,7 @@ def filmstrip(
     if any(r.dim() != 4 or r.shape[0] != first.shape[0] or r.shape[1] != 3 for r in runs):
         raise ValueError("every run must be a [N, 3, H, W] tensor with the same N")
     size = _thumb_size(int(first.shape[-2]), int(first.shape[-1]), thumbnail)
-    kept = [_resize_u8(to_uint8(runs[i]), size) for i in _pick_columns(len(runs), max_columns)]
+    kept = [_resize_u8(to_uint8(runs[i]), size) for i in pick_columns(len(runs), max_columns)]
     return tile(torch.stack(kept, dim=1), padding=padding, pad_value=pad_value)
 
 

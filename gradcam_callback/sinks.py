@@ -187,8 +187,8 @@ class TensorBoardSink:
     """Writes to a ``TensorBoardLogger``'s ``SummaryWriter`` (either Lightning namespace).
 
     Probe images: the grid only (``add_image``, CHW uint8) plus the row captions as text under
-    ``f"{tag}/captions"``; text via ``add_text``; tables as markdown text; GIFs: their last frame
-    as an image (TensorBoard cannot show GIFs without moviepy).
+    ``f"{tag}/captions"``; text via ``add_text``; tables as markdown text; GIFs as an image
+    summary holding the GIF bytes, which the image tab plays (no moviepy needed).
     """
 
     name = "tensorboard"
@@ -227,13 +227,16 @@ class TensorBoardSink:
         self._writer.add_text(tag, markdown_table(columns, rows), global_step=step)
 
     def log_gif(self, tag: str, path: Path, step: int) -> None:
-        import numpy as np
+        """The GIF itself as an image summary: TensorBoard's image tab plays it (an ``<img>``)."""
         from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
+        data = Path(path).read_bytes()
         with Image.open(path) as gif:
-            gif.seek(max(0, getattr(gif, "n_frames", 1) - 1))
-            last = np.asarray(gif.convert("RGB"))
-        self._writer.add_image(tag, last, global_step=step, dataformats="HWC")
+            width, height = gif.size
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self._writer._get_file_writer().add_summary(summary, step)
 
     def flush(self) -> None:
         """Flush the event file so the artefacts are visible right away."""

@@ -129,8 +129,8 @@ _TAGS = ((1, 0, 7, 1), (4, 2, 5, 6), (3, 3, 0, 7), (6, 5, 2, 4))
 _BORDER_COLOURS = ((0.92, 0.10, 0.10), (0.10, 0.25, 0.92), (0.10, 0.80, 0.20), (0.95, 0.85, 0.10))
 _STAMP_INK = (0.75, 0.05, 0.10)
 _WATERMARK_ALPHA = 0.8
-_TEXTURE_AMPLITUDE, _TEXTURE_PERIOD = 0.08, 6.0
-_TEXTURE_WAVE = "square"
+_TEXTURE_AMPLITUDE, _TEXTURE_PERIOD = 0.16, 8.0
+_TEXTURE_WAVE = "smooth"
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,10 +594,13 @@ class ShortcutDataset(Dataset):
         return ShortcutDataset(**config, as_dict=self.as_dict)
 
     def tensors(self, n: int | None = None) -> dict[str, Tensor]:
-        """The first ``n`` images as a dict ``images, labels, object_masks, artifact_masks``.
+        """The first ``n`` images (all: ``None``) as a dict of tensors.
 
-        Labels are balanced in every prefix up to rounding only by chance; the keys match
-        ``ProbeSet(**ds.tensors(16))``.
+        Returns:
+            ``images`` float32 ``[n, 3, H, W]``, ``labels`` long ``[n]``, ``object_masks`` and
+            ``artifact_masks`` bool ``[n, H, W]`` (views, not copies); the keys match
+            ``ProbeSet(**ds.tensors(16))``. Labels are shuffled, so a prefix holds every class
+            about equally often.
         """
         sl = slice(None) if n is None else slice(0, n)
         return {
@@ -1008,7 +1011,8 @@ def train_world(
         shortcut: ``True``: ``correlation=1.0`` (perfect shortcut); ``False``: the clean world
             (``correlation=None``). A ``correlation`` in ``datamodule_kwargs`` overrides it.
         seed: seeds the data (all splits) and the initialisation.
-        epochs: training epochs; ``None``: 2 for a shortcut world, 8 for a clean one.
+        epochs: training epochs; ``None``: 2 for a shortcut world, 8 for a clean one,
+            ``shortcut_epochs + 8`` when ``shortcut_epochs`` is given.
         callbacks: extra Lightning callbacks (e.g. a ``GradCAMCallback``).
         num_classes, width, lr: see :class:`ShortcutClassifier`.
         trainer_kwargs: overrides of the ``pytorch_lightning.Trainer`` arguments (defaults:
@@ -1031,7 +1035,8 @@ def train_world(
     dm.setup("fit")
     model = ShortcutClassifier(num_classes=num_classes, width=width, lr=lr, seed=seed)
     if epochs is None:
-        epochs = 2 if shortcut else 8
+        default = 2 if shortcut else 8
+        epochs = default if dm.shortcut_epochs is None else dm.shortcut_epochs + 8
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,

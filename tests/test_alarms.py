@@ -175,6 +175,19 @@ def test_background_flag_with_object_masks() -> None:
     assert on.summary["attention/object_enrichment"] > 5
 
 
+def test_optional_frame_flag_mask_free() -> None:
+    w = _world()
+    frame = torch.zeros(N, H, W)
+    frame[:, :2, :] = frame[:, -2:, :] = frame[:, :, :2] = frame[:, :, -2:] = 1.0
+    band_share = 1 - (24 * 24) / (32 * 32)  # the default 0.125 band is 4 px wide
+    off = _run(ShortcutMonitor(), frame, w, 1, masks=False)
+    assert not off.flags  # off by default; the maps are neither anchored nor diffuse enough
+    on = _run(ShortcutMonitor(border_enrichment=1.5), frame, w, 1, masks=False)
+    (flag,) = on.flags
+    assert flag.kind == "background" and flag.metric == "attention/border_enrichment"
+    assert flag.value == pytest.approx(1 / band_share, rel=1e-4)
+
+
 def test_drift_only_between_trained_runs() -> None:
     w = _world()
     mon = ShortcutMonitor()
@@ -335,10 +348,10 @@ def test_background_flag_fires_for_texture_shortcut(trained_world, masks: bool) 
     bg = [f for f in a.flags if f.kind == "background"]
     assert len(bg) == 1 and "artifact" not in _kinds(a)
     if masks:
-        assert bg[0].metric == "attention/object_enrichment" and bg[0].value <= 1.5
+        assert bg[0].metric == "attention/object_enrichment" and bg[0].value <= 2.0
         assert a.summary["causal/object_evidence"] < 0.5
     else:
-        assert bg[0].metric == "attention/entropy" and bg[0].value >= 0.9
+        assert bg[0].metric == "attention/entropy" and bg[0].value >= 0.95
         assert a.summary["causal/focus_evidence"] < 0.5
 
 

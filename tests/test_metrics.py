@@ -194,6 +194,17 @@ def test_anchored_hotspot_groups_and_zero_maps() -> None:
     assert torch.isnan(zero.consistency).all() and not zero.region.any()
 
 
+def test_grow_region_follows_allowed_pixels_and_respects_max_area() -> None:
+    allowed = torch.zeros(16, 16, dtype=torch.bool)
+    allowed[14:, :] = True  # a 2-px band along the bottom: 32 px, 12.5 % of the image
+    seed = torch.zeros(1, 16, 16, dtype=torch.bool)
+    seed[0, 14, 7] = True
+    torch.testing.assert_close(M.grow_region(seed, allowed, max_area=0.25)[0], allowed)
+    # at most 12.8 px: 2 steps give the 2 x 5 block around the seed, a third would give 14
+    small = M.grow_region(seed, allowed, max_area=0.05)[0]
+    assert int(small.sum()) == 10 and small[14:, 5:10].all()
+
+
 # ----------------------------------------------------------------------------- causal
 def test_erase_fills_from_surroundings() -> None:
     h = w = 16
