@@ -105,7 +105,7 @@ def oversubscription_note(threads: int) -> str | None:
     except ValueError:
         return None
     cores = os.cpu_count() or 1
-    if threads > 1 and load1 > cores - threads + 1:
+    if threads > 1 and load1 > cores - threads + 1.5:  # our own start-up counts about 1
         return (
             f"WARNING: load {load1:.1f} on {cores} cores with {threads} torch threads: OpenMP "
             "regions wait for descheduled threads and times inflate; use --threads 1 here"

@@ -1,26 +1,38 @@
 """Rules that turn Grad-CAM metrics into :class:`Flag` records (shortcut-learning alarms).
 
 :class:`ShortcutMonitor` keeps the baseline maps (the untrained model, step 0) and the previous
-run's maps, computes every measure of :mod:`gradcam_callback.metrics` for a probe batch in one go,
+run's maps, computes the measures of :mod:`gradcam_callback.metrics` for a probe batch in one go,
 and raises three kinds of flags:
 
 ``"artifact"``
     Attention sits on a label artifact (watermark, text tag, hospital token, ruler, border band,
-    stamp). With artifact masks: the mean attention enrichment inside the masks. Without masks:
-    an *anchored hot spot*, attention piled at the same off-centre place across different probe
-    images. Either way, by default only when erasing the region (filled from its surroundings)
-    changes the model's predictions or drops its target probability: the map looking at the
-    corner is confirmed as the model depending on the corner.
+    stamp). With artifact masks: the attention enrichment inside the masks. Without masks (and
+    also with them, for artifacts nobody masked): an *anchored hot spot*, where the maps of
+    different probe images of one class pile up at the same off-centre place over pixels that
+    barely change between images. Either way, by default only when erasing the region (filled
+    from its surroundings) takes most of the target's evidence from most probes: "the map looks
+    at the corner" is confirmed as "the model depends on the corner".
 ``"background"``
     Attention left the object. With object masks: low attention enrichment on the objects and a
-    model that barely notices when the objects are erased. Without masks: attention spread out
-    to the image frame, where objects rarely are.
+    model that barely notices when the objects are erased. Without masks: attention spread over
+    the whole image (near-uniform maps, as over a class-tied texture) and no compact region whose
+    erasure matters.
 ``"drift"``
-    Informational: the maps changed suddenly between two consecutive runs.
+    Informational: the maps changed suddenly between two consecutive trained runs.
 
 A rule that keeps firing run after run is reported again with ``persistent=True`` and the epoch
-it started (``since_epoch``) instead of as new noise; when it stops firing and later fires again
-it is new again. The baseline run (``baseline=True``) never raises a flag.
+its streak began (``since_epoch``) instead of as new noise; when it stops firing and later fires
+again it is new again. The baseline run (``baseline=True``) never raises a flag, and ``NaN``
+values (all-zero maps of an untrained model, empty masks) never count towards one.
+
+Metric names (relative; the callback prefixes them): ``drift/{pearson,spearman,js,iou,com_shift}
+_{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enrichment}``,
+``attention/{object,artifact}_{share,enrichment}``, ``attention/object_pointing``,
+``attention/hotspot_{share,enrichment,consistency,offset,stability,area}``,
+``causal/{hotspot,focus,border,object,artifact}_{flip,drop,evidence,depends}``,
+``causal/hotspot_{flip_rate,score_drop,evidence_drop,dependence}`` and the aliases
+``causal/{flip,score_drop,evidence_drop,dependence}`` for the artifact region that was tested
+(the artifact masks when given, else the hot spot).
 """
 
 from __future__ import annotations
@@ -97,10 +109,12 @@ class Analysis:
         per_probe: name -> float32 ``[N]`` CPU tensor, one value per probe (``NaN`` where
             undefined, e.g. no mask, an all-zero map, or a probe not tested causally).
         summary: name -> float: set means (``nanmean`` of ``per_probe``), per-class means named
-            ``"<name>/class_<k>"``, and set-level values (hot-spot statistics, flip rates).
+            ``"<name>/class_<k>"`` (classes of ``labels``, else ``targets``), and hot-spot group
+            values (``attention/hotspot_*`` and ``causal/hotspot_*`` of the group that fired, or
+            the most anchored-looking one; per explained class as ``.../class_<k>``).
         flags: the flags of this analysis (new and persistent).
-        hotspot: bool ``[N, H, W]`` CPU, the anchored hot spot of each probe's class group (for
-            overlays), or ``None``.
+        hotspot: bool ``[N, H, W]`` CPU, the footprint of each probe's class-group hot spot (the
+            region the causal check erases), for overlays.
     """
 
     per_probe: dict[str, Tensor] = field(default_factory=dict)
@@ -132,11 +146,11 @@ class ShortcutMonitor:
     Args:
         artifact_enrichment: artifact flag (masks): the mean attention enrichment inside the
             artifact masks, over the probes that show an artifact, is at least this ...
-        evidence_drop: ... and (causal confirmation) erasing the region removes at least this
-            share of the target's evidence (log-odds, :func:`~.metrics.evidence_drop`) on
-            average over the tested probes ...
-        flip_rate: ... or flips at least this share of their predictions while removing some
-            evidence (flips of a hesitant model alone are noise).
+        evidence_drop: a probe *depends* on an erased region when erasing it (filled from the
+            surroundings) takes at least this share of the target's evidence (log-odds,
+            :func:`~.metrics.evidence_drop`; a flip takes all of it) ...
+        dependence: ... and a region is confirmed causally when at least this share of the
+            tested probes depend on it.
         object_enrichment: background flag (masks): the mean attention enrichment on the objects
             is at most this (1 = as much as a uniform map puts there) ...
         object_drop: ... and (causal confirmation) erasing the objects removes less than this
@@ -147,8 +161,7 @@ class ShortcutMonitor:
             diagonal; 1 = a corner) ...
         hotspot_stability: ... with image pixels under it at least this stable across the
             group's images (pasted marks are; moving objects and random backgrounds score 0) ...
-            and, with causal confirmation, ``evidence_drop`` / ``flip_rate`` when its footprint
-            is erased.
+            and, with causal confirmation, ``dependence`` on its footprint.
         diffuse_entropy: mask-free background flag: the maps' mean normalised entropy is at least
             this (attention spread over the whole image, as over a class-tied texture) ...
         focus_drop: ... and (causal confirmation) erasing each map's hottest ``focus_frac``
@@ -158,12 +171,14 @@ class ShortcutMonitor:
         border_width: width of the image-frame band of ``attention/border_enrichment`` and of
             the ``causal/border_*`` erasure (fraction of each side).
         border_enrichment: optional mask-free background flag (off by default): the frame's
-            mean attention enrichment is at least this (and, causally, erasing the frame
-            removes ``evidence_drop`` of the evidence). Catches frames, rulers and scanner
-            borders along the whole edge; single-edge bands are caught as hot spots already.
+            mean attention enrichment is at least this (and, causally, ``dependence`` on it).
+            Catches frames, rulers and scanner borders along the whole edge; single-edge bands
+            are caught as hot spots already.
+        flip_rate: optional extra causal confirmation (off by default): the share of tested
+            probes whose prediction flips is at least this.
         score_drop: optional extra causal confirmation (off by default): the mean drop of the
-            target's softmax probability is at least this. It saturates for confident models,
-            which is why ``evidence_drop`` decides by default.
+            target's softmax probability is at least this. Probabilities saturate for confident
+            models, which is why the log-odds ``evidence_drop`` decides by default.
         drift_pearson: drift flag when the mean Pearson correlation of the maps with the previous
             run's maps falls below this (never against the baseline run: training moves the
             maps away from the untrained model's by design).
@@ -177,7 +192,7 @@ class ShortcutMonitor:
         *,
         artifact_enrichment: float = 3.0,
         evidence_drop: float = 0.5,
-        flip_rate: float = 0.5,
+        dependence: float = 0.75,
         object_enrichment: float = 2.0,
         object_drop: float = 0.5,
         hotspot_consistency: float = 3.0,
@@ -189,6 +204,7 @@ class ShortcutMonitor:
         focus_frac: float = 0.1,
         border_width: float = 0.125,
         border_enrichment: float | None = None,
+        flip_rate: float | None = None,
         score_drop: float | None = None,
         drift_pearson: float = 0.5,
         min_probes: int = 4,
@@ -197,7 +213,8 @@ class ShortcutMonitor:
     ) -> None:
         self.artifact_enrichment = float(artifact_enrichment)
         self.evidence_drop = float(evidence_drop)
-        self.flip_rate = float(flip_rate)
+        self.dependence = float(dependence)
+        self.flip_rate = None if flip_rate is None else float(flip_rate)
         self.object_enrichment = float(object_enrichment)
         self.object_drop = float(object_drop)
         self.hotspot_consistency = float(hotspot_consistency)
@@ -340,6 +357,7 @@ class ShortcutMonitor:
         )
         per["attention/hotspot_share"] = hot.share
         per["attention/hotspot_enrichment"] = hot.enrichment
+        oh = F.one_hot(inv, n_grp).float()  # [N, G]
         group: dict[str, Tensor] = {  # [G] each
             "attention/hotspot_consistency": hot.consistency,
             "attention/hotspot_offset": hot.offset,
@@ -368,14 +386,16 @@ class ShortcutMonitor:
                     tested = reg.flatten(1).any(1) & (valid if valid is not None else True)
                     per[f"causal/{name}_flip"] = torch.where(tested, eff.flipped, torch.nan)
                     per[f"causal/{name}_drop"] = torch.where(tested, eff.score_drop, torch.nan)
-                    per[f"causal/{name}_evidence"] = torch.where(
-                        tested, eff.evidence_drop, torch.nan
+                    ev = torch.where(tested, eff.evidence_drop, torch.nan)
+                    per[f"causal/{name}_evidence"] = ev
+                    per[f"causal/{name}_depends"] = torch.where(
+                        torch.isnan(ev), ev, (ev >= self.evidence_drop).float()
                     )
-            oh = F.one_hot(inv, n_grp).float()  # [N, G]
             for key, src in (
                 ("flip_rate", "flip"),
                 ("score_drop", "drop"),
                 ("evidence_drop", "evidence"),
+                ("dependence", "depends"),
             ):
                 v = per[f"causal/hotspot_{src}"]
                 ok = (~torch.isnan(v)).float()
@@ -387,6 +407,7 @@ class ShortcutMonitor:
             per["causal/flip"] = per[f"causal/{src}_flip"]
             per["causal/score_drop"] = per[f"causal/{src}_drop"]
             per["causal/evidence_drop"] = per[f"causal/{src}_evidence"]
+            per["causal/dependence"] = per[f"causal/{src}_depends"]
 
         # ---- one transfer to the host
         names = list(per)
@@ -449,11 +470,13 @@ class ShortcutMonitor:
         return out
 
     # ------------------------------------------------------------------ rules
-    def _confirms(self, flip_rate: float, evidence: float, score_drop: float) -> bool:
-        """Causal confirmation from the mean flip rate, evidence and probability drops."""
+    def _confirms(self, dependence: float, flip_rate: float, score_drop: float) -> bool:
+        """Causal confirmation from the share of dependent probes (and the optional extras)."""
+        if self.flip_rate is not None and flip_rate >= self.flip_rate:
+            return True
         if self.score_drop is not None and score_drop >= self.score_drop:
             return True
-        return evidence >= self.evidence_drop or (flip_rate >= self.flip_rate and evidence > 0)
+        return dependence >= self.dependence  # NaN fails
 
     def _hotspot_groups(self, g: dict[str, Tensor], size: Tensor, causal: bool) -> list[int]:
         """Class groups whose hot spot is consistent, off-centre, and confirmed."""
@@ -468,10 +491,11 @@ class ShortcutMonitor:
             stab = float(g["attention/hotspot_stability"][j])
             ok = stab >= self.hotspot_stability  # NaN fails
             if ok and causal:
-                fr = float(g["causal/hotspot_flip_rate"][j])
-                ev = float(g["causal/hotspot_evidence_drop"][j])
-                sd = float(g["causal/hotspot_score_drop"][j])
-                ok = self._confirms(fr, ev, sd)
+                ok = self._confirms(
+                    float(g["causal/hotspot_dependence"][j]),
+                    float(g["causal/hotspot_flip_rate"][j]),
+                    float(g["causal/hotspot_score_drop"][j]),
+                )
             if ok:
                 out.append(j)
         return out
@@ -512,12 +536,12 @@ class ShortcutMonitor:
         def causal_note(region: str, usable: Tensor) -> tuple[bool, str]:
             if not causal:
                 return True, " (not confirmed causally: no score_fn)"
+            dep = float(_nanmean(p[f"causal/{region}_depends"][usable]))
             fr = float(_nanmean(p[f"causal/{region}_flip"][usable]))
-            ev = float(_nanmean(p[f"causal/{region}_evidence"][usable]))
             sd = float(_nanmean(p[f"causal/{region}_drop"][usable]))
-            return self._confirms(fr, ev, sd), (
-                f"; erasing it flips {fr:.0%} of their predictions and removes {ev:.0%} of the "
-                "target's evidence (log-odds)"
+            return self._confirms(dep, fr, sd), (
+                f"; erasing it takes at least {self.evidence_drop:.0%} of the target's evidence "
+                f"(log-odds) from {dep:.0%} of them and flips {fr:.0%} of their predictions"
             )
 
         # -- artifact, with masks
@@ -556,9 +580,9 @@ class ShortcutMonitor:
             why = f"; the pixels there are {s['attention/hotspot_stability']:.0%} stable across images"
             if causal:
                 why += (
-                    f"; erasing it flips {s['causal/hotspot_flip_rate']:.0%} of their "
-                    f"predictions and removes {s['causal/hotspot_evidence_drop']:.0%} of the "
-                    "target's evidence (log-odds)"
+                    f"; erasing it takes at least {self.evidence_drop:.0%} of the target's "
+                    f"evidence (log-odds) from {s['causal/hotspot_dependence']:.0%} of them and "
+                    f"flips {s['causal/hotspot_flip_rate']:.0%} of their predictions"
                 )
             else:
                 why += " (not confirmed causally: no score_fn)"

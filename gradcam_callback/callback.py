@@ -90,20 +90,25 @@ class GradCAMCallback(Callback):
         on_flag: ``"warn"`` (warn and log), ``"stop"`` (also end training gracefully, as
             EarlyStopping does) or ``"raise"`` (raise :class:`~gradcam_callback.ShortcutDetected`).
         artifact_enrichment: ``"artifact"`` flag (with artifact masks) when attention inside the
-            artifact is at least this many times denser than a uniform map. ``None`` keeps the
-            :class:`~gradcam_callback.ShortcutMonitor` default (see the README for each default
-            and its reasoning); the same holds for the thresholds below.
+            artifact is at least this many times denser than a uniform map's. ``None`` keeps the
+            :class:`~gradcam_callback.ShortcutMonitor` default (the README gives each default and
+            its reasoning); the same holds for every threshold below.
         object_enrichment: ``"background"`` flag (with object masks) when attention on the object
             is at most this many times a uniform map's.
         hotspot_consistency: mask-free ``"artifact"`` flag: enrichment of the hot spot that the
-            probes of one class share, away from the centre.
-        border_enrichment: mask-free ``"background"`` flag: enrichment of the image frame.
-        flip_rate: causal confirmation: erasing the flagged region flips at least this share of
-            the probes' predictions ...
-        score_drop: ... or drops their mean target probability by at least this.
+            probes of one class share, away from the centre ...
+        hotspot_stability: ... where the image pixels are at least this stable across images.
+        diffuse_entropy: mask-free ``"background"`` flag: normalised entropy of the maps at least
+            this (attention spread over the whole image, as over a class-tied texture).
+        evidence_drop: causal confirmation: a probe depends on a region when erasing it removes
+            at least this share of the target's log-odds ...
+        dependence: ... and a flag is confirmed when at least this share of the probes depend.
+        border_enrichment: optional mask-free ``"background"`` flag on the image frame (off by
+            default); e.g. ``2.0`` for scanner borders or rulers along a whole edge.
         drift_pearson: informational ``"drift"`` flag when the maps' mean Pearson correlation
             with the previous run falls below this.
-        confirm: confirm mask-free flags by erasing the region (one extra forward of the probes).
+        confirm: confirm flags causally: erase the region (filled from its surroundings) and
+            require the model's evidence to drop (one extra forward of the probes per region).
         filmstrip: at fit end, save and log an evolution filmstrip (PNG) and GIF of the overlays.
         sanity_check: at fit end, run the model-parameter randomisation test (Adebayo et al.
             2018) on a copy of the model; weak change gives an ``"unfaithful"`` flag.
@@ -146,9 +151,11 @@ class GradCAMCallback(Callback):
         artifact_enrichment: float | None = None,
         object_enrichment: float | None = None,
         hotspot_consistency: float | None = None,
+        hotspot_stability: float | None = None,
+        diffuse_entropy: float | None = None,
+        evidence_drop: float | None = None,
+        dependence: float | None = None,
         border_enrichment: float | None = None,
-        flip_rate: float | None = None,
-        score_drop: float | None = None,
         drift_pearson: float | None = None,
         confirm: bool = True,
         filmstrip: bool = True,
@@ -218,9 +225,11 @@ class GradCAMCallback(Callback):
             "artifact_enrichment": artifact_enrichment,
             "object_enrichment": object_enrichment,
             "hotspot_consistency": hotspot_consistency,
+            "hotspot_stability": hotspot_stability,
+            "diffuse_entropy": diffuse_entropy,
+            "evidence_drop": evidence_drop,
+            "dependence": dependence,
             "border_enrichment": border_enrichment,
-            "flip_rate": flip_rate,
-            "score_drop": score_drop,
             "drift_pearson": drift_pearson,
         }
         self.thresholds = {k: float(v) for k, v in given.items() if v is not None}

@@ -1011,8 +1011,8 @@ def train_world(
         shortcut: ``True``: ``correlation=1.0`` (perfect shortcut); ``False``: the clean world
             (``correlation=None``). A ``correlation`` in ``datamodule_kwargs`` overrides it.
         seed: seeds the data (all splits) and the initialisation.
-        epochs: training epochs; ``None``: 2 for a shortcut world, 8 for a clean one,
-            ``shortcut_epochs + 8`` when ``shortcut_epochs`` is given.
+        epochs: training epochs; ``None``: 2 for a shortcut world, 12 for a clean one,
+            ``shortcut_epochs + 10`` when ``shortcut_epochs`` is given.
         callbacks: extra Lightning callbacks (e.g. a ``GradCAMCallback``).
         num_classes, width, lr: see :class:`ShortcutClassifier`.
         trainer_kwargs: overrides of the ``pytorch_lightning.Trainer`` arguments (defaults:
@@ -1035,8 +1035,8 @@ def train_world(
     dm.setup("fit")
     model = ShortcutClassifier(num_classes=num_classes, width=width, lr=lr, seed=seed)
     if epochs is None:
-        default = 2 if shortcut else 8
-        epochs = default if dm.shortcut_epochs is None else dm.shortcut_epochs + 8
+        default = 2 if shortcut else 12
+        epochs = default if dm.shortcut_epochs is None else dm.shortcut_epochs + 10
     kwargs: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
