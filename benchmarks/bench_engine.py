@@ -422,7 +422,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=None,
-        help="memory subprocesses at a time (peaks are per process; default: cores / threads)",
+        help="memory subprocesses at a time (peaks are per process; default: cores, at most 4)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny settings (< 60 s)")
@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for batch in batches
             for m in mem_methods
         ]
-        n_jobs = args.jobs or max(1, min(4, (os.cpu_count() or 1) // threads))
+        n_jobs = args.jobs or max(1, min(4, os.cpu_count() or 1))
         with ThreadPoolExecutor(max_workers=n_jobs) as pool:
             done = pool.map(lambda j: run_memory_child(*j, args.size, args.device, threads), jobs)
             for (m, model_name, batch), res in zip(jobs, done):

@@ -407,14 +407,18 @@ class GradCAMCallback(Callback):
             return
         self.history.append(record)
         scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items()}
-        if use_log:
-            for name, value in scalars.items():
-                if math.isfinite(value):
-                    pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
+        # Set-level values through self.log (EarlyStopping / ModelCheckpoint can monitor them);
+        # the many per-class means straight to the loggers, at the same step (self.log costs
+        # about half a millisecond per call).
+        monitored = {} if not use_log else {k: v for k, v in scalars.items() if "/class_" not in k}
+        for name, value in monitored.items():
+            if math.isfinite(value):
+                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
         if trainer.is_global_zero:
             sinks = self._sinks(trainer)
-            if not use_log:
-                _log_metrics_direct(trainer, scalars, step)
+            direct = {k: v for k, v in scalars.items() if k not in monitored}
+            if direct:
+                _log_metrics_direct(trainer, direct, step)
             self._log_media(trainer, sinks, media, step)
             self._report_flags(trainer, sinks, new_flags, step)
         self._act_on_flags(trainer, new_flags)

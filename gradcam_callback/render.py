@@ -484,7 +484,7 @@ def write_png(image: Tensor, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(image).save(path, format="PNG")
+    _to_pil(image).save(path, format="PNG", compress_level=1)  # fast: written during training
     return path
 
 
@@ -493,8 +493,9 @@ def write_gif(
 ) -> Path:
     """Write an animated GIF (Pillow), creating the parent directories.
 
-    Each frame is quantised to its own 256-colour palette (median cut refined by 3 k-means
-    steps, no dithering), so pixels are close to, not equal to, the input. Pillow merges identical
+    Each frame is quantised to its own 256-colour palette (fast octree, no dithering: a few ms
+    per frame, where median cut with k-means took over a second for a 16-probe frame), so pixels
+    are close to, not equal to, the input. Pillow merges identical
     consecutive frames into one longer frame.
 
     Args:
@@ -514,9 +515,7 @@ def write_gif(
     from PIL import Image
 
     images = [
-        _to_pil(f)
-        .convert("RGB")
-        .quantize(256, Image.Quantize.MEDIANCUT, kmeans=3, dither=Image.Dither.NONE)
+        _to_pil(f).convert("RGB").quantize(256, Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
         for f in frames
     ]
     path = Path(path)

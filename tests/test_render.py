@@ -349,5 +349,5 @@ def test_gif_round_trip(tmp_path) -> None:
     for got, frame in zip(decoded, frames):
         want = frame.permute(1, 2, 0).numpy().astype(int)
         assert got.shape == want.shape
-        assert np.abs(got - want).mean() < 3.0  # 256-colour palette per frame
+        assert np.abs(got - want).mean() < 5.0  # 256-colour (fast octree) palette per frame
     assert np.abs(decoded[0] - decoded[2]).mean() > 3.0  # the frames really differ
