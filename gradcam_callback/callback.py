@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
+from .layers import _eval_mode
 from .probes import BatchKeys, ProbeSet, preserve_rng, select_probes
 from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
 from .render import (
@@ -541,7 +542,7 @@ class GradCAMCallback(Callback):
 
         def score(images: Tensor) -> Tensor:
             outs = []
-            with _eval_no_grad(model), _eager_forward(pl_module):
+            with _eval_mode(model), torch.no_grad(), _eager_forward(pl_module):
                 for start in range(0, images.shape[0], self.batch_size):
                     x = images[start : start + self.batch_size]
                     x = plugin.convert_input(x) if plugin is not None else x
@@ -743,24 +744,6 @@ class _eager_forward:
     def __exit__(self, *exc: object) -> None:
         if self.compiled is not None:
             self.module.forward = self.compiled
-
-
-class _eval_no_grad:
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes: list[tuple[nn.Module, bool]] = []
-        self.ctx: Any = None
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        self.ctx = torch.no_grad()
-        self.ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.ctx.__exit__(*exc)
-        for m, mode in self.modes:
-            m.training = mode
 
 
 def _find_dataloader(trainer: Any, stage: str, idx: int) -> Any:

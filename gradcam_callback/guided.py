@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .engine import GradCAM
-from .layers import unwrap_model
+from .layers import _eval_mode, unwrap_model
 
 __all__ = ["guided_backprop", "guided_gradcam"]
 
@@ -81,23 +81,6 @@ class _GuidedReLUMode(TorchFunctionMode):
                 )
                 return _GuidedReLU.apply(x, inplace)
         return func(*args, **kwargs)
-
-
-class _eval_mode:
-    """Put every module in eval mode; restore each module's own ``training`` flag on exit."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in self.modes:
-            m.training = mode
 
 
 def _class_scores(output: Any, targets: Targets, n: int) -> Tensor:
