@@ -369,11 +369,19 @@ class ShortcutMonitor:
         causal = score_fn is not None and self.confirm
         if causal:
             assert score_fn is not None
+            # Erase only the regions a rule can use: the focus region serves the mask-free
+            # background rule (object masks take its place), the frame only the optional
+            # border rule. Each region costs an inpainting pass and a forward of the probes.
             regions: dict[str, tuple[Tensor, Tensor | None]] = {
                 "hotspot": (_dilate(hot.footprint, 1), None),
-                "focus": (_dilate(M.top_region(maps, self.focus_frac), 1), None),
-                "border": (M.border_mask(h, w, self.border_width, dev).expand(n, h, w), None),
             }
+            if object_masks is None:
+                regions["focus"] = (_dilate(M.top_region(maps, self.focus_frac), 1), None)
+            if self.border_enrichment is not None:
+                regions["border"] = (
+                    M.border_mask(h, w, self.border_width, dev).expand(n, h, w),
+                    None,
+                )
             if object_masks is not None:
                 regions["object"] = (_dilate(om, 1), has_obj)
             if artifact_masks is not None:
