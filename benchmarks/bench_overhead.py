@@ -57,33 +57,6 @@ TARGETS = {"cpu": 5.0, "cuda": 1.0}  # maximum overhead, % of the fit
 
 
 # ------------------------------------------------------------------------------ environment
-def loadavg() -> str:
-    """The first three fields of ``/proc/loadavg`` (``"n/a"`` off Linux)."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def oversubscription_note(threads: int) -> str | None:
-    """A warning line when the 1-minute load exceeds the free cores for ``threads`` threads.
-
-    With more runnable threads than cores, every OpenMP parallel region waits for descheduled
-    peers: small ops slow down by tens of times, which distorts ratios. One thread avoids it.
-    """
-    try:
-        load1 = float(loadavg().split()[0])
-    except ValueError:
-        return None
-    cores = os.cpu_count() or 1
-    if threads > 1 and load1 > cores - threads + 1.5:  # our own start-up counts about 1
-        return (
-            f"WARNING: load {load1:.1f} on {cores} cores with {threads} torch threads: OpenMP "
-            "regions wait for descheduled threads and times inflate; use --threads 1 here"
-        )
-    return None
-
-
 def machine_info(device: str) -> dict[str, str]:
     """CPU model, cores, torch threads, versions and (for CUDA) the GPU name."""
     from importlib.metadata import version
@@ -105,6 +78,10 @@ def machine_info(device: str) -> dict[str, str]:
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import loadavg, oversubscription_note  # noqa: E402  (shared helpers)
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
