@@ -25,10 +25,9 @@ from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomi
 from .render import (
     denormalize,
     filmstrip,
-    overlay,
+    grid_rows,
     pick_columns,
-    probe_grid,
-    probe_rows,
+    probe_panels,
     tile,
     write_gif,
     write_png,
@@ -573,15 +572,17 @@ class GradCAMCallback(Callback):
         if self.log_images:
             images01 = denormalize(media["images"].float(), self.mean, self.std)
             shown = normalize_maps(media["maps"])
-            grid = probe_grid(images01, shown, alpha=self.alpha, colormap=self.colormap)
-            rows = list(probe_rows(images01, shown, alpha=self.alpha, colormap=self.colormap))
+            # Render the panels once: the grid, the per-probe strips and the filmstrip's
+            # overlays are all views or layouts of them.
+            panels = probe_panels(images01, shown, alpha=self.alpha, colormap=self.colormap)
+            grid = tile(panels)
+            rows = grid_rows(grid, n)
             captions = [
                 f"probe {i} | label {labels[i]} | pred {preds[i]} ({confs[i]:.2f})"
                 for i in range(n)
             ]
             sinks.log_probe_images(f"{self.prefix}/overlays", grid, rows, captions, step)
-            thumbs = overlay(images01, shown, alpha=self.alpha, colormap=self.colormap)
-            self._thumbs.append(_thumbnail(thumbs).cpu())
+            self._thumbs.append(_thumbnail(panels[:, 2]).cpu())
             self._thumb_steps.append(step)
 
         header = (

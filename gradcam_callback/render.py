@@ -311,8 +311,14 @@ def tile(cells: Tensor, padding: int = 2, pad_value: int = 0) -> Tensor:
     return F.pad(joined, (padding, 0, padding, 0), value=pad_value)
 
 
-def _panels(images01: Tensor, maps: Tensor, alpha: float, colormap: str) -> Tensor:
-    """uint8 ``[N, 3 panels, 3, H, W]``: input, heatmap, overlay."""
+def probe_panels(
+    images01: Tensor, maps: Tensor, alpha: float = 0.5, colormap: str = "jet"
+) -> Tensor:
+    """uint8 ``[N, 3 panels, 3, H, W]``: input, heatmap, overlay of each probe.
+
+    Render once and lay out with :func:`tile` (the grid), :func:`grid_rows` (per-probe strips)
+    and ``panels[:, 2]`` (the overlays alone).
+    """
     images = _check_images(images01)
     resized = _maps_like(maps, images)
     heat = apply_colormap(resized, colormap)
@@ -340,7 +346,7 @@ def probe_grid(
     Returns:
         uint8 Tensor ``[3, N * (H + p) + p, 3 * (W + p) + p]`` on ``images01.device``.
     """
-    return tile(_panels(images01, maps, alpha, colormap), padding=padding, pad_value=pad_value)
+    return tile(probe_panels(images01, maps, alpha, colormap), padding=padding, pad_value=pad_value)
 
 
 def probe_rows(
@@ -358,9 +364,26 @@ def probe_rows(
         uint8 Tensor ``[N, 3, H + 2p, 3 * (W + p) + p]``; ``rows[i]`` is strip ``i`` with its own
         border (iterate over it to get per-probe ``[3, h, w]`` images for the sinks).
     """
-    panels = _panels(images01, maps, alpha, colormap)
-    strips = [tile(p[None], padding=padding, pad_value=pad_value) for p in panels]
-    return torch.stack(strips) if strips else panels.new_zeros((0, 3, 0, 0))
+    panels = probe_panels(images01, maps, alpha, colormap)
+    if panels.shape[0] == 0:
+        return panels.new_zeros((0, 3, 0, 0))
+    grid = tile(panels, padding=padding, pad_value=pad_value)
+    return torch.stack(grid_rows(grid, panels.shape[0], padding))
+
+
+def grid_rows(grid: Tensor, rows: int, padding: int = 2) -> list[Tensor]:
+    """Cut a :func:`tile` grid of ``rows`` equal rows into per-row strips, each with its border.
+
+    Args:
+        grid: ``[3, rows * (H + p) + p, W']`` as :func:`tile` returns it.
+        rows: number of rows ``R``; padding: the ``p`` used by :func:`tile`.
+
+    Returns:
+        ``rows`` views ``[3, H + 2p, W']`` of ``grid`` (no copy).
+    """
+    h = (grid.shape[1] - padding) // rows - padding
+    step = h + padding
+    return [grid[:, i * step : i * step + h + 2 * padding] for i in range(rows)]
 
 
 def _thumb_size(
