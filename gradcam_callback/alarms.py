@@ -1,44 +1,61 @@
-"""Rules that turn Grad-CAM metrics into :class:`Flag` records (shortcut-learning alarms).
+"""Shortcut-learning alarms: Grad-CAM maps of a probe set -> metrics -> :class:`Flag` records.
 
 :class:`ShortcutMonitor` keeps the baseline maps (the untrained model, step 0) and the previous
-run's maps, computes the measures of :mod:`gradcam_callback.metrics` for a probe batch in one go,
-and raises three kinds of flags:
+run's maps, and analyses each run as a short pipeline:
+
+1. **prepare**: bring maps, images and masks to one bounded *analysis grid* (at most
+   ``analysis_size`` cells per side: a Grad-CAM map carries no detail finer than its stride, so
+   nothing is lost, and a 224-px run costs what a 64-px one does);
+2. **measure**: drift against the baseline and the previous run, focus, mask measures and the
+   mask-free anchored hot spot (:mod:`gradcam_callback.metrics`), per probe and per explained
+   class;
+3. **confirm**: erase the region of every rule that is at or near its threshold, for the classes
+   concerned only, in one batched forward, and measure the target's lost evidence;
+4. **decide**: apply the rule table (:data:`gradcam_callback.rules.RULES`) per explained class,
+   one flag per kind naming its classes;
+5. **remember**: the maps for drift, the active flags for persistence.
+
+Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
 
 ``"artifact"``
     Attention sits on a label artifact (watermark, text tag, hospital token, ruler, border band,
-    stamp). With artifact masks: the attention enrichment inside the masks. Without masks (and
-    also with them, for artifacts nobody masked): an *anchored hot spot*, where the maps of
-    different probe images of one class pile up at the same off-centre place over pixels that
-    barely change between images. Either way, by default only when erasing the region (filled
-    from its surroundings) takes most of the target's evidence from most probes: "the map looks
-    at the corner" is confirmed as "the model depends on the corner".
+    stamp) in the probes of some class: with artifact masks, the attention enrichment inside the
+    masks; with or without masks, an *anchored hot spot* where the maps of different images of one
+    class pile up at the same off-centre place over pixels that barely change between images.
+    Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
+    the target's evidence from most of the class's probes.
 ``"background"``
-    Attention left the object. With object masks: low attention enrichment on the objects and a
-    model that barely notices when the objects are erased. Without masks: attention spread over
-    the whole image (near-uniform maps, as over a class-tied texture) and no compact region whose
-    erasure matters.
+    Attention left the object: with object masks, low attention enrichment on the objects and a
+    model that barely notices when they are erased; with or without masks, attention spread over
+    the whole image (as over a class-tied texture) and no compact region whose erasure matters.
 ``"drift"``
     Informational: the maps changed suddenly between two consecutive trained runs.
 
-A rule that keeps firing run after run is reported again with ``persistent=True`` and the epoch
-its streak began (``since_epoch``) instead of as new noise; when it stops firing and later fires
-again it is new again. The baseline run (``baseline=True``) never raises a flag, and ``NaN``
-values (all-zero maps of an untrained model, empty masks) never count towards one.
+A rule that keeps firing is reported again with ``persistent=True`` and the epoch its streak began
+(``since_epoch``) instead of as new noise. The baseline run never raises a flag, and ``NaN``
+values (all-zero maps of an untrained model, empty masks) never count towards one. Spatial rules
+are not evaluated on maps with fewer than ``min_map_cells`` cells per side: upsampled, such maps
+are near-uniform whatever the model looks at, and cannot localise an artifact.
 
 Metric names (relative; the callback prefixes them): ``drift/{pearson,spearman,js,iou,com_shift}
 _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enrichment}``,
 ``attention/{object,artifact}_{share,enrichment}``, ``attention/object_pointing``,
-``attention/hotspot_{share,enrichment,consistency,offset,stability,area}``,
-``causal/{hotspot,focus,border,object,artifact}_{flip,drop,evidence,depends}``,
-``causal/hotspot_{flip_rate,score_drop,evidence_drop,dependence}`` and the aliases
-``causal/{flip,score_drop,evidence_drop,dependence}`` for the artifact region that was tested
-(the artifact masks when given, else the hot spot).
+``attention/hotspot_{share,enrichment}`` (per probe) and ``attention/hotspot_{consistency,offset,
+stability,area}`` (per class), ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
+``artifact, hotspot, object, focus, border`` (``NaN``, hence not logged, where a probe was not
+tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
+evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
+dependence}`` of the artifact region that was tested (the artifact masks when given, else the hot
+spot). Summaries carry set means, per-class means ``<name>/class_<k>`` and, for hot-spot group
+values, the group that fired (else the most anchored-looking one).
 """
 
 from __future__ import annotations
 
+import math
+import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,10 +63,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics as M
+from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate
 
-__all__ = ["FLAG_KINDS", "Analysis", "Flag", "ShortcutDetected", "ShortcutMonitor"]
+__all__ = ["FLAG_KINDS", "Analysis", "Flag", "FlagKind", "ShortcutDetected", "ShortcutMonitor"]
 
-FLAG_KINDS: tuple[str, ...] = ("artifact", "background", "drift")
+#: Every flag kind, as plain strings (``FlagKind`` members compare equal to them).
+FLAG_KINDS: tuple[str, ...] = tuple(k.value for k in FlagKind)
+
+# Regions a causal check can erase, and the per-probe measure that ranks a rule's probes.
+_REGIONS = ("artifact", "hotspot", "object", "focus", "border")
+_PROBE_METRIC = {"attention/hotspot_consistency": "attention/hotspot_enrichment"}
+_GROUP_METRICS = (
+    "attention/hotspot_consistency",
+    "attention/hotspot_offset",
+    "attention/hotspot_stability",
+    "attention/hotspot_area",
+)
 
 
 @dataclass(frozen=True)
@@ -57,20 +86,23 @@ class Flag:
     """One alarm.
 
     Attributes:
-        kind: ``"artifact"``, ``"background"`` or ``"drift"``.
+        kind: a :class:`~gradcam_callback.rules.FlagKind` (compares equal to its name:
+            ``"artifact"``, ``"background"``, ``"drift"``, ``"unfaithful"``).
         epoch, global_step: when the analysis ran.
-        probe: the probe index when one probe is at fault, ``None`` for the whole set.
-        value: the measured value that crossed ``threshold`` (see ``metric``).
+        probe: the probe index when one probe is at fault, ``None`` for several.
+        value: the measured value that crossed ``threshold`` (see ``metric``), for the class
+            that shows it most.
         threshold: the threshold it crossed.
-        message: one human-readable sentence or two: what, which probes, how much, what to do.
-        persistent: ``True`` when the same rule also fired at the previous analysis.
-        since_epoch, since_step: when this streak of the rule began (this run when new).
+        message: what, which classes and probes, how much, what to do.
+        persistent: ``True`` when the same kind also fired for these classes at the previous run.
+        since_epoch, since_step: when this streak began (this run when new).
         probes: indices of the probes that carry the finding (most affected first).
-        metric: the metric name (relative, e.g. ``"attention/artifact_enrichment"``) whose
-            plot shows it; the callback prefixes it (``gradcam/...``).
+        metric: the metric name (relative, e.g. ``"attention/artifact_enrichment"``) whose plot
+            shows it; the callback prefixes it (``gradcam/...``).
+        classes: the explained classes the flag is about (empty for set-level flags).
     """
 
-    kind: str
+    kind: FlagKind
     epoch: int
     global_step: int
     probe: int | None
@@ -82,6 +114,24 @@ class Flag:
     since_step: int | None = None
     probes: tuple[int, ...] = ()
     metric: str = ""
+    classes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, FlagKind):
+            try:
+                object.__setattr__(self, "kind", FlagKind(str(self.kind)))
+            except ValueError:
+                raise ValueError(
+                    f"unknown flag kind {self.kind!r}; one of {', '.join(FLAG_KINDS)}"
+                ) from None
+        object.__setattr__(self, "probes", tuple(int(p) for p in self.probes))
+        object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (``kind`` as a ``str``): safe for ``torch.load(weights_only=True)``."""
+        out = asdict(self)
+        out["kind"] = str(self.kind)
+        return out
 
 
 class ShortcutDetected(RuntimeError):
@@ -107,23 +157,64 @@ class Analysis:
 
     Attributes:
         per_probe: name -> float32 ``[N]`` CPU tensor, one value per probe (``NaN`` where
-            undefined, e.g. no mask, an all-zero map, or a probe not tested causally).
-        summary: name -> float: set means (``nanmean`` of ``per_probe``), per-class means named
-            ``"<name>/class_<k>"`` (classes of ``labels``, else ``targets``), and hot-spot group
-            values (``attention/hotspot_*`` and ``causal/hotspot_*`` of the group that fired, or
-            the most anchored-looking one; per explained class as ``.../class_<k>``).
+            undefined: no mask, an all-zero map, a probe not tested causally).
+        summary: name -> float: set means, per-class means ``"<name>/class_<k>"`` (explained
+            classes), and hot-spot group values (see the module docstring).
         flags: the flags of this analysis (new and persistent).
-        hotspot: bool ``[N, H, W]`` CPU, the footprint of each probe's class-group hot spot (the
-            region the causal check erases), for overlays.
+        hotspot: bool ``[N, h, w]`` CPU at the analysis grid: each probe's class hot-spot
+            footprint (the region the causal check erases), for overlays.
+        skipped: rule name -> why it was not evaluated (masks missing, map too coarse, off).
+        tested: region -> number of probes erased in this run's causal checks.
     """
 
     per_probe: dict[str, Tensor] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
     hotspot: Tensor | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    tested: dict[str, int] = field(default_factory=dict)
 
 
-def _fmt_probes(idx: Sequence[int], limit: int = 8) -> str:
+@dataclass
+class _Inputs:
+    """One run's tensors at the analysis grid (``g``) and at image size (for erasure)."""
+
+    maps: Tensor  # [N, gh, gw] float32 >= 0
+    images: Tensor  # [N, C, H, W] as fed to the model
+    images_grid: Tensor  # [N, C, gh, gw] float32
+    targets: Tensor  # [N] long
+    groups: Tensor  # [N] long in [0, G)
+    classes: list[int]  # class id of each group
+    onehot: Tensor  # [N, G] float
+    object_masks: Tensor | None  # [N, gh, gw] bool
+    artifact_masks: Tensor | None
+    object_full: Tensor | None  # [N, H, W] bool
+    artifact_full: Tensor | None
+    logits: Tensor | None
+    can_localise: bool
+
+
+class _Fmt(string.Formatter):
+    """``{name:pct}`` -> ``"42%"`` (clamped to [0, 100] %); ``NaN`` -> ``"n/a"`` for any spec."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "n/a"
+        if format_spec == "pct":
+            return _pct(float(value))
+        return super().format_field(value, format_spec)
+
+
+_FMT = _Fmt()
+
+
+def _pct(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    return f"{min(max(x, 0.0), 1.0):.0%}"
+
+
+def _fmt_list(idx: Sequence[int], limit: int = 8) -> str:
     shown = ", ".join(str(i) for i in idx[:limit])
     more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
     return f"{shown}{more}"
@@ -135,70 +226,79 @@ def _nanmean(x: Tensor) -> Tensor:
     return torch.where(ok.any(), torch.nan_to_num(x).sum() / ok.sum().clamp_min(1), torch.nan)
 
 
+def _group_mean(values: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-group ``nanmean`` and count of non-NaN values: ``[M, N] @ [N, G] -> [M, G]`` twice."""
+    ok = (~torch.isnan(values)).float()
+    cnt = ok @ onehot
+    mean = (torch.nan_to_num(values) @ onehot) / cnt.clamp_min(1)
+    return torch.where(cnt > 0, mean, torch.nan), cnt
+
+
 class ShortcutMonitor:
     """Turns probe-set Grad-CAM maps into metrics and shortcut-learning flags.
 
-    All thresholds are keyword arguments; the defaults were calibrated on synthetic worlds
-    (a small CNN trained with a planted artifact that predicts the label versus one that is
-    independent of it) and the README explains each. Probes with an undefined value (``NaN``)
-    never count towards a flag.
+    All thresholds are keyword arguments. The README's flag table gives each default and the
+    held-out detection results behind it. Rules decide per explained class (a shortcut usually
+    lives in one class), each needing at least ``min_probes`` usable probes of that class.
 
     Args:
-        artifact_enrichment: artifact flag (masks): the mean attention enrichment inside the
-            artifact masks, over the probes that show an artifact, is at least this ...
+        artifact_enrichment: artifact rule (masks): the class's mean attention enrichment inside
+            the artifact masks is at least this ...
         evidence_drop: a probe *depends* on an erased region when erasing it (filled from the
             surroundings) takes at least this share of the target's evidence (log-odds,
-            :func:`~.metrics.evidence_drop`; a flip takes all of it) ...
-        dependence: ... and a region is confirmed causally when at least this share of the
-            tested probes depend on it.
-        object_enrichment: background flag (masks): the mean attention enrichment on the objects
-            is at most this (1 = as much as a uniform map puts there) ...
-        object_drop: ... and (causal confirmation) erasing the objects removes less than this
-            share of the target's evidence on average: the model barely needs them.
-        hotspot_consistency: mask-free artifact flag: a class group whose probes put at least
-            this enrichment on the group's shared hot spot (1 = chance) ...
+            :func:`~.metrics.evidence_drop`) ...
+        dependence: ... and a region is confirmed when at least this share of the class's tested
+            probes depend on it.
+        object_enrichment: background rule (masks): the class's mean attention enrichment on the
+            objects is at most this (1 = what a uniform map puts there) ...
+        object_drop: ... and erasing the objects removes on average less than this share of the
+            target's evidence: the model barely needs them.
+        hotspot_consistency: hot-spot artifact rule (no masks needed): the class's probes put at
+            least this enrichment on the hot spot they share (1 = chance) ...
         hotspot_offset: ... at least this far from the image centre (fraction of half the
             diagonal; 1 = a corner) ...
-        hotspot_stability: ... with image pixels under it at least this stable across the
-            group's images (pasted marks are; moving objects and random backgrounds score 0) ...
-            and, with causal confirmation, ``dependence`` on its footprint.
-        diffuse_entropy: mask-free background flag: the maps' mean normalised entropy is at least
-            this (attention spread over the whole image, as over a class-tied texture) ...
-        focus_drop: ... and (causal confirmation) erasing each map's hottest ``focus_frac``
-            removes less than this share of the target's evidence: no compact evidence.
+        hotspot_stability: ... over image pixels at least this stable across the class's images
+            (pasted marks are; moving objects and random backgrounds score 0); confirmed by
+            ``dependence`` on its footprint.
+        diffuse_entropy: diffuse background rule (no masks needed): the class's mean normalised
+            map entropy is at least this (attention spread over the whole image) ...
+        focus_drop: ... and erasing each map's hottest ``focus_frac`` removes on average less
+            than this share of the target's evidence: no compact evidence.
         hotspot_frac: hot-spot area as a fraction of the image.
         focus_frac: the hottest fraction of each map that the focus erasure removes.
-        border_width: width of the image-frame band of ``attention/border_enrichment`` and of
-            the ``causal/border_*`` erasure (fraction of each side).
-        border_enrichment: optional mask-free background flag (off by default): the frame's
-            mean attention enrichment is at least this (and, causally, ``dependence`` on it).
-            Catches frames, rulers and scanner borders along the whole edge; single-edge bands
-            are caught as hot spots already.
-        flip_rate: optional extra causal confirmation (off by default): the share of tested
-            probes whose prediction flips is at least this.
-        score_drop: optional extra causal confirmation (off by default): the mean drop of the
-            target's softmax probability is at least this. Probabilities saturate for confident
-            models, which is why the log-odds ``evidence_drop`` decides by default.
+        border_width: width of the image-frame band (fraction of each side).
+        border_enrichment: optional frame rule (``None`` = off): the frame's enrichment is at
+            least this, confirmed by ``dependence`` on it. Catches frames, rulers and scanner
+            borders along the whole edge; single-edge bands are caught as hot spots already.
+        flip_rate: optional extra confirmation (``None`` = off): a share of tested probes whose
+            prediction flips that also confirms a ``"depends"`` rule.
+        score_drop: optional extra confirmation (``None`` = off): a mean drop of the target's
+            probability that also confirms one.
         drift_pearson: drift flag when the mean Pearson correlation of the maps with the previous
-            run's maps falls below this (never against the baseline run: training moves the
-            maps away from the untrained model's by design).
-        min_probes: the fewest usable probes (per class group for hot spots) a flag needs.
+            run's maps falls below this (never right after the baseline).
+        min_probes: the fewest usable probes of a class a rule needs.
         confirm: run the causal checks when :meth:`analyze` gets a ``score_fn``.
+        confirm_margin: a rule is tested causally for a class when its attention statistics are
+            within this factor of their thresholds (``1`` = only when over them); the causal
+            values of classes not tested are ``NaN`` (not logged).
+        analysis_size: the analysis grid's longer side, in cells (maps, masks and images are
+            resized to it; never larger than the images).
+        min_map_cells: spatial rules need maps with at least this many cells per side.
         max_classes: per-class means are reported for at most this many classes.
     """
 
     def __init__(
         self,
         *,
-        artifact_enrichment: float = 3.0,
+        artifact_enrichment: float | None = 3.0,
         evidence_drop: float = 0.5,
         dependence: float = 0.75,
-        object_enrichment: float = 2.0,
+        object_enrichment: float | None = 2.0,
         object_drop: float = 0.5,
-        hotspot_consistency: float = 3.0,
+        hotspot_consistency: float | None = 3.0,
         hotspot_offset: float = 0.3,
         hotspot_stability: float = 0.15,
-        diffuse_entropy: float = 0.95,
+        diffuse_entropy: float | None = 0.95,
         focus_drop: float = 0.5,
         hotspot_frac: float = 0.05,
         focus_frac: float = 0.1,
@@ -206,37 +306,60 @@ class ShortcutMonitor:
         border_enrichment: float | None = None,
         flip_rate: float | None = None,
         score_drop: float | None = None,
-        drift_pearson: float = 0.5,
+        drift_pearson: float | None = 0.5,
         min_probes: int = 4,
         confirm: bool = True,
+        confirm_margin: float = 0.8,
+        analysis_size: int = 64,
+        min_map_cells: int = 7,
         max_classes: int = 20,
+        rules: Sequence[Rule] = RULES,
     ) -> None:
-        self.artifact_enrichment = float(artifact_enrichment)
+        def opt(v: float | None) -> float | None:
+            return None if v is None else float(v)
+
+        self.artifact_enrichment = opt(artifact_enrichment)
         self.evidence_drop = float(evidence_drop)
         self.dependence = float(dependence)
-        self.flip_rate = None if flip_rate is None else float(flip_rate)
-        self.object_enrichment = float(object_enrichment)
+        self.object_enrichment = opt(object_enrichment)
         self.object_drop = float(object_drop)
-        self.hotspot_consistency = float(hotspot_consistency)
+        self.hotspot_consistency = opt(hotspot_consistency)
         self.hotspot_offset = float(hotspot_offset)
         self.hotspot_stability = float(hotspot_stability)
-        self.diffuse_entropy = float(diffuse_entropy)
+        self.diffuse_entropy = opt(diffuse_entropy)
         self.focus_drop = float(focus_drop)
         self.hotspot_frac = float(hotspot_frac)
         self.focus_frac = float(focus_frac)
         self.border_width = float(border_width)
-        self.border_enrichment = None if border_enrichment is None else float(border_enrichment)
-        self.score_drop = None if score_drop is None else float(score_drop)
-        self.drift_pearson = float(drift_pearson)
+        self.border_enrichment = opt(border_enrichment)
+        self.flip_rate = opt(flip_rate)
+        self.score_drop = opt(score_drop)
+        self.drift_pearson = opt(drift_pearson)
         self.min_probes = int(min_probes)
         self.confirm = bool(confirm)
+        self.confirm_margin = float(confirm_margin)
+        self.analysis_size = int(analysis_size)
+        self.min_map_cells = int(min_map_cells)
         self.max_classes = int(max_classes)
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        if not 0.0 < self.confirm_margin <= 1.0:
+            raise ValueError(f"confirm_margin must lie in (0, 1], got {confirm_margin}")
+        if self.min_probes < 1 or self.analysis_size < 2 or self.min_map_cells < 1:
+            raise ValueError("min_probes and min_map_cells must be >= 1, analysis_size >= 2")
         self.baseline_maps: Tensor | None = None
         self.previous_maps: Tensor | None = None
         self.previous_is_baseline: bool = False
-        self.active: dict[str, tuple[int, int]] = {}  # kind -> (since_epoch, since_step)
+        # kind -> (since_epoch, since_step, classes)
+        self.active: dict[str, tuple[int, int, tuple[int, ...]]] = {}
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ settings and state
+    @property
+    def settings(self) -> dict[str, float | None]:
+        """Threshold name -> value, as the rule table reads them."""
+        names = {c.threshold for r in self.rules for c in r.conditions}
+        names |= {r.drop_setting for r in self.rules if r.drop_setting}
+        return {n: getattr(self, n) for n in sorted(names)}
+
     def reset(self) -> None:
         """Forget the baseline, the previous maps and the persistence state."""
         self.baseline_maps = None
@@ -250,7 +373,9 @@ class ShortcutMonitor:
             "baseline_maps": None if self.baseline_maps is None else self.baseline_maps.cpu(),
             "previous_maps": None if self.previous_maps is None else self.previous_maps.cpu(),
             "previous_is_baseline": self.previous_is_baseline,
-            "active": {k: [int(e), int(s)] for k, (e, s) in self.active.items()},
+            "active": {
+                k: [int(e), int(s), [int(c) for c in cl]] for k, (e, s, cl) in self.active.items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -258,9 +383,12 @@ class ShortcutMonitor:
         self.baseline_maps = state.get("baseline_maps")
         self.previous_maps = state.get("previous_maps")
         self.previous_is_baseline = bool(state.get("previous_is_baseline", False))
-        self.active = {str(k): (int(v[0]), int(v[1])) for k, v in state.get("active", {}).items()}
+        self.active = {
+            str(k): (int(v[0]), int(v[1]), tuple(int(c) for c in (v[2] if len(v) > 2 else ())))
+            for k, v in state.get("active", {}).items()
+        }
 
-    # ------------------------------------------------------------------ analysis
+    # ------------------------------------------------------------------ the pipeline
     def analyze(
         self,
         *,
@@ -276,447 +404,538 @@ class ShortcutMonitor:
         epoch: int = 0,
         global_step: int = 0,
         baseline: bool = False,
+        map_size: tuple[int, int] | None = None,
+        multilabel: bool = False,
     ) -> Analysis:
-        """Measure one run's maps and decide the flags.
+        """Measure one run's maps, confirm what needs it, and decide the flags.
 
         Args:
-            maps: float32 ``[N, H, W]``, raw ReLU'd maps upsampled to the image size.
+            maps: float ``[N, h, w]``, raw ReLU'd maps (not min-max normalised) at layer
+                resolution or upsampled to the image size; resized to the analysis grid.
             images: ``[N, C, H, W]`` probe images as fed to the model.
-            targets: long ``[N]``, the class each map explains.
-            labels: long ``[N]`` true classes (per-class means group by these, else by targets).
+            targets: long ``[N]``, the class each map explains (rules group by it).
+            labels: unused by the rules (kept for API compatibility: rules group by the
+                explained class).
             scores: float ``[N]`` target scores (kept for the record; unused by the rules).
-            logits: float ``[N, K]`` model outputs for the unchanged probes (saves a forward in
-                the causal checks).
+            logits: float ``[N, K]`` outputs for the unchanged probes (saves a forward).
             object_masks, artifact_masks: bool ``[N, H, W]`` or ``None``.
             score_fn: ``images -> logits [N, K]`` (eval mode, no grad) for causal confirmation.
             epoch, global_step: recorded in the flags.
             baseline: this run is the reference (step 0, untrained): store it, raise no flags.
+            map_size: ``(h, w)`` cells of the target layer's map; ``None`` reads it from
+                ``maps`` when they are smaller than the images (else: assumed fine enough).
+            multilabel: the outputs are independent sigmoid logits: evidence is the target
+                logit (its log-odds), a flip is a change of its sign.
 
         Returns:
             :class:`Analysis`.
         """
-        maps = maps.detach().float()
-        n, h, w = maps.shape
-        dev = maps.device
-        images = images.detach()
-        targets = targets.detach().to(dev, torch.long)
-        group_of = (labels if labels is not None else targets).detach().to(dev, torch.long)
-        if self.baseline_maps is not None and self.baseline_maps.shape != maps.shape:
-            self.reset()  # a different probe set: start over
+        del labels, scores  # rules group by the explained class
+        x = self._prepare(maps, images, targets, logits, object_masks, artifact_masks, map_size)
+        if self.baseline_maps is not None and self.baseline_maps.shape != x.maps.shape:
+            if self.baseline_maps.shape[0] != x.maps.shape[0]:
+                self.reset()  # a different probe set: start over
+            else:  # references saved at another resolution (an older checkpoint): resize
+                self.baseline_maps = _resize_maps(self.baseline_maps, x.maps.shape[-2:])
+                if self.previous_maps is not None:
+                    self.previous_maps = _resize_maps(self.previous_maps, x.maps.shape[-2:])
         first = self.baseline_maps is None
         if baseline or first:
-            self.baseline_maps = maps.clone()
-        per: dict[str, Tensor] = {}
+            self.baseline_maps = x.maps.clone()
+        per, group, hot = self._measure(x, drift_vs_baseline=not (baseline or first))
+        stats, counts = self._class_stats(x, per, group, hot.size)
+        decisions = evaluate(
+            self.rules,
+            stats,
+            counts,
+            self.settings,
+            available=frozenset(
+                n
+                for n, m in (("object_masks", x.object_masks), ("artifact_masks", x.artifact_masks))
+                if m is not None
+            ),
+            can_localise=x.can_localise,
+            after_trained_run=not self.previous_is_baseline and self.previous_maps is not None,
+            min_probes=self.min_probes,
+            margin=self.confirm_margin,
+        )
+        causal = self.confirm and score_fn is not None and not baseline
+        tested: dict[str, int] = {}
+        if causal:
+            assert score_fn is not None
+            tested = self._confirm(x, decisions, hot, per, score_fn, multilabel)
+            cstats, ccounts = self._causal_class_stats(x, per)
+            stats.update(cstats)
+            counts.update(ccounts)
+        out = self._summarize(x, per, stats, group, decisions)
+        out.hotspot = hot.footprint.cpu()
+        out.tested = tested
+        out.skipped = {d.rule.name: d.why_not for d in decisions if not d.evaluated}
+        if baseline:
+            self.active = {}
+        else:
+            flags = self._decide(x, per, stats, decisions, causal, epoch, global_step)
+            out.flags = self._remember_flags(flags, epoch, global_step)
+        self.previous_maps = x.maps.clone()
+        self.previous_is_baseline = baseline or first
+        return out
 
-        # ---- drift
-        for ref_name, ref in (("baseline", self.baseline_maps), ("previous", self.previous_maps)):
-            if ref is None or (ref_name == "baseline" and (baseline or first)):
+    # ------------------------------------------------------------------ 1. prepare
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The analysis grid for ``height x width`` images (never larger than the images)."""
+        scale = min(1.0, self.analysis_size / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def _prepare(
+        self,
+        maps: Tensor,
+        images: Tensor,
+        targets: Tensor,
+        logits: Tensor | None,
+        object_masks: Tensor | None,
+        artifact_masks: Tensor | None,
+        map_size: tuple[int, int] | None,
+    ) -> _Inputs:
+        if maps.dim() != 3 or images.dim() != 4 or maps.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"expected maps [N, h, w] and images [N, C, H, W] with the same N, got "
+                f"{tuple(maps.shape)} and {tuple(images.shape)}"
+            )
+        _, _, height, width = images.shape
+        dev = maps.device
+        grid = self.grid_size(int(height), int(width))
+        if map_size is None:
+            small = maps.shape[-2] < height or maps.shape[-1] < width
+            map_size = tuple(maps.shape[-2:]) if small else (height, width)
+        can_localise = min(map_size) >= self.min_map_cells
+        g_maps = _resize_maps(maps.detach().float(), grid).clamp_min(0)
+        images = images.detach()
+        g_images = images.float()
+        if tuple(images.shape[-2:]) != grid:
+            g_images = F.adaptive_avg_pool2d(g_images, grid)
+        targets = targets.detach().to(dev, torch.long)
+        uniq, inv = torch.unique(targets, return_inverse=True)
+        onehot = F.one_hot(inv, int(uniq.numel())).float()
+
+        def full(m: Tensor | None) -> Tensor | None:
+            return None if m is None else m.to(dev, torch.bool)
+
+        obj, art = full(object_masks), full(artifact_masks)
+        return _Inputs(
+            maps=g_maps,
+            images=images.to(dev),
+            images_grid=g_images.to(dev),
+            targets=targets,
+            groups=inv,
+            classes=[int(c) for c in uniq.tolist()],
+            onehot=onehot,
+            object_masks=None if obj is None else _resize_mask(obj, grid),
+            artifact_masks=None if art is None else _resize_mask(art, grid),
+            object_full=obj,
+            artifact_full=art,
+            logits=None if logits is None else logits.detach().float().to(dev),
+            can_localise=can_localise,
+        )
+
+    # ------------------------------------------------------------------ 2. measure
+    def _measure(
+        self, x: _Inputs, drift_vs_baseline: bool
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], M.Hotspot]:
+        maps, dev = x.maps, x.maps.device
+        per: dict[str, Tensor] = {}
+        refs = (("baseline", self.baseline_maps if drift_vs_baseline else None),)
+        refs += (("previous", self.previous_maps),)
+        for name, ref in refs:
+            if ref is None:
                 continue
             ref = ref.to(dev)
-            per[f"drift/pearson_{ref_name}"] = M.pearson(maps, ref)
-            per[f"drift/spearman_{ref_name}"] = M.spearman(maps, ref)
-            per[f"drift/js_{ref_name}"] = M.js_divergence(maps, ref)
-            per[f"drift/iou_{ref_name}"] = M.topk_iou(maps, ref)
-            per[f"drift/com_shift_{ref_name}"] = M.com_shift(maps, ref)
-
-        # ---- focus and frame
+            per[f"drift/pearson_{name}"] = M.pearson(maps, ref)
+            per[f"drift/spearman_{name}"] = M.spearman(maps, ref)
+            per[f"drift/js_{name}"] = M.js_divergence(maps, ref)
+            per[f"drift/iou_{name}"] = M.topk_iou(maps, ref)
+            per[f"drift/com_shift_{name}"] = M.com_shift(maps, ref)
         entropy = M.focus_entropy(maps)
         per["attention/entropy"] = entropy
         per["attention/focus"] = 1.0 - entropy
         per["attention/border_enrichment"] = M.border_enrichment(maps, self.border_width)
         per["attention/corner_enrichment"] = M.corner_enrichment(maps)
-
-        # ---- masks
-        has_obj = has_art = None
-        if object_masks is not None:
-            om = object_masks.to(dev, torch.bool)
-            has_obj = om.flatten(1).any(1)
-            per["attention/object_share"] = torch.where(has_obj, M.mass_share(maps, om), torch.nan)
-            per["attention/object_enrichment"] = M.enrichment(maps, om)
-            per["attention/object_pointing"] = torch.where(
-                has_obj, M.pointing_game(maps, om), torch.nan
-            )
-        if artifact_masks is not None:
-            am = artifact_masks.to(dev, torch.bool)
-            has_art = am.flatten(1).any(1)
-            per["attention/artifact_share"] = torch.where(
-                has_art, M.mass_share(maps, am), torch.nan
-            )
-            per["attention/artifact_enrichment"] = M.enrichment(maps, am)
-
-        # ---- anchored hot spot (mask-free), grouped by the explained class
-        uniq, inv = torch.unique(targets, return_inverse=True)
-        n_grp = int(uniq.numel())
+        for name, mask in (("object", x.object_masks), ("artifact", x.artifact_masks)):
+            if mask is None:
+                continue
+            has = mask.flatten(1).any(1)
+            per[f"attention/{name}_share"] = torch.where(has, M.mass_share(maps, mask), torch.nan)
+            per[f"attention/{name}_enrichment"] = M.enrichment(maps, mask)
+            if name == "object":
+                per["attention/object_pointing"] = torch.where(
+                    has, M.pointing_game(maps, mask), torch.nan
+                )
         hot = M.anchored_hotspot(
             maps,
-            images,
-            inv,
-            num_groups=n_grp,
+            x.images_grid,
+            x.groups,
+            num_groups=len(x.classes),
             frac=self.hotspot_frac,
             min_group=self.min_probes,
         )
         per["attention/hotspot_share"] = hot.share
         per["attention/hotspot_enrichment"] = hot.enrichment
-        oh = F.one_hot(inv, n_grp).float()  # [N, G]
-        group: dict[str, Tensor] = {  # [G] each
+        group = {
             "attention/hotspot_consistency": hot.consistency,
             "attention/hotspot_offset": hot.offset,
             "attention/hotspot_stability": hot.stability,
             "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
         }
+        return per, group, hot
 
-        # ---- causal confirmation: one batched forward of the probes per erased region kind
-        causal = score_fn is not None and self.confirm
-        if causal:
-            assert score_fn is not None
-            # Erase only the regions a rule can use: the focus region serves the mask-free
-            # background rule (object masks take its place), the frame only the optional
-            # border rule. Each region costs an inpainting pass and a forward of the probes.
-            regions: dict[str, tuple[Tensor, Tensor | None]] = {
-                "hotspot": (_dilate(hot.footprint, 1), None),
-            }
-            if object_masks is None:
-                regions["focus"] = (_dilate(M.top_region(maps, self.focus_frac), 1), None)
-            if self.border_enrichment is not None:
-                regions["border"] = (
-                    M.border_mask(h, w, self.border_width, dev).expand(n, h, w),
-                    None,
-                )
-            if object_masks is not None:
-                regions["object"] = (_dilate(om, 1), has_obj)
-            if artifact_masks is not None:
-                regions["artifact"] = (_dilate(am, 1), has_art)
-            with torch.no_grad():
-                base = logits if logits is not None else score_fn(images)
-                base = base.detach().float().to(dev)
-                for name, (reg, valid) in regions.items():
-                    eff = M.erasure_effect(score_fn, images, reg, targets, base)
-                    tested = reg.flatten(1).any(1) & (valid if valid is not None else True)
-                    per[f"causal/{name}_flip"] = torch.where(tested, eff.flipped, torch.nan)
-                    per[f"causal/{name}_drop"] = torch.where(tested, eff.score_drop, torch.nan)
-                    ev = torch.where(tested, eff.evidence_drop, torch.nan)
-                    per[f"causal/{name}_evidence"] = ev
-                    per[f"causal/{name}_depends"] = torch.where(
-                        torch.isnan(ev), ev, (ev >= self.evidence_drop).float()
-                    )
+    def _class_stats(
+        self, x: _Inputs, per: dict[str, Tensor], group: dict[str, Tensor], size: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Class statistics ``[G]`` (and ``"@set"`` values ``[1]``) with their usable counts."""
+        names = list(per)
+        stacked = torch.stack([per[k] for k in names])  # [M, N]
+        means, cnt = _group_mean(stacked, x.onehot)
+        whole = torch.ones(x.onehot.shape[0], 1, device=x.onehot.device)
+        smeans, scnt = _group_mean(stacked, whole)
+        stats, counts = {}, {}
+        for i, k in enumerate(names):
+            stats[k], counts[k] = means[i], cnt[i]
+            stats[k + "@set"], counts[k + "@set"] = smeans[i], scnt[i]
+        for k, v in group.items():
+            stats[k], counts[k] = v, size
+        return stats, counts
+
+    # ------------------------------------------------------------------ 3. confirm
+    def _regions(self, x: _Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tensor]]:
+        """Region name -> a function building its bool ``[N, H, W]`` erasure masks at image size."""
+        height, width = x.images.shape[-2:]
+        size = (int(height), int(width))
+
+        def up(mask: Tensor) -> Tensor:
+            return _dilate(_upsample_mask(mask, size), 1)
+
+        return {
+            "artifact": lambda: _dilate(x.artifact_full, 1),  # type: ignore[arg-type]
+            "object": lambda: _dilate(x.object_full, 1),  # type: ignore[arg-type]
+            "hotspot": lambda: up(hot.footprint),
+            "focus": lambda: up(M.top_region(x.maps, self.focus_frac)),
+            "border": lambda: M.border_mask(*size, self.border_width, x.images.device).expand(
+                x.images.shape[0], *size
+            ),
+        }
+
+    def _confirm(
+        self,
+        x: _Inputs,
+        decisions: list[RuleDecision],
+        hot: M.Hotspot,
+        per: dict[str, Tensor],
+        score_fn: Callable[[Tensor], Tensor],
+        multilabel: bool,
+    ) -> dict[str, int]:
+        """Erase, for each region, the probes of the classes whose rule is near its threshold;
+        all of them in one batched forward. Fills ``per["causal/<region>_*"]`` (NaN elsewhere)."""
+        n = x.maps.shape[0]
+        wanted: dict[str, Tensor] = {}
+        for d in decisions:
+            if not d.evaluated or d.rule.region is None or d.near is None:
+                continue
+            sel = d.near[x.groups] if d.rule.per_class else d.near.expand(n)
+            wanted[d.rule.region] = wanted.get(d.rule.region, torch.zeros_like(sel)) | sel
+        builders = self._regions(x, hot)
+        batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
+        for region, sel in wanted.items():
+            masks = builders[region]()
+            sel = sel & masks.flatten(1).any(1)
+            idx = torch.nonzero(sel).flatten()
+            if idx.numel():
+                batches.append((region, idx, masks[idx]))
+        nan = torch.full((n,), torch.nan, device=x.maps.device)
+        for region in _REGIONS:
+            for part in ("flip", "drop", "evidence", "depends"):
+                per[f"causal/{region}_{part}"] = nan.clone()
+        if not batches:
+            return {}
+        with torch.no_grad():
+            base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
+            erased = torch.cat([M.erase(x.images[idx], reg) for _, idx, reg in batches])
+            after = score_fn(erased).detach().float().to(base.device)
+        start = 0
+        tested: dict[str, int] = {}
+        for region, idx, _ in batches:
+            stop = start + idx.numel()
+            eff = M.erasure_effect_from_logits(
+                base[idx], after[start:stop], x.targets[idx], multilabel=multilabel
+            )
+            start = stop
+            depends = torch.where(
+                torch.isnan(eff.evidence_drop),
+                eff.evidence_drop,
+                (eff.evidence_drop >= self.evidence_drop).float(),
+            )
+            for part, value in (
+                ("flip", eff.flipped),
+                ("drop", eff.score_drop),
+                ("evidence", eff.evidence_drop),
+                ("depends", depends),
+            ):
+                per[f"causal/{region}_{part}"][idx] = value.to(nan.dtype)
+            tested[region] = int(idx.numel())
+        return tested
+
+    def _causal_class_stats(
+        self, x: _Inputs, per: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        names = [k for k in per if k.startswith("causal/")]
+        if not names:
+            return {}, {}
+        means, cnt = _group_mean(torch.stack([per[k] for k in names]), x.onehot)
+        return dict(zip(names, means)), dict(zip(names, cnt))
+
+    # ------------------------------------------------------------------ 4. decide
+    def _confirmed(self, rule: Rule, stats: dict[str, Tensor], settings: dict) -> Tensor:
+        """Bool ``[G]``: the class's causal evidence confirms ``rule`` (see :class:`Rule`)."""
+        r = rule.region
+        if rule.confirm == "depends":
+            ok = stats[f"causal/{r}_depends"] >= self.dependence  # NaN fails
+            if self.flip_rate is not None:
+                ok |= stats[f"causal/{r}_flip"] >= self.flip_rate
+            if self.score_drop is not None:
+                ok |= stats[f"causal/{r}_drop"] >= self.score_drop
+            return ok
+        drop = float(settings[rule.drop_setting])
+        return ~(stats[f"causal/{r}_evidence"] >= drop)  # NaN (nothing to lose) passes
+
+    def _decide(
+        self,
+        x: _Inputs,
+        per: dict[str, Tensor],
+        stats: dict[str, Tensor],
+        decisions: list[RuleDecision],
+        causal: bool,
+        epoch: int,
+        step: int,
+    ) -> list[Flag]:
+        settings = self.settings
+        fired: dict[FlagKind, list[tuple[RuleDecision, list[int]]]] = {}
+        for d in decisions:
+            if not d.evaluated or d.attention is None:
+                continue
+            ok = d.attention
+            if causal and d.rule.confirm is not None and d.rule.per_class:
+                ok = ok & self._confirmed(d.rule, stats, settings)
+            groups = [int(g) for g in torch.nonzero(ok).flatten().tolist()]
+            if groups:
+                fired.setdefault(d.rule.kind, []).append((d, groups))
+        flags = []
+        for kind, hits in fired.items():
+            flags.append(self._flag(kind, hits, x, per, stats, causal, epoch, step))
+        return flags
+
+    def _flag(
+        self,
+        kind: FlagKind,
+        hits: list[tuple[RuleDecision, list[int]]],
+        x: _Inputs,
+        per: dict[str, Tensor],
+        stats: dict[str, Tensor],
+        causal: bool,
+        epoch: int,
+        step: int,
+    ) -> Flag:
+        """One flag for a kind: the first firing rule leads; every firing class is named."""
+        lead, groups = hits[0]
+        rule = lead.rule
+        thr = float(rule.threshold(self.settings))  # type: ignore[arg-type]
+        suffix = "" if rule.per_class else "@set"
+        head = stats[rule.headline.metric + suffix]
+        all_groups = sorted({g for _, gs in hits for g in gs})
+        # the class that shows it most leads the wording
+        vals = head[groups] if rule.per_class else head
+        best = groups[int(vals.argmax() if rule.headline.op == ">=" else vals.argmin())]
+        best = best if rule.per_class else 0
+        value = float(head[best])
+        fields = {
+            k.removesuffix(suffix): float(v[best])
+            for k, v in stats.items()
+            if (k.endswith("@set") if suffix else not k.endswith("@set"))
+        }
+        fields["value"] = value
+        text = _FMT.format(rule.summary, **fields)
+        if rule.per_class:
+            classes = tuple(x.classes[g] for g in all_groups)
+            sel = torch.zeros_like(x.groups, dtype=torch.bool)
+            for g in all_groups:
+                sel |= x.groups == g
+            listed = (
+                ", ".join(f"{x.classes[g]}: {float(head[g]):.2f}" for g in groups)
+                if len(groups) > 1
+                else ""
+            )
+            who = (
+                f"Probes explained as class {classes[0]}"
+                if len(classes) == 1
+                else f"Probes explained as classes {_fmt_list(list(classes))}"
+            )
+            text = f"{who}: {text}" + (f" (per class: {listed})" if listed else "")
+        else:
+            classes = ()
+            sel = torch.ones_like(x.groups, dtype=torch.bool)
+            text = text[0].upper() + text[1:]
+        if rule.confirm is not None and rule.per_class:
+            text += self._causal_words(rule, stats, best, causal)
+        others = [d.rule.name for d, _ in hits[1:]]
+        if others:
+            text += f"; also: {', '.join(others)}"
+        metric = _PROBE_METRIC.get(rule.headline.metric, rule.headline.metric)
+        values = per[metric]
+        desc = rule.headline.op == ">="
+        idx = torch.nonzero(sel & ~torch.isnan(values)).flatten()
+        order = values[idx].argsort(descending=desc, stable=True)
+        probes = [int(i) for i in idx[order].tolist()]
+        text += f". Probes: {_fmt_list(probes)}. {rule.advice}"
+        return Flag(
+            kind=kind,
+            epoch=int(epoch),
+            global_step=int(step),
+            probe=probes[0] if len(probes) == 1 else None,
+            value=value,
+            threshold=thr,
+            message=text,
+            probes=tuple(probes),
+            metric=rule.headline.metric,
+            classes=classes,
+        )
+
+    def _causal_words(self, rule: Rule, stats: dict[str, Tensor], g: int, causal: bool) -> str:
+        if not causal:
+            return " (not confirmed causally: no score_fn, or confirm=False)"
+        r = rule.region
+        if rule.confirm == "depends":
+            dep = float(stats[f"causal/{r}_depends"][g])
+            flip = float(stats[f"causal/{r}_flip"][g])
+            return (
+                f"; erasing it takes at least {_pct(self.evidence_drop)} of the target's evidence "
+                f"(log-odds) from {_pct(dep)} of them and flips {_pct(flip)} of their predictions"
+            )
+        ev = float(stats[f"causal/{r}_evidence"][g])
+        what = (
+            "the objects" if r == "object" else f"the hottest {_pct(self.focus_frac)} of each map"
+        )
+        if math.isnan(ev) or ev <= 0:
+            return f"; erasing {what} removes none of the target's evidence"
+        return f"; erasing {what} removes only {_pct(ev)} of the target's evidence"
+
+    # ------------------------------------------------------------------ 5. remember
+    def _remember_flags(self, flags: list[Flag], epoch: int, step: int) -> list[Flag]:
+        """Mark flags whose kind (for the same classes) also fired at the previous run."""
+        out: list[Flag] = []
+        active: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        for f in flags:
+            prev = self.active.get(str(f.kind))
+            if prev is not None and set(f.classes) <= set(prev[2]):
+                since = (prev[0], prev[1])
+                f = replace(f, persistent=True, since_epoch=since[0], since_step=since[1])
+            else:
+                since = (epoch, step)
+                f = replace(f, since_epoch=epoch, since_step=step)
+            active[str(f.kind)] = (since[0], since[1], f.classes)
+            out.append(f)
+        self.active = active
+        return out
+
+    # ------------------------------------------------------------------ summaries
+    def _summarize(
+        self,
+        x: _Inputs,
+        per: dict[str, Tensor],
+        stats: dict[str, Tensor],
+        group: dict[str, Tensor],
+        decisions: list[RuleDecision],
+    ) -> Analysis:
+        if "causal/hotspot_depends" in per:
             for key, src in (
                 ("flip_rate", "flip"),
                 ("score_drop", "drop"),
                 ("evidence_drop", "evidence"),
                 ("dependence", "depends"),
             ):
-                v = per[f"causal/hotspot_{src}"]
-                ok = (~torch.isnan(v)).float()
-                cnt = ok @ oh
-                group[f"causal/hotspot_{key}"] = torch.where(
-                    cnt > 0, (torch.nan_to_num(v) @ oh) / cnt.clamp_min(1), torch.nan
-                )
-            src = "artifact" if artifact_masks is not None else "hotspot"
-            per["causal/flip"] = per[f"causal/{src}_flip"]
-            per["causal/score_drop"] = per[f"causal/{src}_drop"]
-            per["causal/evidence_drop"] = per[f"causal/{src}_evidence"]
-            per["causal/dependence"] = per[f"causal/{src}_depends"]
-
-        # ---- one transfer to the host
+                group[f"causal/hotspot_{key}"] = stats[f"causal/hotspot_{src}"]
+            src = "artifact" if x.artifact_masks is not None else "hotspot"
+            for alias, part in (
+                ("flip", "flip"),
+                ("score_drop", "drop"),
+                ("evidence_drop", "evidence"),
+                ("dependence", "depends"),
+            ):
+                per[f"causal/{alias}"] = per[f"causal/{src}_{part}"]
         names = list(per)
         stacked = torch.stack([per[k].float() for k in names])  # [M, N]
         means = torch.stack([_nanmean(row) for row in stacked])
-        cls_uniq, cls_inv = torch.unique(group_of, return_inverse=True)
-        n_cls = int(cls_uniq.numel())
-        if n_cls <= self.max_classes:
-            oh_cls = F.one_hot(cls_inv, n_cls).float()  # [N, C]
-            cnt = (~torch.isnan(stacked)).float() @ oh_cls
-            cmeans = torch.where(
-                cnt > 0, (torch.nan_to_num(stacked) @ oh_cls) / cnt.clamp_min(1), torch.nan
-            )
-        else:
-            cmeans = torch.empty(0, 0)
+        cmeans, _ = _group_mean(stacked, x.onehot)
         gnames = list(group)
+        gstack = torch.stack([group[k].float() for k in gnames])  # [K, G]
+        # the hot-spot group reported at set level: one that fired, else the most anchored-looking
+        hs = (
+            next(d for d in decisions if d.rule.name == "artifact_hotspot")
+            if any(d.rule.name == "artifact_hotspot" for d in decisions)
+            else None
+        )
+        cons = torch.nan_to_num(group["attention/hotspot_consistency"], nan=-1.0)
+        off_ok = (group["attention/hotspot_offset"] >= self.hotspot_offset).float()
+        score = cons + 1e6 * off_ok
+        if hs is not None and hs.attention is not None:
+            score = score + 1e12 * hs.attention.float()
+        best = score.argmax()
         host = {
             "stacked": stacked,
             "means": means,
-            "cls": cls_uniq,
             "cmeans": cmeans,
-            "group": torch.stack([group[k].float() for k in gnames]),  # [K, G]
-            "group_size": hot.size,
-            "group_cls": uniq,
-            "inv": inv,
-            "hotspot": hot.footprint,
+            "gstack": gstack,
+            "best": best,
         }
         host = {k: v.cpu() for k, v in host.items()}
-        out = Analysis(hotspot=host["hotspot"])
+        out = Analysis()
         out.per_probe = {k: host["stacked"][i] for i, k in enumerate(names)}
         out.summary = {k: float(host["means"][i]) for i, k in enumerate(names)}
-        classes = host["cls"].tolist()
-        if host["cmeans"].numel():
-            for i, k in enumerate(names):
-                for j, c in enumerate(classes):
+        b = int(host["best"])
+        for i, k in enumerate(gnames):
+            out.summary[k] = float(host["gstack"][i, b])
+        if len(x.classes) <= self.max_classes:
+            for j, c in enumerate(x.classes):
+                for i, k in enumerate(names):
                     out.summary[f"{k}/class_{c}"] = float(host["cmeans"][i, j])
-        gstats = {k: host["group"][i] for i, k in enumerate(gnames)}
-        gcls = host["group_cls"].tolist()
-        if len(gcls) <= self.max_classes:
-            for k, v in gstats.items():
-                for j, c in enumerate(gcls):
-                    out.summary[f"{k}/class_{c}"] = float(v[j])
-        passing = self._hotspot_groups(gstats, host["group_size"], causal)
-        cons = torch.nan_to_num(gstats["attention/hotspot_consistency"], nan=-1.0)
-        off_ok = gstats["attention/hotspot_offset"] >= self.hotspot_offset
-        if passing:
-            best = max(passing, key=lambda j: float(cons[j]))
-        else:  # report the most anchored-looking group: off-centre first, then consistent
-            best = int((cons + 1e6 * off_ok.float()).argmax())
-        for k, v in gstats.items():
-            out.summary[k] = float(v[best])
-
-        if baseline:
-            self.active = {}
-        else:
-            raw = self._rules(out, host["inv"], gcls, passing, causal, epoch, global_step)
-            out.flags = self._mark_persistence(raw, epoch, global_step)
-        self.previous_maps = maps.clone()
-        self.previous_is_baseline = baseline or first
+                for i, k in enumerate(gnames):
+                    out.summary[f"{k}/class_{c}"] = float(host["gstack"][i, j])
         return out
 
-    # ------------------------------------------------------------------ rules
-    def _confirms(self, dependence: float, flip_rate: float, score_drop: float) -> bool:
-        """Causal confirmation from the share of dependent probes (and the optional extras)."""
-        if self.flip_rate is not None and flip_rate >= self.flip_rate:
-            return True
-        if self.score_drop is not None and score_drop >= self.score_drop:
-            return True
-        return dependence >= self.dependence  # NaN fails
 
-    def _hotspot_groups(self, g: dict[str, Tensor], size: Tensor, causal: bool) -> list[int]:
-        """Class groups whose hot spot is consistent, off-centre, and confirmed."""
-        out = []
-        for j in range(size.numel()):
-            cons = float(g["attention/hotspot_consistency"][j])
-            off = float(g["attention/hotspot_offset"][j])
-            if int(size[j]) < self.min_probes or not (
-                cons >= self.hotspot_consistency and off >= self.hotspot_offset
-            ):
-                continue
-            stab = float(g["attention/hotspot_stability"][j])
-            ok = stab >= self.hotspot_stability  # NaN fails
-            if ok and causal:
-                ok = self._confirms(
-                    float(g["causal/hotspot_dependence"][j]),
-                    float(g["causal/hotspot_flip_rate"][j]),
-                    float(g["causal/hotspot_score_drop"][j]),
-                )
-            if ok:
-                out.append(j)
-        return out
+# ---------------------------------------------------------------------- grid helpers
+def _resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of float ``[N, h, w]`` to ``size`` (antialiased when shrinking)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    shrink = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
+    return F.interpolate(
+        maps[:, None].float(), size=size, mode="bilinear", align_corners=False, antialias=shrink
+    )[:, 0]
 
-    def _rules(
-        self,
-        a: Analysis,
-        inv: Tensor,
-        gcls: list[int],
-        passing: list[int],
-        causal: bool,
-        epoch: int,
-        step: int,
-    ) -> list[Flag]:
-        p, s = a.per_probe, a.summary
-        flags: list[Flag] = []
 
-        def flag(kind: str, metric: str, value: float, thr: float, probes: list[int], msg: str):
-            flags.append(
-                Flag(
-                    kind=kind,
-                    epoch=epoch,
-                    global_step=step,
-                    probe=probes[0] if len(probes) == 1 else None,
-                    value=float(value),
-                    threshold=float(thr),
-                    message=msg,
-                    probes=tuple(probes),
-                    metric=metric,
-                )
-            )
+def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bool ``[N, H, W]`` -> ``[N, *size]``: cells at least half covered, and for masks that
+    would vanish, their best-covered cells."""
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    frac = F.adaptive_avg_pool2d(mask[:, None].float(), size)[:, 0]
+    top = frac.flatten(1).amax(1).view(-1, 1, 1)
+    return (frac >= 0.5) | ((frac >= top) & (frac > 0))
 
-        def ranked(values: Tensor, mask: Tensor, descending: bool = True) -> list[int]:
-            idx = torch.nonzero(mask & ~torch.isnan(values)).flatten()
-            order = values[idx].argsort(descending=descending, stable=True)
-            return idx[order].tolist()
 
-        def causal_note(region: str, usable: Tensor) -> tuple[bool, str]:
-            if not causal:
-                return True, " (not confirmed causally: no score_fn)"
-            dep = float(_nanmean(p[f"causal/{region}_depends"][usable]))
-            fr = float(_nanmean(p[f"causal/{region}_flip"][usable]))
-            sd = float(_nanmean(p[f"causal/{region}_drop"][usable]))
-            return self._confirms(dep, fr, sd), (
-                f"; erasing it takes at least {self.evidence_drop:.0%} of the target's evidence "
-                f"(log-odds) from {dep:.0%} of them and flips {fr:.0%} of their predictions"
-            )
-
-        # -- artifact, with masks
-        if "attention/artifact_enrichment" in p:
-            enr = p["attention/artifact_enrichment"]
-            usable = ~torch.isnan(enr)
-            value = s["attention/artifact_enrichment"]
-            if int(usable.sum()) >= self.min_probes and value >= self.artifact_enrichment:
-                ok, why = causal_note("artifact", usable)
-                if ok:
-                    probes = ranked(enr, enr >= self.artifact_enrichment)
-                    share = s["attention/artifact_share"]
-                    flag(
-                        "artifact",
-                        "attention/artifact_enrichment",
-                        value,
-                        self.artifact_enrichment,
-                        probes,
-                        f"attention on the label-artifact masks is {value:.1f}x their area share "
-                        f"({share:.0%} of the maps' mass, {int(usable.sum())} probes with an "
-                        f"artifact){why}. Most affected probes: {_fmt_probes(probes)}. The model "
-                        "reads the artifact, not the object: see attention/artifact_enrichment "
-                        "and the overlays.",
-                    )
-
-        # -- artifact, mask-free: an anchored hot spot (also with masks: it may be unlisted)
-        if passing and not any(f.kind == "artifact" for f in flags):
-            sel = torch.zeros_like(inv, dtype=torch.bool)
-            for j in passing:
-                sel |= inv == j
-            enr = p["attention/hotspot_enrichment"]
-            probes = ranked(enr, sel)
-            cons = s["attention/hotspot_consistency"]
-            off = s["attention/hotspot_offset"]
-            cls = ", ".join(str(gcls[j]) for j in passing)
-            why = f"; the pixels there are {s['attention/hotspot_stability']:.0%} stable across images"
-            if causal:
-                why += (
-                    f"; erasing it takes at least {self.evidence_drop:.0%} of the target's "
-                    f"evidence (log-odds) from {s['causal/hotspot_dependence']:.0%} of them and "
-                    f"flips {s['causal/hotspot_flip_rate']:.0%} of their predictions"
-                )
-            else:
-                why += " (not confirmed causally: no score_fn)"
-            flag(
-                "artifact",
-                "attention/hotspot_consistency",
-                cons,
-                self.hotspot_consistency,
-                probes,
-                f"probes explained as class {cls} pile their attention on one off-centre spot "
-                f"({cons:.1f}x its area share, {off:.0%} of the way from the centre to a corner)"
-                f"{why}. Probes: {_fmt_probes(probes)}. A watermark, tag, token or border at a "
-                "fixed place is a likely shortcut: see attention/hotspot_consistency and the "
-                "overlays.",
-            )
-
-        # -- background, with object masks
-        if "attention/object_enrichment" in p:
-            enr = p["attention/object_enrichment"]
-            usable = ~torch.isnan(enr)
-            value = s["attention/object_enrichment"]
-            if int(usable.sum()) >= self.min_probes and value <= self.object_enrichment:
-                ok, why = True, " (not confirmed causally: no score_fn)"
-                if causal:
-                    od = float(_nanmean(p["causal/object_evidence"][usable]))
-                    ok = not od >= self.object_drop  # NaN (nothing to lose) passes
-                    why = f"; erasing the objects removes only {od:.0%} of the target's evidence"
-                if ok:
-                    probes = ranked(enr, enr <= self.object_enrichment, descending=False)
-                    share = s["attention/object_share"]
-                    flag(
-                        "background",
-                        "attention/object_enrichment",
-                        value,
-                        self.object_enrichment,
-                        probes,
-                        f"attention left the objects: {share:.0%} of the maps' mass is on them, "
-                        f"{value:.2f}x their area share{why}. Probes: {_fmt_probes(probes)}. "
-                        "The model relies on something else (background, artifact): see "
-                        "attention/object_enrichment.",
-                    )
-        # -- background, mask-free: attention spread over the whole image
-        else:
-            ent = p["attention/entropy"]
-            usable = ~torch.isnan(ent)
-            value = s["attention/entropy"]
-            if int(usable.sum()) >= self.min_probes and value >= self.diffuse_entropy:
-                ok, why = True, " (not confirmed causally: no score_fn)"
-                if causal:
-                    fd = float(_nanmean(p["causal/focus_evidence"][usable]))
-                    ok = not fd >= self.focus_drop  # NaN (nothing to lose) passes
-                    why = (
-                        f"; erasing the hottest {self.focus_frac:.0%} of each map removes only "
-                        f"{fd:.0%} of the target's evidence"
-                    )
-                if ok:
-                    probes = ranked(ent, ent >= self.diffuse_entropy)
-                    flag(
-                        "background",
-                        "attention/entropy",
-                        value,
-                        self.diffuse_entropy,
-                        probes,
-                        f"attention is spread over the whole image (normalised entropy "
-                        f"{value:.3f}){why}. Probes: {_fmt_probes(probes)}. The model may read "
-                        "a background texture or colour instead of an object: see "
-                        "attention/entropy and the overlays.",
-                    )
-            # optional: attention on the image frame (a frame, ruler or scanner border)
-            enr = p["attention/border_enrichment"]
-            usable = ~torch.isnan(enr)
-            value = s["attention/border_enrichment"]
-            if (
-                self.border_enrichment is not None
-                and not any(f.kind in ("background", "artifact") for f in flags)
-                and int(usable.sum()) >= self.min_probes
-                and value >= self.border_enrichment
-            ):
-                ok, why = causal_note("border", usable)
-                if ok:
-                    probes = ranked(enr, enr >= self.border_enrichment)
-                    flag(
-                        "background",
-                        "attention/border_enrichment",
-                        value,
-                        self.border_enrichment,
-                        probes,
-                        f"attention sits on the image frame: {value:.2f}x its area share on the "
-                        f"outer {self.border_width:.0%} band{why}. Probes: {_fmt_probes(probes)}. "
-                        "A border, ruler or scanner frame may be a shortcut: see "
-                        "attention/border_enrichment.",
-                    )
-
-        # -- drift (informational), only between two trained runs
-        if not self.previous_is_baseline and "drift/pearson_previous" in p:
-            r = p["drift/pearson_previous"]
-            usable = ~torch.isnan(r)
-            value = s["drift/pearson_previous"]
-            if int(usable.sum()) >= self.min_probes and value < self.drift_pearson:
-                probes = ranked(r, r < self.drift_pearson, descending=False)
-                flag(
-                    "drift",
-                    "drift/pearson_previous",
-                    value,
-                    self.drift_pearson,
-                    probes,
-                    f"the maps changed suddenly since the last run (mean correlation "
-                    f"{value:.2f}); probes: {_fmt_probes(probes)}. Informational: see "
-                    "drift/pearson_previous and compare the overlays.",
-                )
-        return flags
-
-    def _mark_persistence(self, flags: list[Flag], epoch: int, step: int) -> list[Flag]:
-        out: list[Flag] = []
-        active: dict[str, tuple[int, int]] = {}
-        for f in flags:
-            if f.kind in self.active:
-                since = self.active[f.kind]
-                f = _replace(f, persistent=True, since_epoch=since[0], since_step=since[1])
-            else:
-                since = (epoch, step)
-                f = _replace(f, since_epoch=epoch, since_step=step)
-            active.setdefault(f.kind, since)
-            out.append(f)
-        self.active = active
-        return out
+def _upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of bool ``[N, h, w]`` to ``size``."""
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0
 
 
 def _dilate(mask: Tensor, px: int) -> Tensor:
@@ -725,9 +944,3 @@ def _dilate(mask: Tensor, px: int) -> Tensor:
         return mask
     k = 2 * px + 1
     return F.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0
-
-
-def _replace(f: Flag, **kw: Any) -> Flag:
-    from dataclasses import replace
-
-    return replace(f, **kw)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
 from .layers import _eval_mode
-from .probes import BatchKeys, ProbeSet, preserve_rng, select_probes
+from .probes import BatchKeys, ProbeSet, choose_probes, preserve_rng
 from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
 from .render import (
     denormalize,
@@ -32,12 +32,12 @@ from .render import (
     write_gif,
     write_png,
 )
+from .rules import FlagKind
 from .sinks import SinkGroup
 
 __all__ = ["GradCAMCallback"]
 
 _STATE_VERSION = 1
-_INFO_KINDS = frozenset({"drift"})
 
 
 def _warn(trainer: Any, message: str) -> None:
@@ -67,8 +67,14 @@ class GradCAMCallback(Callback):
         [Flag(kind='artifact', epoch=3, probe=None, value=4.1, threshold=3.0, ...)]
 
     Args:
-        num_probes: number of probe images taken from the first validation dataloader (balanced
-            across classes when labels are known). Ignored when ``probes`` is given.
+        num_probes: ``None`` (default): ``probes_per_class`` probes of every class found in the
+            validation data (rules decide per class), at most ``max_probes``; an ``int``: that
+            many probes in all, balanced across classes. Ignored when ``probes`` is given.
+        probes_per_class: probes per class of the default policy (the rules need at least the
+            monitor's ``min_probes`` of a class).
+        max_probes: cap of the default policy; with more classes than fit, the watched classes
+            are ``classes``, else the most frequent ones (set-up names the others).
+        classes: the classes to watch (default policy); ``None``: all that fit.
         every_n_epochs: run after the validation of every n-th epoch (>= 1).
         target_layer: ``None`` (the last layer with a spatial output), a dotted module name such
             as ``"layer4"`` or ``"model.features"``, or a list of names (maps averaged).
@@ -127,11 +133,17 @@ class GradCAMCallback(Callback):
         target_fn: callable ``output -> Tensor[N]`` of scores for models whose output is not a
             ``[N, K]`` logit tensor (dicts, tuples, multi-label, regression).
         verbose: print the chosen layer and its resolution at set-up.
+        monitor: a :class:`~gradcam_callback.ShortcutMonitor` carrying every threshold (the
+            threshold arguments above are shorthand for its most used ones; giving both is an
+            error).
     """
 
     def __init__(
         self,
-        num_probes: int = 16,
+        num_probes: int | None = None,
+        probes_per_class: int = 8,
+        max_probes: int = 128,
+        classes: list[int] | None = None,
         every_n_epochs: int = 1,
         target_layer: str | list[str] | None = None,
         method: Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"] = "gradcam",
@@ -169,10 +181,16 @@ class GradCAMCallback(Callback):
         artifact_mask_key: str = "artifact_mask",
         target_fn: Callable[[Any], Tensor] | None = None,
         verbose: bool = True,
+        monitor: ShortcutMonitor | None = None,
     ) -> None:
         super().__init__()
-        if num_probes < 1:
-            raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+        if num_probes is not None and num_probes < 1:
+            raise ValueError(f"num_probes must be >= 1 (or None: per class), got {num_probes}")
+        if probes_per_class < 1 or max_probes < probes_per_class:
+            raise ValueError(
+                f"need probes_per_class >= 1 and max_probes >= probes_per_class, got "
+                f"{probes_per_class} and {max_probes}"
+            )
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if batch_size < 1:
@@ -196,6 +214,9 @@ class GradCAMCallback(Callback):
         if faithfulness_steps < 1:
             raise ValueError(f"faithfulness_steps must be >= 1, got {faithfulness_steps}")
         self.num_probes = num_probes
+        self.probes_per_class = probes_per_class
+        self.max_probes = max_probes
+        self.classes = None if classes is None else [int(c) for c in classes]
         self.every_n_epochs = every_n_epochs
         self.target_layer = target_layer
         self.method = method
@@ -233,7 +254,21 @@ class GradCAMCallback(Callback):
             "drift_pearson": drift_pearson,
         }
         self.thresholds = {k: float(v) for k, v in given.items() if v is not None}
-        self.monitor = ShortcutMonitor(**self.thresholds, confirm=confirm)
+        if monitor is not None:
+            if not isinstance(monitor, ShortcutMonitor):
+                raise TypeError(f"monitor must be a ShortcutMonitor, got {type(monitor).__name__}")
+            if self.thresholds or not confirm:
+                both = sorted(self.thresholds) + ([] if confirm else ["confirm"])
+                raise ValueError(
+                    f"give the thresholds either as monitor=ShortcutMonitor(...) or as callback "
+                    f"arguments, not both (got monitor= and {', '.join(both)})"
+                )
+            self.monitor = monitor
+        else:
+            self.monitor = ShortcutMonitor(**self.thresholds, confirm=confirm)
+        self.max_images = 32
+        self.probe_choice: Any = None
+        self._coarse_warned = False
 
         self._probes: ProbeSet | None = probes
         self._explicit_probes = probes is not None
@@ -280,7 +315,15 @@ class GradCAMCallback(Callback):
                 )
                 self._disabled = True
                 return
-            self._probes = select_probes(loader, self.num_probes, keys=self.keys)
+            self.probe_choice = choose_probes(
+                loader,
+                self.num_probes,
+                per_class=self.probes_per_class,
+                max_probes=self.max_probes,
+                classes=self.classes,
+                keys=self.keys,
+            )
+            self._probes = self.probe_choice.probes
         probes = self._probes
         model = self._model(pl_module)
         if self._engine is None:
@@ -300,9 +343,52 @@ class GradCAMCallback(Callback):
                 )
             if self.target == "label":
                 probes.check_num_classes(out.shape[1])
+        self._report_setup(trainer, probes)
+
+    def _report_setup(self, trainer: Any, probes: ProbeSet) -> None:
+        """Say at set-up what is explained, with which probes, and what cannot be watched."""
+        choice = self.probe_choice
         if self.verbose and getattr(trainer, "is_global_zero", True):
             for info in self.layer_info:
                 print(f"GradCAMCallback: explaining {info} with {len(probes)} probes")
+            if choice is not None and choice.counts:
+                per = ", ".join(f"{c}: {k}" for c, k in choice.counts.items())
+                print(f"GradCAMCallback: probes: {choice.policy}; per class {{{per}}}")
+        if choice is not None and choice.unwatched:
+            shown = ", ".join(str(c) for c in choice.unwatched[:20])
+            more = f" and {len(choice.unwatched) - 20} more" if len(choice.unwatched) > 20 else ""
+            _warn(
+                trainer,
+                f"GradCAMCallback: {len(choice.unwatched)} classes get no probe and are not "
+                f"watched (max_probes={self.max_probes} at {self.probes_per_class} per class): "
+                f"{shown}{more}. Pass classes=[...] to choose them, or raise max_probes.",
+            )
+        if probes.labels is not None and self.target == "label":
+            counts = torch.bincount(probes.labels)
+            few = [int(c) for c in torch.nonzero((counts > 0) & (counts < self.monitor.min_probes))]
+            if few:
+                _warn(
+                    trainer,
+                    f"GradCAMCallback: classes {few} have fewer than min_probes="
+                    f"{self.monitor.min_probes} probes, so no rule can decide about them; add "
+                    "probes of those classes (or lower the monitor's min_probes).",
+                )
+        cells = self._map_size()
+        if cells is not None and min(cells) < self.monitor.min_map_cells:
+            names = ", ".join(i.name for i in self.layer_info)
+            _warn(
+                trainer,
+                f"GradCAMCallback: the map of {names} is {cells[0]}x{cells[1]} cells, too coarse "
+                f"to localise (< {self.monitor.min_map_cells}x{self.monitor.min_map_cells}): the "
+                "spatial shortcut rules (artifact, background) are not evaluated. Choose an "
+                "earlier layer with target_layer=... (see GradCAM.describe()).",
+            )
+
+    def _map_size(self) -> tuple[int, int] | None:
+        """Cells of the finest target-layer map (``None`` before set-up)."""
+        if not self.layer_info:
+            return None
+        return max((tuple(i.map_size) for i in self.layer_info), key=lambda s: s[0] * s[1])
 
     def _model(self, pl_module: Any) -> nn.Module:
         return pl_module  # the LightningModule itself, never the DDP wrapper
@@ -441,7 +527,7 @@ class GradCAMCallback(Callback):
                 x = plugin.convert_input(images[chunk]) if plugin is not None else images[chunk]
                 targets = labels[chunk] if use_label else self.target_fn
                 with _forward_context(plugin):
-                    res = self._engine.explain(x, targets, upsample=True, normalize=False)
+                    res = self._engine.explain(x, targets, upsample=False, normalize=False)
                 maps_l.append(res.maps)
                 scores_l.append(res.scores)
                 if isinstance(res.output, Tensor):
@@ -488,7 +574,9 @@ class GradCAMCallback(Callback):
             epoch=int(trainer.current_epoch),
             global_step=step,
             baseline=is_baseline,
+            map_size=self._map_size(),
         )
+
         metrics.update({k: float(v) for k, v in analysis.summary.items()})
         metrics.update(self._quality_metrics(pl_module, plugin, images, maps, targets_t))
         new_flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
@@ -570,16 +658,16 @@ class GradCAMCallback(Callback):
         tgts = targets.tolist() if targets is not None else [None] * n
 
         if self.log_images:
-            images01 = denormalize(media["images"].float(), self.mean, self.std)
-            shown = normalize_maps(media["maps"])
+            idx = _shown_probes(probes.labels, n, self.max_images)
+            images01 = denormalize(media["images"][idx].float(), self.mean, self.std)
+            shown = normalize_maps(media["maps"][idx])
             # Render the panels once: the grid, the per-probe strips and the filmstrip's
             # overlays are all views or layouts of them.
             panels = probe_panels(images01, shown, alpha=self.alpha, colormap=self.colormap)
             grid = tile(panels)
-            rows = grid_rows(grid, n)
+            rows = grid_rows(grid, len(idx))
             captions = [
-                f"probe {i} | label {labels[i]} | pred {preds[i]} ({confs[i]:.2f})"
-                for i in range(n)
+                f"probe {i} | label {labels[i]} | pred {preds[i]} ({confs[i]:.2f})" for i in idx
             ]
             sinks.log_probe_images(f"{self.prefix}/overlays", grid, rows, captions, step)
             self._thumbs.append(_thumbnail(panels[:, 2]).cpu())
@@ -619,7 +707,7 @@ class GradCAMCallback(Callback):
 
     def _act_on_flags(self, trainer: Any, flags: list[Flag]) -> None:
         self.flags.extend(flags)
-        alarming = [f for f in flags if f.kind not in _INFO_KINDS]
+        alarming = [f for f in flags if FlagKind(f.kind).alarming]
         if self.on_flag == "stop":
             should_stop = trainer.strategy.reduce_boolean_decision(bool(alarming), all=False)
             if should_stop:
@@ -648,7 +736,7 @@ class GradCAMCallback(Callback):
             "version": _STATE_VERSION,
             "probes": self._probes.state_dict() if self._probes is not None else None,
             "history": [dict(r) for r in self.history],
-            "flags": [_flag_to_dict(f) for f in self.flags],
+            "flags": [f.to_dict() for f in self.flags],
             "monitor": self.monitor.state_dict(),
             "layers": [i.name for i in self.layer_info],
         }
@@ -680,10 +768,22 @@ def _log_metrics_direct(trainer: Any, scalars: dict[str, float], step: int) -> N
             _warn(trainer, f"GradCAMCallback: {type(logger).__name__}.log_metrics failed: {err!r}")
 
 
-def _flag_to_dict(flag: Flag) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(flag)
+def _shown_probes(labels: Tensor | None, n: int, limit: int) -> list[int]:
+    """Probes drawn in the overlay grid: all when ``n <= limit``, else ``limit`` of them taken
+    round-robin across classes (in probe order), so every class is shown."""
+    if n <= limit:
+        return list(range(n))
+    if labels is None:
+        return list(range(limit))
+    queues: dict[int, list[int]] = {}
+    for i, c in enumerate(labels.tolist()):
+        queues.setdefault(int(c), []).append(i)
+    order: list[int] = []
+    while len(order) < limit:
+        for q in queues.values():
+            if q and len(order) < limit:
+                order.append(q.pop(0))
+    return sorted(order)
 
 
 def _opt(t: Tensor | None, device: torch.device) -> Tensor | None:

@@ -42,6 +42,7 @@ __all__ = [
     "enrichment",
     "erase",
     "erasure_effect",
+    "erasure_effect_from_logits",
     "evidence_drop",
     "focus_entropy",
     "grow_region",
@@ -584,12 +585,14 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
     return out.to(images.dtype)
 
 
-def log_odds(logits: Tensor, targets: Tensor) -> Tensor:
-    """Log-odds of the target class under the softmax: ``logit_t - logsumexp(other logits)``.
+def log_odds(logits: Tensor, targets: Tensor, *, multilabel: bool = False) -> Tensor:
+    """Log-odds of the target class: ``logit_t - logsumexp(other logits)`` under the softmax.
 
     Args:
-        logits: float ``[N, K]``, ``K >= 2``.
+        logits: float ``[N, K]`` (``K >= 2`` for the softmax).
         targets: long ``[N]``.
+        multilabel: the outputs are independent sigmoid logits: the log-odds of the target
+            label is its logit itself.
 
     Returns:
         float32 ``[N]``: ``log(p_t / (1 - p_t))``; ``> 0`` where the target is the more likely
@@ -597,11 +600,15 @@ def log_odds(logits: Tensor, targets: Tensor) -> Tensor:
     """
     x = logits.float()
     t = targets.to(device=x.device, dtype=torch.long)[:, None]
+    if multilabel:
+        return x.gather(1, t)[:, 0]
     other = x.scatter(1, t, float("-inf"))
     return x.gather(1, t)[:, 0] - other.logsumexp(1)
 
 
-def evidence_drop(base_logits: Tensor, after_logits: Tensor, targets: Tensor) -> Tensor:
+def evidence_drop(
+    base_logits: Tensor, after_logits: Tensor, targets: Tensor, *, multilabel: bool = False
+) -> Tensor:
     """Share of the target's evidence (log-odds) lost between two forwards.
 
     ``(m0 - m1) / m0`` with ``m`` the :func:`log_odds` of the target, clamped to ``[-1, 1]``.
@@ -612,14 +619,15 @@ def evidence_drop(base_logits: Tensor, after_logits: Tensor, targets: Tensor) ->
     Args:
         base_logits, after_logits: float ``[N, K]``.
         targets: long ``[N]``.
+        multilabel: sigmoid outputs (see :func:`log_odds`).
 
     Returns:
         float32 ``[N]`` in ``[-1, 1]``: 1 = the evidence is gone (at or past even odds), 0 =
         unchanged, < 0 = the target gained. ``NaN`` where the base log-odds are not positive
         (nothing to lose).
     """
-    m0 = log_odds(base_logits, targets)
-    m1 = log_odds(after_logits, targets)
+    m0 = log_odds(base_logits, targets, multilabel=multilabel)
+    m1 = log_odds(after_logits, targets, multilabel=multilabel)
     rel = ((m0 - m1) / m0.clamp_min(torch.finfo(m0.dtype).tiny)).clamp(-1.0, 1.0)
     return torch.where(m0 > 0, rel, _nan(rel))
 
@@ -662,9 +670,29 @@ def erasure_effect(
     if base_logits is None:
         base_logits = score_fn(images)
     after = score_fn(erase(images, region)).float()
-    base_logits = base_logits.float().to(after.device)
+    return erasure_effect_from_logits(base_logits, after, targets)
+
+
+def erasure_effect_from_logits(
+    base_logits: Tensor, after_logits: Tensor, targets: Tensor, *, multilabel: bool = False
+) -> Erasure:
+    """:class:`Erasure` from the logits before and after an erasure (see :func:`erasure_effect`).
+
+    Args:
+        base_logits, after_logits: float ``[N, K]``.
+        targets: long ``[N]``.
+        multilabel: sigmoid outputs: the probability is the target's sigmoid, and a flip is a
+            change of the target logit's sign (label on / off).
+    """
+    after = after_logits.float()
+    base = base_logits.float().to(after.device)
     t = targets.to(device=after.device, dtype=torch.long)
-    flipped = (after.argmax(1) != base_logits.argmax(1)).float()
-    p0 = base_logits.softmax(1).gather(1, t[:, None])[:, 0]
-    p1 = after.softmax(1).gather(1, t[:, None])[:, 0]
-    return Erasure(flipped, p0 - p1, evidence_drop(base_logits, after, t))
+    if multilabel:
+        z0, z1 = base.gather(1, t[:, None])[:, 0], after.gather(1, t[:, None])[:, 0]
+        flipped = ((z0 > 0) != (z1 > 0)).float()
+        p0, p1 = z0.sigmoid(), z1.sigmoid()
+    else:
+        flipped = (after.argmax(1) != base.argmax(1)).float()
+        p0 = base.softmax(1).gather(1, t[:, None])[:, 0]
+        p1 = after.softmax(1).gather(1, t[:, None])[:, 0]
+    return Erasure(flipped, p0 - p1, evidence_drop(base, after, t, multilabel=multilabel))

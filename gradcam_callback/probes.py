@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["BatchKeys", "ProbeSet", "preserve_rng", "select_probes", "unpack_batch"]
+__all__ = [
+    "BatchKeys",
+    "ProbeChoice",
+    "ProbeSet",
+    "choose_probes",
+    "preserve_rng",
+    "select_probes",
+    "unpack_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -203,11 +211,16 @@ def preserve_rng() -> Iterator[None]:
                 np.random.set_state(np_state)
 
 
-def _iter_samples(dataloader: Any, limit: int, keys: BatchKeys) -> Iterator[tuple[Any, ...]]:
-    """Yield single samples ``(x, y, om, am)`` from a dataloader, at most ``limit``.
+def _iter_samples(
+    dataloader: Any, limit: int, keys: BatchKeys, spread: bool = False
+) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """Yield ``(position, (x, y, om, am))`` single samples from a dataloader, at most ``limit``.
 
     Map-style datasets are read by index through the loader's ``collate_fn`` (no sampler, no
-    workers); other loaders are iterated.
+    workers): the first ``limit`` in order, or with ``spread`` (when it holds more) ``limit``
+    indices spread evenly over it, so a dataset sorted by class, like an image folder, is covered
+    end to end. Other loaders are iterated. ``position`` is the dataset index (or the running
+    sample count for iterated loaders).
     """
     dataset = getattr(dataloader, "dataset", None)
     collate = getattr(dataloader, "collate_fn", None)
@@ -216,17 +229,23 @@ def _iter_samples(dataloader: Any, limit: int, keys: BatchKeys) -> Iterator[tupl
 
         if not isinstance(dataset, IterableDataset):
             collate = collate or default_collate
-            for i in range(min(limit, len(dataset))):
+            size = len(dataset)
+            if size <= limit or not spread:
+                indices = list(range(min(size, limit)))
+            else:
+                indices = torch.linspace(0, size - 1, limit).round().long().unique().tolist()
+            for i in indices:
                 try:
                     batch = collate([dataset[i]])
                 except Exception:
                     batch = default_collate([dataset[i]])
-                yield from _split(batch, keys)
+                for sample in _split(batch, keys):
+                    yield i, sample
             return
     seen = 0
     for batch in dataloader:
         for sample in _split(batch, keys):
-            yield sample
+            yield seen, sample
             seen += 1
             if seen >= limit:
                 return
@@ -258,60 +277,184 @@ def _item(y: Any, i: int) -> Tensor | None:
     return None
 
 
+@dataclass
+class ProbeChoice:
+    """What :func:`choose_probes` chose and why.
+
+    Attributes:
+        probes: the :class:`ProbeSet`.
+        counts: class -> number of probes of that class (empty without labels).
+        unwatched: classes seen in the scanned samples that got no probe (the cap was reached).
+        scanned: number of samples read.
+        policy: one sentence: how the probes were chosen.
+    """
+
+    probes: ProbeSet
+    counts: dict[int, int]
+    unwatched: list[int]
+    scanned: int
+    policy: str
+
+
+def choose_probes(
+    dataloader: Any,
+    num_probes: int | None = None,
+    *,
+    per_class: int = 8,
+    max_probes: int = 128,
+    classes: Sequence[int] | None = None,
+    keys: BatchKeys = BatchKeys(),
+    scan: int | None = None,
+    unlabeled: int = 32,
+) -> ProbeChoice:
+    """Choose a fixed probe set from ``dataloader`` (deterministic; the global RNGs are untouched).
+
+    Policy:
+
+    * ``num_probes`` given: that many probes, taken round-robin across the classes in order of
+      first appearance among the first ``8 * num_probes`` samples (balanced), as in earlier
+      releases.
+    * otherwise **per class**: ``per_class`` probes of every class found (rules decide per class
+      and need several probes of one class), at most ``max_probes`` in all. With more classes than
+      ``max_probes // per_class``, the watched classes are ``classes`` when given, else the most
+      frequent ones in the scanned samples (ties: first seen); the rest are reported as
+      ``unwatched``. A class with fewer samples than ``per_class`` gets all it has.
+    * without integer labels: the first ``unlabeled`` samples (maps then explain the predicted
+      class, and rules group by it).
+
+    The scan reads ``scan`` samples (default: ``max(2048, 8 * max_probes)``; spread evenly over a
+    map-style dataset that is larger), under :func:`preserve_rng`, so a shuffled loader or a random
+    transform does not shift the training run's random stream.
+
+    Args:
+        dataloader: any loader whose batches :func:`unpack_batch` reads.
+        num_probes: a fixed total (see above), or ``None`` for the per-class policy.
+        per_class: probes per class, >= 1.
+        max_probes: cap of the per-class policy, >= ``per_class``.
+        classes: the classes to watch (per-class policy); others get no probe.
+        keys: dict-batch key names.
+        scan: how many samples to read at most.
+        unlabeled: probes taken when the samples carry no integer labels.
+
+    Raises:
+        ValueError: bad arguments, a batch layout that cannot be read, masks or labels of the
+            wrong shape, or ``classes`` none of which occurs in the scanned samples.
+    """
+    if num_probes is not None and num_probes < 1:
+        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    if per_class < 1 or max_probes < per_class:
+        raise ValueError(
+            f"need per_class >= 1 and max_probes >= per_class, got {per_class} and {max_probes}"
+        )
+    if scan is None:
+        scan = 8 * num_probes if num_probes is not None else max(2048, 8 * max_probes)
+    scan = max(scan, num_probes or 1)
+    with preserve_rng(), torch.inference_mode(False), torch.no_grad():
+        samples = list(_iter_samples(dataloader, scan, keys, spread=num_probes is None))
+    if not samples:
+        raise ValueError("the dataloader yielded no samples to choose probes from")
+    labels_known = all(s[1] is not None for _, s in samples)
+    if not labels_known and any(s[1] is not None for _, s in samples):
+        warnings.warn(
+            "some samples have no integer label; the probes explain the predicted classes",
+            stacklevel=2,
+        )
+    by_class: dict[int, list[int]] = {}
+    if labels_known:
+        for i, (_, s) in enumerate(samples):
+            by_class.setdefault(int(s[1]), []).append(i)
+    unwatched: list[int] = []
+    if num_probes is not None:
+        order = list(range(len(samples)))
+        if labels_known:
+            queues = [list(q) for q in by_class.values()]
+            order = []
+            while len(order) < len(samples):
+                for q in queues:
+                    if q:
+                        order.append(q.pop(0))
+        chosen = sorted(order[:num_probes])
+        policy = f"{num_probes} probes, balanced across classes (num_probes={num_probes})"
+    elif not labels_known:
+        chosen = list(range(min(unlabeled, len(samples))))
+        policy = f"the first {len(chosen)} samples (no integer labels: predicted classes explained)"
+    else:
+        watch = list(by_class)
+        if classes is not None:
+            wanted = [int(c) for c in classes]
+            missing = [c for c in wanted if c not in by_class]
+            watch = [c for c in wanted if c in by_class]
+            if not watch:
+                raise ValueError(
+                    f"none of classes={wanted} occurs in the {len(samples)} samples scanned; "
+                    f"classes seen: {sorted(by_class)[:20]}"
+                )
+            if missing:
+                warnings.warn(
+                    f"classes {missing} do not occur in the {len(samples)} scanned samples and "
+                    "get no probe",
+                    stacklevel=2,
+                )
+        room = max_probes // per_class
+        if len(watch) > room:
+            if classes is None:  # the most frequent classes, ties broken by first appearance
+                watch = sorted(watch, key=lambda c: -len(by_class[c]))
+            watch = watch[:room]
+        unwatched = sorted(c for c in by_class if c not in watch)
+        chosen = sorted(i for c in watch for i in by_class[c][:per_class])
+        policy = f"{per_class} probes per class for {len(watch)} classes (cap {max_probes} probes)"
+    probes = _probe_set([samples[i][1] for i in chosen])
+    labels = probes.labels
+    counts: dict[int, int] = {}
+    if labels is not None:
+        for c in labels.tolist():
+            counts[int(c)] = counts.get(int(c), 0) + 1
+    return ProbeChoice(probes, dict(sorted(counts.items())), unwatched, len(samples), policy)
+
+
 def select_probes(
     dataloader: Any,
-    num_probes: int = 16,
+    num_probes: int | None = 16,
     *,
     balanced: bool = True,
     keys: BatchKeys = BatchKeys(),
     scan: int | None = None,
+    per_class: int = 8,
+    max_probes: int = 128,
+    classes: Sequence[int] | None = None,
 ) -> ProbeSet:
-    """Choose a fixed probe set from the first samples of ``dataloader``.
+    """The :class:`ProbeSet` of :func:`choose_probes` (``num_probes=None``: per class).
 
-    Takes the first ``num_probes`` samples; with integer labels and ``balanced=True`` it reads up
-    to ``scan`` samples (default ``8 * num_probes``) and takes them round-robin across classes in
-    order of first appearance, so every class seen is represented. Deterministic: the same loader
-    gives the same probes. Runs under :func:`preserve_rng`, so a shuffled loader or a random
-    transform does not shift the training run's random stream.
-
-    Raises:
-        ValueError: a batch layout that cannot be read, or masks/labels of the wrong shape.
+    ``balanced=False`` takes the first ``num_probes`` samples as they come.
     """
-    if num_probes < 1:
-        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
-    scan = max(scan or 8 * num_probes, num_probes)
-    with preserve_rng(), torch.inference_mode(False), torch.no_grad():
-        samples = list(_iter_samples(dataloader, scan, keys))
-    if not samples:
-        raise ValueError("the dataloader yielded no samples to choose probes from")
-    labels_known = all(s[1] is not None for s in samples)
-    order = list(range(len(samples)))
-    if balanced and labels_known:
-        by_class: dict[int, list[int]] = {}
-        for i, s in enumerate(samples):
-            by_class.setdefault(int(s[1]), []).append(i)
-        queues = list(by_class.values())
-        order = []
-        while len(order) < len(samples):
-            for q in queues:
-                if q:
-                    order.append(q.pop(0))
-    chosen = sorted(order[:num_probes])
-    pick = [samples[i] for i in chosen]
-    images = torch.stack([s[0] for s in pick])
-    labels = torch.stack([s[1] for s in pick]) if labels_known else None
-    if not labels_known and any(s[1] is not None for s in samples):
-        warnings.warn(
-            "some samples have no integer label; probes use predicted classes", stacklevel=2
-        )
+    if not balanced and num_probes is not None:
+        if num_probes < 1:
+            raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+        with preserve_rng(), torch.inference_mode(False), torch.no_grad():
+            pick = [s for _, s in _iter_samples(dataloader, num_probes, keys)]
+        if not pick:
+            raise ValueError("the dataloader yielded no samples to choose probes from")
+        return _probe_set(pick)
+    return choose_probes(
+        dataloader,
+        num_probes,
+        per_class=per_class,
+        max_probes=max_probes,
+        classes=classes,
+        keys=keys,
+        scan=scan,
+    ).probes
 
-    def stack_masks(j: int) -> Tensor | None:
-        masks = [s[j] for s in pick]
-        if all(isinstance(m, Tensor) for m in masks):
-            return torch.stack(masks)
-        return None
 
-    return ProbeSet(images, labels, stack_masks(2), stack_masks(3))
+def _probe_set(pick: Sequence[tuple[Any, ...]]) -> ProbeSet:
+    """A :class:`ProbeSet` of ``(x, y, object_mask, artifact_mask)`` samples (labels and masks
+    only when every sample has them)."""
+
+    def stack(j: int) -> Tensor | None:
+        items = [s[j] for s in pick]
+        return torch.stack(items) if all(isinstance(m, Tensor) for m in items) else None
+
+    return ProbeSet(torch.stack([s[0] for s in pick]), stack(1), stack(2), stack(3))
 
 
 def subset(probes: ProbeSet, index: Sequence[int]) -> ProbeSet:

@@ -338,7 +338,11 @@ def test_silent_in_clean_worlds(trained_world, kind: str, masks: bool) -> None:
     assert not _kinds(a) & {"artifact", "background"}, [f.message for f in a.flags]
     if masks and kind != "texture":
         assert a.summary["attention/object_enrichment"] > 3.0
-        assert a.summary["causal/artifact_evidence"] < 0.2
+        # confirmation is lazy: the artifact is erased only when its rule is near its threshold,
+        # and a value that was not measured is NaN (never a stale number)
+        evidence = a.summary["causal/artifact_evidence"]
+        assert math.isnan(evidence) or evidence < 0.2
+        assert math.isnan(evidence) == ("artifact" not in a.tested)
 
 
 @pytest.mark.slow

@@ -1,0 +1,328 @@
+"""Shortcut rules as data: one small :class:`Rule` per flag kind, evaluated per explained class.
+
+A rule is a list of :class:`Condition` on *class statistics* (the mean of a per-probe measure over
+the probes explained as one class, or a statistic of the class's probes as a group, such as the
+hot spot they share), the masks it needs, whether it needs a map that can localise, and the region
+whose erasure confirms it causally. :func:`evaluate` is the one loop that applies every rule to
+every class; :class:`~gradcam_callback.alarms.ShortcutMonitor` turns its decisions into flags.
+
+Conditions read their thresholds by name from a settings mapping (the monitor's attributes), so
+one rule table serves every configuration and a threshold set to ``None`` turns its rule off.
+Every comparison treats ``NaN`` as "not met": an undefined value never raises an alarm.
+
+No Lightning import, no host synchronisation: decisions are bool tensors ``[G]``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ALARM_KINDS",
+    "INFO_KINDS",
+    "RULES",
+    "Condition",
+    "FlagKind",
+    "Rule",
+    "RuleDecision",
+    "evaluate",
+]
+
+
+class FlagKind(str, Enum):
+    """The kinds of :class:`~gradcam_callback.Flag`.
+
+    A ``str`` enum: ``FlagKind.artifact == "artifact"``, so code that compares kinds with plain
+    strings keeps working, and ``str(kind)`` is the plain name.
+    """
+
+    artifact = "artifact"
+    background = "background"
+    drift = "drift"
+    unfaithful = "unfaithful"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def alarming(self) -> bool:
+        """``True`` for the kinds that mean "the model or its explanation is not to be trusted"
+        (``on_flag="stop"`` / ``"raise"`` act on these); ``drift`` is informational."""
+        return self in ALARM_KINDS
+
+
+ALARM_KINDS: frozenset[FlagKind] = frozenset(
+    {FlagKind.artifact, FlagKind.background, FlagKind.unfaithful}
+)
+INFO_KINDS: frozenset[FlagKind] = frozenset({FlagKind.drift})
+
+_OPS: dict[str, Callable[[Tensor, float], Tensor]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``statistic <op> settings[threshold]`` for every class at once.
+
+    Attributes:
+        metric: name of a class statistic (``"attention/artifact_enrichment"``, ...).
+        op: ``">="``, ``"<="`` or ``"<"``.
+        threshold: name of the setting that holds the threshold.
+    """
+
+    metric: str
+    op: Literal[">=", "<=", "<"]
+    threshold: str
+
+    def holds(self, value: Tensor, threshold: float) -> Tensor:
+        """Bool ``[G]``: the condition holds (``NaN`` never does)."""
+        return _OPS[self.op](value, threshold) & ~torch.isnan(value)
+
+    def near(self, value: Tensor, threshold: float, margin: float) -> Tensor:
+        """Bool ``[G]``: the value is within ``margin`` (a factor in ``(0, 1]``) of holding.
+
+        ``>=`` rules are near from ``margin * threshold`` up, ``<=`` / ``<`` rules up to
+        ``threshold / margin`` (both thresholds are positive for every rule here).
+        """
+        relaxed = threshold * margin if self.op == ">=" else threshold / margin
+        return _OPS[self.op](value, relaxed) & ~torch.isnan(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One way a flag kind can fire.
+
+    Attributes:
+        name: short identifier (``"artifact_masks"``), used in summaries and messages.
+        kind: the :class:`FlagKind` it raises.
+        conditions: all must hold for a class; the first is the headline (its value and threshold
+            go into the flag).
+        needs: what the probes must carry: ``"artifact_masks"``, ``"object_masks"`` or nothing.
+        spatial: needs a map that can localise (not evaluated on maps coarser than the monitor's
+            ``min_map_cells``).
+        region: the region erased to confirm the rule causally (see
+            :class:`~gradcam_callback.alarms.ShortcutMonitor`), or ``None``.
+        confirm: ``"depends"``: confirmed when at least ``dependence`` of the class's tested probes
+            lose at least ``evidence_drop`` of the target's evidence once the region is erased.
+            ``"indifferent"``: confirmed when erasing the region removes on average less than the
+            setting named by ``drop_setting`` (the model does not need what the map should show).
+        drop_setting: the setting of an ``"indifferent"`` confirmation.
+        per_class: decide per explained class (``False``: on the whole probe set, as one group).
+        after_trained_run: evaluate only when the previous run was a trained run (drift).
+        summary: what the flag says, a format string of the per-class values (see
+            :meth:`~gradcam_callback.alarms.ShortcutMonitor.analyze`).
+        advice: what to look at or do.
+    """
+
+    name: str
+    kind: FlagKind
+    conditions: tuple[Condition, ...]
+    needs: str | None = None
+    spatial: bool = True
+    region: str | None = None
+    confirm: Literal["depends", "indifferent"] | None = None
+    drop_setting: str | None = None
+    per_class: bool = True
+    after_trained_run: bool = False
+    summary: str = ""
+    advice: str = ""
+
+    @property
+    def headline(self) -> Condition:
+        """The first condition: its metric and threshold describe the flag."""
+        return self.conditions[0]
+
+    def threshold(self, settings: Mapping[str, float | None]) -> float | None:
+        """The headline threshold, ``None`` when the rule is switched off."""
+        return settings.get(self.headline.threshold)
+
+    def enabled(self, settings: Mapping[str, float | None]) -> bool:
+        """A rule whose thresholds are all set (``None`` switches a rule off)."""
+        return all(settings.get(c.threshold) is not None for c in self.conditions)
+
+
+#: The rule table. Order matters only for the headline of a flag that several rules of one kind
+#: raise at once (the first firing rule of the kind leads, the others are named in the message).
+RULES: tuple[Rule, ...] = (
+    Rule(
+        name="artifact_masks",
+        kind=FlagKind.artifact,
+        conditions=(Condition("attention/artifact_enrichment", ">=", "artifact_enrichment"),),
+        needs="artifact_masks",
+        region="artifact",
+        confirm="depends",
+        summary=(
+            "attention on the label-artifact masks is {value:.1f}x their area share "
+            "({attention/artifact_share:pct} of the maps' mass)"
+        ),
+        advice=(
+            "The model reads the artifact, not the object: see attention/artifact_enrichment "
+            "and the overlays."
+        ),
+    ),
+    Rule(
+        name="artifact_hotspot",
+        kind=FlagKind.artifact,
+        conditions=(
+            Condition("attention/hotspot_consistency", ">=", "hotspot_consistency"),
+            Condition("attention/hotspot_offset", ">=", "hotspot_offset"),
+            Condition("attention/hotspot_stability", ">=", "hotspot_stability"),
+        ),
+        region="hotspot",
+        confirm="depends",
+        summary=(
+            "the probes pile their attention on one off-centre spot ({value:.1f}x its area "
+            "share, {attention/hotspot_offset:pct} of the way from the centre to a corner) over "
+            "pixels that are {attention/hotspot_stability:pct} stable across images"
+        ),
+        advice=(
+            "A watermark, tag, token or border at a fixed place is a likely shortcut: see "
+            "attention/hotspot_consistency and the overlays."
+        ),
+    ),
+    Rule(
+        name="background_masks",
+        kind=FlagKind.background,
+        conditions=(Condition("attention/object_enrichment", "<=", "object_enrichment"),),
+        needs="object_masks",
+        region="object",
+        confirm="indifferent",
+        drop_setting="object_drop",
+        summary=(
+            "attention left the objects: {attention/object_share:pct} of the maps' mass is on "
+            "them, {value:.2f}x their area share"
+        ),
+        advice=(
+            "The model relies on something else (background, artifact): see "
+            "attention/object_enrichment."
+        ),
+    ),
+    Rule(
+        name="background_diffuse",
+        kind=FlagKind.background,
+        conditions=(Condition("attention/entropy", ">=", "diffuse_entropy"),),
+        region="focus",
+        confirm="indifferent",
+        drop_setting="focus_drop",
+        summary="attention is spread over the whole image (normalised entropy {value:.3f})",
+        advice=(
+            "The model may read a background texture or colour instead of an object: see "
+            "attention/entropy and the overlays."
+        ),
+    ),
+    Rule(
+        name="background_border",
+        kind=FlagKind.background,
+        conditions=(Condition("attention/border_enrichment", ">=", "border_enrichment"),),
+        region="border",
+        confirm="depends",
+        summary="attention sits on the image frame: {value:.2f}x its area share",
+        advice=(
+            "A border, ruler or scanner frame may be a shortcut: see attention/border_enrichment."
+        ),
+    ),
+    Rule(
+        name="drift",
+        kind=FlagKind.drift,
+        conditions=(Condition("drift/pearson_previous", "<", "drift_pearson"),),
+        spatial=False,
+        per_class=False,
+        after_trained_run=True,
+        summary="the maps changed suddenly since the last run (mean correlation {value:.2f})",
+        advice="Informational: see drift/pearson_previous and compare the overlays.",
+    ),
+)
+
+
+@dataclass
+class RuleDecision:
+    """What :func:`evaluate` found for one rule; tensors are ``[G]`` over the class groups.
+
+    Attributes:
+        rule: the rule.
+        evaluated: the rule applied (its masks were there, the map could localise, it was on).
+        why_not: when not evaluated, the reason in a few words.
+        usable: bool ``[G]``: groups with at least ``min_probes`` usable probes.
+        attention: bool ``[G]``: every condition holds (before causal confirmation).
+        near: bool ``[G]``: usable and within the margin of holding (worth a causal test).
+    """
+
+    rule: Rule
+    evaluated: bool
+    why_not: str = ""
+    usable: Tensor | None = None
+    attention: Tensor | None = None
+    near: Tensor | None = None
+
+
+def evaluate(
+    rules: Sequence[Rule],
+    stats: Mapping[str, Tensor],
+    counts: Mapping[str, Tensor],
+    settings: Mapping[str, float | None],
+    *,
+    available: frozenset[str],
+    can_localise: bool,
+    after_trained_run: bool,
+    min_probes: int,
+    margin: float,
+) -> list[RuleDecision]:
+    """Apply every rule's conditions to every class group (the attention half of a decision).
+
+    Args:
+        rules: the rule table (e.g. :data:`RULES`).
+        stats: class statistic name -> float ``[G]`` (per-class rules) or ``[1]`` (set rules,
+            under the same name with the suffix ``"@set"``).
+        counts: metric name -> float ``[G]``, number of usable (non-NaN) probes behind it.
+        settings: threshold name -> value (``None`` switches the rule off).
+        available: what the probes carry (``{"artifact_masks", "object_masks"}`` or fewer).
+        can_localise: the map has enough cells for spatial rules.
+        after_trained_run: the previous run was a trained run (drift is evaluated only then).
+        min_probes: the fewest usable probes a group needs.
+        margin: see :meth:`Condition.near`.
+
+    Returns:
+        One :class:`RuleDecision` per rule, in order.
+    """
+    out: list[RuleDecision] = []
+    for rule in rules:
+        if not rule.enabled(settings):
+            out.append(RuleDecision(rule, False, "switched off"))
+            continue
+        if rule.needs is not None and rule.needs not in available:
+            out.append(RuleDecision(rule, False, f"no {rule.needs.replace('_', ' ')}"))
+            continue
+        if rule.spatial and not can_localise:
+            out.append(RuleDecision(rule, False, "map too coarse to localise"))
+            continue
+        if rule.after_trained_run and not after_trained_run:
+            out.append(RuleDecision(rule, False, "needs two trained runs"))
+            continue
+        suffix = "" if rule.per_class else "@set"
+        head = rule.headline.metric + suffix
+        if any(c.metric + suffix not in stats for c in rule.conditions):
+            out.append(RuleDecision(rule, False, "metric not measured"))
+            continue
+        usable = counts[head] >= min_probes
+        attention = usable.clone()
+        near = usable.clone()
+        for cond in rule.conditions:
+            value = stats[cond.metric + suffix]
+            thr = float(settings[cond.threshold])  # type: ignore[arg-type]
+            attention &= cond.holds(value, thr)
+            near &= cond.near(value, thr, margin)
+        out.append(RuleDecision(rule, True, usable=usable, attention=attention, near=near))
+    return out

@@ -1,0 +1,266 @@
+"""Rules as data, decided per explained class: hand-made maps and 'models' with a known answer."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import pytest
+import torch
+
+from gradcam_callback.alarms import Flag, ShortcutMonitor
+from gradcam_callback.rules import ALARM_KINDS, RULES, FlagKind
+
+H = W = 32
+CORNER = torch.zeros(H, W, dtype=torch.bool)
+CORNER[:6, :6] = True
+
+
+def _bump(cy: float, cx: float, sigma: float = 2.5) -> torch.Tensor:
+    ys = torch.arange(H).float()[:, None]
+    xs = torch.arange(W).float()[None, :]
+    return torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2))
+
+
+def _objects(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object masks (6x6 squares at different places, away from the corner) and their centres."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randint(10, 26, (n, 2), generator=g)
+    masks = torch.zeros(n, H, W, dtype=torch.bool)
+    for i, (y, x) in enumerate(centres.tolist()):
+        masks[i, y - 3 : y + 3, x - 3 : x + 3] = True
+    return masks, centres
+
+
+def _images(objects: torch.Tensor, marked: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(objects.shape[0], 3, H, W, generator=g) * 0.2
+    images = torch.where(objects[:, None], torch.ones(()), images)
+    images[marked, :, :6, :6] = 0.9  # the mark, in the marked images only
+    return images
+
+
+class Reader:
+    """A 'model' over K classes: class logits from the object brightness, plus (for the shortcut
+    class) the corner brightness. Counts its calls."""
+
+    def __init__(self, k: int, shortcut_class: int | None, objects: bool = True) -> None:
+        self.k, self.shortcut_class, self.objects, self.calls = k, shortcut_class, objects, 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        x = images.clone()
+        corner = x[:, :, :6, :6].mean((1, 2, 3))
+        x[:, :, :6, :6] = 0
+        obj = x.amax((1, 2, 3)) if self.objects else torch.zeros_like(corner)
+        logits = torch.zeros(images.shape[0], self.k)
+        logits += 0.5 * obj[:, None]
+        if self.shortcut_class is not None:
+            logits[:, self.shortcut_class] += 10 * corner
+        return logits * 4
+
+
+def _analyze(mon: ShortcutMonitor, maps, images, targets, **kw):
+    return mon.analyze(maps=maps, images=images, targets=targets, epoch=1, global_step=10, **kw)
+
+
+def test_a_shortcut_in_one_class_of_ten_flags_with_its_class() -> None:
+    """10 classes, 4 probes each; only class 7 carries the mark and is read through it."""
+    k, per = 10, 4
+    targets = torch.arange(k).repeat_interleave(per)
+    n = targets.numel()
+    objects, centres = _objects(n)
+    marked = targets == 7
+    images = _images(objects, marked)
+    maps = torch.stack(
+        [_bump(2.5, 2.5) if m else _bump(float(y), float(x)) for m, (y, x) in zip(marked, centres)]
+    )
+    artifacts = CORNER.expand(n, H, W) & marked[:, None, None]
+    reader = Reader(k, shortcut_class=7)
+    for masks in (True, False):
+        mon = ShortcutMonitor()
+        extra = {"artifact_masks": artifacts, "object_masks": objects} if masks else {}
+        a = _analyze(mon, maps, images, targets, score_fn=reader, **extra)
+        art = [f for f in a.flags if f.kind == "artifact"]
+        assert len(art) == 1, (masks, [f.message for f in a.flags])
+        assert art[0].classes == (7,) and set(art[0].probes) == set(range(28, 32))
+        assert "class 7" in art[0].message
+        # set-level values stay as summaries; the class value is reported per class
+        assert "attention/hotspot_consistency/class_7" in a.summary
+
+
+def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
+    """Class 0 looks at the background, class 1 at the object: the set mean of object
+    enrichment (about 2.3) is above the threshold and the mean evidence lost on erasing the
+    objects is about 0.5, so a set-level rule misses class 0; per class it does not."""
+    per = 8
+    targets = torch.arange(2).repeat_interleave(per)
+    n = targets.numel()
+    objects, centres = _objects(n, seed=3)
+    images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    on_object = torch.stack([_bump(float(y), float(x)) for y, x in centres])
+    off_object = (~objects).float()
+    maps = torch.where((targets == 0)[:, None, None], off_object, on_object)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        # class 0's logit reads the background brightness, class 1's the object
+        bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
+        fg = torch.where(objects[:, None], x, torch.zeros(())).amax((1, 2, 3))
+        return torch.stack([40 * bg, 4 * fg], 1) + torch.tensor([0.0, 0.0])
+
+    mon = ShortcutMonitor()
+    a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=model)
+    assert a.summary["attention/object_enrichment"] > 2.0  # the set mean alone would miss it
+    bg = [f for f in a.flags if f.kind == "background"]
+    assert len(bg) == 1 and bg[0].classes == (0,), [f.message for f in a.flags]
+    assert bg[0].metric == "attention/object_enrichment"
+    assert a.summary["attention/object_enrichment/class_0"] < 0.1
+
+
+def test_coarse_maps_skip_the_spatial_rules_and_say_why() -> None:
+    """2x2 maps upsampled are near-uniform whatever the model reads: no spatial rule fires."""
+    n = 8
+    targets = torch.zeros(n, dtype=torch.long)
+    objects, _ = _objects(n)
+    images = _images(objects, torch.ones(n, dtype=torch.bool))
+    coarse = torch.rand(n, 2, 2, generator=torch.Generator().manual_seed(0)) + 1.0
+    mon = ShortcutMonitor()
+    a = _analyze(mon, coarse, images, targets, score_fn=Reader(2, None, objects=False))
+    assert not [f for f in a.flags if f.kind in ALARM_KINDS]
+    assert a.skipped["background_diffuse"] == "map too coarse to localise"
+    assert a.skipped["artifact_hotspot"] == "map too coarse to localise"
+    # the same maps, declared fine enough, do trip the diffuse rule
+    b = _analyze(ShortcutMonitor(), coarse, images, targets, map_size=(8, 8))
+    assert [f.kind for f in b.flags] == ["background"]
+
+
+def test_with_masks_the_mask_free_evidence_still_counts_once() -> None:
+    """A background reader whose maps lean slightly to the object (enrichment > 2): the mask
+    rule stays quiet, the diffuse rule fires, and there is one background flag, not two."""
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, _ = _objects(n)
+    images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    share = objects.float().mean((1, 2))
+    maps = 1.0 + objects.float() * (2.0 / (1 - 2 * share))[:, None, None]  # enrichment ~2.9
+    maps = maps + 0.3 * torch.rand(n, H, W, generator=torch.Generator().manual_seed(5))
+
+    def background_reader(x: torch.Tensor) -> torch.Tensor:
+        bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
+        return torch.stack([torch.zeros_like(bg), 40 * bg], 1)
+
+    mon = ShortcutMonitor()
+    a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=background_reader)
+    assert a.summary["attention/object_enrichment"] > 2.0
+    (flag,) = [f for f in a.flags if f.kind == "background"]
+    assert flag.metric == "attention/entropy" and flag.classes == (1,)
+
+
+def test_causal_checks_run_only_where_a_rule_is_near_its_threshold_in_one_forward() -> None:
+    k, per = 2, 6
+    targets = torch.arange(k).repeat_interleave(per)
+    n = targets.numel()
+    objects, centres = _objects(n)
+    on_object = torch.stack([_bump(float(y), float(x)) for y, x in centres])
+    clean_images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    reader = Reader(k, None)
+    a = _analyze(ShortcutMonitor(), on_object, clean_images, targets, score_fn=reader)
+    assert reader.calls == 0 and a.tested == {}  # nothing near a threshold: no forward at all
+    assert math.isnan(a.summary["causal/hotspot_evidence"])  # honest: not measured
+    assert not [f for f in a.flags if f.kind in ALARM_KINDS]
+
+    marked = torch.ones(n, dtype=torch.bool)
+    images = _images(objects, marked)
+    corner = torch.stack([_bump(2.5, 2.5)] * n)
+    shortcut = Reader(k, shortcut_class=1)
+    b = _analyze(
+        ShortcutMonitor(),
+        corner,
+        images,
+        targets,
+        object_masks=objects,
+        artifact_masks=CORNER.expand(n, H, W),
+        score_fn=shortcut,
+        logits=shortcut(images),
+    )
+    assert shortcut.calls == 2  # the logits above, then one forward for every erased region
+    assert set(b.tested) >= {"artifact", "hotspot", "object"}
+    assert {f.kind for f in b.flags} >= {"artifact", "background"}
+
+
+def test_decisions_do_not_depend_on_the_analysis_grid() -> None:
+    """The maps carry no detail finer than their stride: a 16-cell grid decides as a 32-cell one."""
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, centres = _objects(n)
+    images = _images(objects, torch.ones(n, dtype=torch.bool))
+    cases = {
+        "corner": torch.stack([_bump(2.5, 2.5)] * n),
+        "object": torch.stack([_bump(float(y), float(x)) for y, x in centres]),
+        "frame": (~torch.zeros(H, W, dtype=torch.bool)).float().expand(n, H, W).clone(),
+    }
+    for name, maps in cases.items():
+        kinds = []
+        for size in (32, 16):
+            mon = ShortcutMonitor(analysis_size=size)
+            a = _analyze(
+                mon,
+                maps,
+                images,
+                targets,
+                object_masks=objects,
+                artifact_masks=CORNER.expand(n, H, W),
+                score_fn=Reader(2, shortcut_class=1),
+            )
+            kinds.append(sorted((str(f.kind), f.classes) for f in a.flags))
+        assert kinds[0] == kinds[1], name
+
+
+def test_rule_table_is_data_and_a_threshold_of_none_turns_a_rule_off() -> None:
+    names = [r.name for r in RULES]
+    assert len(names) == len(set(names))
+    assert {r.kind for r in RULES} == {FlagKind.artifact, FlagKind.background, FlagKind.drift}
+    mon = ShortcutMonitor()
+    for rule in RULES:  # every threshold a rule reads is a monitor setting
+        assert all(c.threshold in mon.settings for c in rule.conditions), rule.name
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, _ = _objects(n)
+    images = _images(objects, torch.ones(n, dtype=torch.bool))
+    corner = torch.stack([_bump(2.5, 2.5)] * n)
+    off = ShortcutMonitor(hotspot_consistency=None, diffuse_entropy=None)
+    a = _analyze(off, corner, images, targets)
+    assert a.skipped["artifact_hotspot"] == "switched off"
+    assert not [f for f in a.flags if f.kind == "artifact"]
+
+
+def test_flag_messages_never_print_nan_or_negative_percentages() -> None:
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, _ = _objects(n)
+    images = _images(objects, torch.ones(n, dtype=torch.bool))
+    corner = torch.stack([_bump(2.5, 2.5)] * n)
+
+    def gains(x: torch.Tensor) -> torch.Tensor:  # erasing anything *raises* the target's logit
+        return torch.stack([torch.zeros(x.shape[0]), 5 - 20 * x.mean((1, 2, 3))], 1)
+
+    for score_fn in (gains, None):
+        mon = ShortcutMonitor(object_enrichment=5.0)
+        a = _analyze(mon, corner, images, targets, object_masks=objects, score_fn=score_fn)
+        assert a.flags
+        for f in a.flags:
+            assert "nan" not in f.message.lower() and not re.search(r"-\d+%", f.message)
+
+
+def test_flag_kind_is_a_string_enum_and_flags_round_trip_weights_only() -> None:
+    f = Flag("artifact", 1, 10, None, 12.0, 3.0, "m", probes=(3, 1), classes=(7,))
+    assert f.kind is FlagKind.artifact and f.kind == "artifact" and f"{f.kind}" == "artifact"
+    assert {f.kind} == {"artifact"} and FlagKind.artifact.alarming and not FlagKind.drift.alarming
+    with pytest.raises(ValueError, match="unknown flag kind 'artefact'"):
+        Flag("artefact", 1, 10, None, 1.0, 1.0, "m")
+    buf = io.BytesIO()
+    torch.save([f.to_dict()], buf)
+    buf.seek(0)
+    (back,) = torch.load(buf, weights_only=True)
+    assert Flag(**back) == f
