@@ -286,6 +286,35 @@ def _reinit_(modules: Sequence[nn.Module], seed: int) -> None:
                 nn.init.normal_(p, 0.0, 1.0, generator=g)
 
 
+def _reference(
+    base: nn.Module,
+    images: Tensor,
+    targets: TargetSpec,
+    target_layer: LayerSpec,
+    method: str,
+    explainer: Explainer | None,
+) -> tuple[Tensor, Callable[[nn.Module], Tensor]]:
+    """The trained model's maps ``[N, H, W]`` and the function that explains a (randomised)
+    copy the same way: the same classes, and for Grad-CAM the same target layers."""
+    if explainer is None:
+        engine = GradCAM(base, target_layer=target_layer, method=method)
+        res = engine.explain(images, targets)
+        tgt: TargetSpec = res.targets if res.targets is not None else targets
+        layer_names = engine.target_layers
+
+        def explain(m: nn.Module) -> Tensor:
+            return GradCAM(m, target_layer=layer_names, method=method)(images, tgt)
+
+        return res.maps, explain
+    with eval_mode(base), torch.inference_mode(False), torch.no_grad():
+        fixed = _fixed_targets(base, images, targets)
+
+    def explain_with(m: nn.Module) -> Tensor:
+        return normalize_maps(explainer(m, images, fixed).float())
+
+    return explain_with(base), explain_with
+
+
 @torch.inference_mode(False)  # the copy's weights and the probes must be normal tensors
 def randomization_check(
     model: nn.Module,
@@ -336,25 +365,7 @@ def randomization_check(
     base = unwrap_model(model)
     if images.is_inference():  # e.g. probes captured in a Lightning validation hook
         images = images.clone()
-    if explainer is None:
-        engine = GradCAM(base, target_layer=target_layer, method=method)
-        res = engine.explain(images, targets)
-        ref = res.maps
-        tgt: TargetSpec = res.targets if res.targets is not None else targets
-        layer_names = engine.target_layers
-
-        def explain(m: nn.Module) -> Tensor:
-            return GradCAM(m, target_layer=layer_names, method=method)(images, tgt)
-
-    else:
-        with eval_mode(base), torch.inference_mode(False), torch.no_grad():
-            tgt = _fixed_targets(base, images, targets)
-
-        def explain(m: nn.Module) -> Tensor:
-            return normalize_maps(explainer(m, images, tgt).float())
-
-        ref = explain(base)
-
+    ref, explain = _reference(base, images, targets, target_layer, method, explainer)
     plan = (
         _auto_stages(base, images, max_stages) if stages is None else _explicit_stages(base, stages)
     )
