@@ -15,7 +15,7 @@ time spent inside the callback's own hooks (each hook wrapped with a timer) divi
 
 Workloads:
 
-* ``smallcnn`` (default): the demo's fit, :func:`gradcam_callback.synthetic.train_world`
+* ``smallcnn`` (default): the demo's fit, :func:`gradcam_callback.demos.train_world`
   (planted-shortcut world, ``SmallCNN``, 64x64, its default epochs and sizes), CPU.
 * ``resnet18``: a torchvision ResNet-18 (random init) trained on the same world at
   ``--image-size`` (default 128) for ``--epochs`` (default 2): the GPU run (``--device cuda``).
@@ -51,7 +51,7 @@ import pytorch_lightning as pl
 import torch
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback import synthetic as syn
+from gradcam_callback import demos as syn
 
 TARGETS = {"cpu": 5.0, "cuda": 1.0}  # maximum overhead, % of the fit
 

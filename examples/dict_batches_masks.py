@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.synthetic import MEAN, STD, ShortcutDataset, SmallCNN
+from gradcam_callback.demos import MEAN, STD, ShortcutDataset, SmallCNN
 
 
 class Renamed(Dataset):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.synthetic import MEAN, STD, ShortcutClassifier, ShortcutDataModule
+from gradcam_callback.demos import MEAN, STD, ShortcutClassifier, ShortcutDataModule
 
 
 class GradCAMCLI(LightningCLI):

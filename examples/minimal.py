@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.synthetic import ShortcutClassifier, ShortcutDataModule
+from gradcam_callback.demos import ShortcutClassifier, ShortcutDataModule
 
 
 def main(argv: Sequence[str] | None = None) -> GradCAMCallback:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.synthetic import MEAN, STD, ShortcutDataModule
+from gradcam_callback.demos import MEAN, STD, ShortcutDataModule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.synthetic import MEAN, STD, ShortcutClassifier, ShortcutDataModule
+from gradcam_callback.demos import MEAN, STD, ShortcutClassifier, ShortcutDataModule
 
 
 def main(argv: Sequence[str] | None = None) -> tuple[GradCAMCallback, Path]:

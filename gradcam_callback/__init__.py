@@ -6,6 +6,7 @@
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .callback import GradCAMCallback
 from .engine import METHODS, CAMResult, GradCAM, normalize_maps
+from .guided import guided_backprop, guided_gradcam  # also installs GradCAM.guided
 from .layers import LayerInfo
 from .probes import BatchKeys, ProbeSet, select_probes
 
@@ -23,6 +24,8 @@ __all__ = [
     "ShortcutDetected",
     "ShortcutMonitor",
     "__version__",
+    "guided_backprop",
+    "guided_gradcam",
     "normalize_maps",
     "select_probes",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
-from .layers import _eval_mode
+from .layers import eval_mode
 from .probes import BatchKeys, ProbeSet, choose_probes, preserve_rng
 from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
 from .render import (
@@ -629,7 +630,7 @@ class GradCAMCallback(Callback):
 
         def score(images: Tensor) -> Tensor:
             outs = []
-            with _eval_mode(model), torch.no_grad(), _eager_forward(pl_module):
+            with eval_mode(model), torch.no_grad(), _eager_forward(pl_module):
                 for start in range(0, images.shape[0], self.batch_size):
                     x = images[start : start + self.batch_size]
                     x = plugin.convert_input(x) if plugin is not None else x
@@ -828,23 +829,20 @@ def _forward_context(plugin: Any) -> Any:
     return plugin.forward_context()
 
 
-class _eager_forward:
+@contextmanager
+def _eager_forward(pl_module: Any) -> Iterator[None]:
     """Run a ``torch.compile``d LightningModule's original forward (hooks do not fire inside a
     compiled graph); restored on exit."""
-
-    def __init__(self, pl_module: Any) -> None:
-        self.module = pl_module
-        self.compiled: Any = None
-
-    def __enter__(self) -> None:
-        ctx = getattr(self.module, "_compiler_ctx", None)
-        if isinstance(ctx, dict) and "original_forward" in ctx:
-            self.compiled = self.module.forward
-            self.module.forward = ctx["original_forward"]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.compiled is not None:
-            self.module.forward = self.compiled
+    ctx = getattr(pl_module, "_compiler_ctx", None)
+    if not (isinstance(ctx, dict) and "original_forward" in ctx):
+        yield
+        return
+    compiled = pl_module.forward
+    pl_module.forward = ctx["original_forward"]
+    try:
+        yield
+    finally:
+        pl_module.forward = compiled
 
 
 def _find_dataloader(trainer: Any, stage: str, idx: int) -> Any:

@@ -41,17 +41,17 @@ from torch import Tensor, nn
 from .layers import (
     LayerInfo,
     LayerSpec,
-    _eval_mode,
+    eval_mode,
     find_spatial_layers,
     resolve_target_layers,
     unwrap_model,
 )
+from .targets import TargetSpec, target_scores
 
 __all__ = ["METHODS", "CAMResult", "GradCAM", "Method", "TargetSpec", "normalize_maps"]
 
 Method = Literal["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"]
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
-TargetSpec = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
 
 _EPS = 1e-7
 _REL_EPS = 1e-6
@@ -139,6 +139,9 @@ class GradCAM:
         >>> print(cam.describe())
         layer4: 512 maps of 7x7 for a 224x224 input (stride 32)
 
+    Guided Grad-CAM is ``cam.guided(images, targets)``, float32 ``[N, C, H, W]``: the method is
+    installed by :mod:`gradcam_callback.guided`, which builds on this module (never the reverse).
+
     Args:
         model: any module mapping ``[N, C, H, W]`` images to an output (logits ``[N, K]`` by
             default; dicts, tuples or other outputs with a callable target). ``torch.compile``,
@@ -198,7 +201,7 @@ class GradCAM:
                 and ``reshape_transform``), or a chosen layer does not produce one.
         """
         x = images[:1]
-        with _eval_mode(self.model), torch.inference_mode(False):
+        with eval_mode(self.model), torch.inference_mode(False):
             if x.is_inference():
                 x = x.clone()
             infos = find_spatial_layers(self.model, x, self.reshape_transform)
@@ -226,16 +229,6 @@ class GradCAM:
                 )
             self._info = [by_name[n] for n, _ in self._layers]
         return list(self._info)
-
-    def guided(self, images: Tensor, targets: TargetSpec = None) -> Tensor:
-        """Guided Grad-CAM: guided backpropagation times the upsampled, normalised map.
-
-        Returns float32 ``[N, C, H, W]`` (fine-grained and class-discriminative); costs two
-        forward + backward passes. See :func:`gradcam_callback.guided.guided_gradcam`.
-        """
-        from .guided import guided_gradcam
-
-        return guided_gradcam(self, images, targets)
 
     def describe(self) -> str:
         """One line per target layer: name, channels, map size and stride (after ``resolve``)."""
@@ -306,13 +299,14 @@ class GradCAM:
         capture = _Capture(names, self.reshape_transform)
         handles = [m.register_forward_hook(capture.hook(n)) for n, m in self._layers]
         try:
-            with _eval_mode(self.model), torch.inference_mode(False), torch.no_grad():
+            with eval_mode(self.model), torch.inference_mode(False), torch.no_grad():
                 x = images.clone() if images.is_inference() else images
                 output = self.model(x)
                 if len(capture.acts) != len(names):
                     missing = [n for n in names if n not in capture.acts]
                     raise RuntimeError(f"target layer(s) {missing} did not run in the forward")
-                scores, target_idx = _target_scores(output, targets, x.shape[0])
+                resolved = target_scores(output, targets, x.shape[0])
+                scores, target_idx = resolved.scores, resolved.indices
                 acts = [capture.acts[n] for n in names]
                 if not scores.requires_grad:
                     raise RuntimeError(
@@ -394,53 +388,6 @@ def _cam(method: str, a: Tensor, g: Tensor) -> Tensor:
         w = (alpha * g.clamp_min(0)).sum(dim=(2, 3))
         return torch.einsum("nk,nkhw->nhw", w, a)
     raise ValueError(f"unknown method {method!r}")  # pragma: no cover - checked in __init__
-
-
-def _target_scores(output: Any, targets: TargetSpec, n: int) -> tuple[Tensor, Tensor | None]:
-    """Scores ``[N]`` (differentiable) and class indices ``[N]`` (or None for a callable)."""
-    if callable(targets) and not isinstance(targets, Tensor):
-        scores = targets(output)
-        if not isinstance(scores, Tensor) or scores.shape != (n,):
-            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"a target callable must return a Tensor of shape [N] = [{n}] (one score per "
-                f"image), got {got}"
-            )
-        return scores.float(), None
-    if not isinstance(output, Tensor) or output.dim() != 2:
-        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(
-            f"class targets need a model output of shape [N, num_classes], got {got}; pass "
-            "targets=callable(output) -> Tensor[N] for dict, tuple, multi-label or regression "
-            "outputs"
-        )
-    num_classes = output.shape[1]
-    if targets is None:
-        idx = output.detach().argmax(dim=1)
-    elif isinstance(targets, int):
-        if not 0 <= targets < num_classes:
-            raise ValueError(f"target class {targets} is outside [0, {num_classes})")
-        idx = torch.full((n,), targets, dtype=torch.long, device=output.device)
-    else:
-        idx = torch.as_tensor(targets, device=output.device)
-        if idx.dim() != 1 or idx.shape[0] != n:
-            raise ValueError(
-                f"targets must have one class per image: expected shape [{n}], got "
-                f"{tuple(idx.shape)}"
-            )
-        if idx.is_floating_point() or idx.is_complex():
-            raise ValueError(f"class targets must be integers, got dtype {idx.dtype}")
-        idx = idx.long()
-        if not isinstance(targets, Tensor) or targets.device.type == "cpu":
-            # Cheap range check when the indices are on the host (no device sync).
-            host = torch.as_tensor(targets)
-            if host.numel() and (host.min() < 0 or host.max() >= num_classes):
-                raise ValueError(
-                    f"target classes must lie in [0, {num_classes}), got min {int(host.min())} "
-                    f"and max {int(host.max())}"
-                )
-    scores = output.gather(1, idx[:, None])[:, 0].float()
-    return scores, idx
 
 
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:

@@ -19,7 +19,7 @@ parameter's ``.grad`` is touched. ReLU6, LeakyReLU, GELU and clamps are left ung
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,11 +28,10 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .engine import GradCAM
-from .layers import _eval_mode, unwrap_model
+from .layers import eval_mode, unwrap_model
+from .targets import TargetSpec, target_scores
 
 __all__ = ["guided_backprop", "guided_gradcam"]
-
-Targets = int | Sequence[int] | Tensor | Callable[[Any], Tensor] | None
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -83,30 +82,7 @@ class _GuidedReLUMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _class_scores(output: Any, targets: Targets, n: int) -> Tensor:
-    """Target scores ``[N]`` from a classifier output ``[N, K]`` or a callable ``output -> [N]``."""
-    if callable(targets) and not isinstance(targets, Tensor):
-        scores = targets(output)
-        if not isinstance(scores, Tensor) or scores.shape != (n,):
-            raise ValueError(f"a target callable must return a Tensor of shape [{n}]")
-        return scores
-    if not isinstance(output, Tensor) or output.dim() != 2:
-        raise ValueError(
-            "class targets need a model output of shape [N, num_classes]; pass "
-            "targets=callable(output) -> Tensor[N] for other outputs"
-        )
-    if targets is None:
-        idx = output.detach().argmax(1)
-    elif isinstance(targets, int):
-        idx = torch.full((n,), targets, dtype=torch.long, device=output.device)
-    else:
-        idx = torch.as_tensor(targets, device=output.device).long()
-        if idx.shape != (n,):
-            raise ValueError(f"targets must have shape [{n}], got {tuple(idx.shape)}")
-    return output.gather(1, idx[:, None])[:, 0]
-
-
-def guided_backprop(model: nn.Module, images: Tensor, targets: Targets = None) -> Tensor:
+def guided_backprop(model: nn.Module, images: Tensor, targets: TargetSpec = None) -> Tensor:
     """Guided-backpropagation gradients of the target scores with respect to the images.
 
     Cost: one forward and one backward pass of the batch. The model runs in eval mode (every
@@ -125,18 +101,18 @@ def guided_backprop(model: nn.Module, images: Tensor, targets: Targets = None) -
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError("expected images of shape [N, C, H, W]")
     model = unwrap_model(model)
-    with _eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
         with _GuidedReLUMode():
             output = model(x)
-        scores = _class_scores(output, targets, x.shape[0])
+        scores = target_scores(output, targets, x.shape[0]).scores
         (grad,) = torch.autograd.grad(scores.sum(), x, allow_unused=True)
     if grad is None:
         return torch.zeros_like(images, dtype=torch.float32)
     return grad.float()
 
 
-def guided_gradcam(engine: GradCAM, images: Tensor, targets: Targets = None) -> Tensor:
+def guided_gradcam(engine: GradCAM, images: Tensor, targets: TargetSpec = None) -> Tensor:
     """Guided Grad-CAM: guided backprop times the upsampled, normalised map of ``engine``.
 
     Cost: two forward and two backward passes of the batch (one for the engine's map, one for
@@ -153,6 +129,21 @@ def guided_gradcam(engine: GradCAM, images: Tensor, targets: Targets = None) -> 
         ``[0, 1]``; signed and unnormalised (normalise for display).
     """
     res = engine.explain(images, targets, upsample=True, normalize=True)
-    tgt: Targets = res.targets if res.targets is not None else targets
+    tgt: TargetSpec = res.targets if res.targets is not None else targets
     gb = guided_backprop(engine.model, images, tgt)
     return gb * res.maps[:, None].to(gb.dtype)
+
+
+def _guided_method(self: GradCAM, images: Tensor, targets: TargetSpec = None) -> Tensor:
+    """Guided Grad-CAM: guided backpropagation times the upsampled, normalised map.
+
+    Returns float32 ``[N, C, H, W]`` (fine-grained and class-discriminative); costs two
+    forward + backward passes. Same as :func:`gradcam_callback.guided.guided_gradcam`.
+    """
+    return guided_gradcam(self, images, targets)
+
+
+# ``GradCAM.guided`` is installed from here, so the engine never imports this module (the import
+# graph runs one way: guided -> engine). The package's ``__init__`` imports this module, so the
+# method exists whenever any part of gradcam_callback is imported.
+GradCAM.guided = _guided_method  # type: ignore[attr-defined]

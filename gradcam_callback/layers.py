@@ -11,7 +11,8 @@ No Lightning import: this module works on any :class:`torch.nn.Module`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 __all__ = [
     "LayerInfo",
     "LayerSpec",
+    "eval_mode",
     "find_spatial_layers",
     "resolve_target_layers",
     "unwrap_model",
@@ -74,21 +76,25 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-class _eval_mode:
-    """Put every module in eval mode; restore each module's own ``training`` flag on exit."""
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module of ``model`` in eval mode; restore each module's own flag on exit.
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in self.modes:
+    Each module's ``training`` flag is restored individually (not ``model.train(mode)``), so a
+    model with some submodules deliberately left in eval mode (frozen BatchNorm) comes back
+    exactly as it was, also when the body raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
             m.training = mode
+
+
+#: Former private name of :func:`eval_mode`, kept while other modules move to the public one.
+_eval_mode = eval_mode
 
 
 def _strip_wrapper_prefix(name: str) -> str:
@@ -219,7 +225,7 @@ def find_spatial_layers(
         for name, module in model.named_modules():
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(images)
     finally:
         for h in handles:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .engine import GradCAM, normalize_maps
-from .guided import Targets, _class_scores, _eval_mode
-from .layers import LayerSpec, resolve_target_layers, unwrap_model
+from .layers import LayerSpec, eval_mode, resolve_target_layers, unwrap_model
 from .metrics import spearman as _spearman
+from .targets import TargetSpec, freeze_targets, target_scores
 
 __all__ = [
     "DeletionReport",
@@ -195,7 +196,7 @@ def _param_modules_in_forward_order(
     try:
         for name, m in owners.items():
             handles.append(m.register_forward_pre_hook(make_hook(name)))
-        with _eval_mode(model), torch.inference_mode(False), torch.no_grad():
+        with eval_mode(model), torch.inference_mode(False), torch.no_grad():
             model(images[:1])
     finally:
         for h in handles:
@@ -285,11 +286,40 @@ def _reinit_(modules: Sequence[nn.Module], seed: int) -> None:
                 nn.init.normal_(p, 0.0, 1.0, generator=g)
 
 
+def _reference(
+    base: nn.Module,
+    images: Tensor,
+    targets: TargetSpec,
+    target_layer: LayerSpec,
+    method: str,
+    explainer: Explainer | None,
+) -> tuple[Tensor, Callable[[nn.Module], Tensor]]:
+    """The trained model's maps ``[N, H, W]`` and the function that explains a (randomised)
+    copy the same way: the same classes, and for Grad-CAM the same target layers."""
+    if explainer is None:
+        engine = GradCAM(base, target_layer=target_layer, method=method)
+        res = engine.explain(images, targets)
+        tgt: TargetSpec = res.targets if res.targets is not None else targets
+        layer_names = engine.target_layers
+
+        def explain(m: nn.Module) -> Tensor:
+            return GradCAM(m, target_layer=layer_names, method=method)(images, tgt)
+
+        return res.maps, explain
+    with eval_mode(base), torch.inference_mode(False), torch.no_grad():
+        fixed = _fixed_targets(base, images, targets)
+
+    def explain_with(m: nn.Module) -> Tensor:
+        return normalize_maps(explainer(m, images, fixed).float())
+
+    return explain_with(base), explain_with
+
+
 @torch.inference_mode(False)  # the copy's weights and the probes must be normal tensors
 def randomization_check(
     model: nn.Module,
     images: Tensor,
-    targets: Targets = None,
+    targets: TargetSpec = None,
     *,
     target_layer: LayerSpec = None,
     method: str = "gradcam",
@@ -335,27 +365,7 @@ def randomization_check(
     base = unwrap_model(model)
     if images.is_inference():  # e.g. probes captured in a Lightning validation hook
         images = images.clone()
-    if explainer is None:
-        engine = GradCAM(base, target_layer=target_layer, method=method)
-        res = engine.explain(images, targets)
-        ref = res.maps
-        tgt: Targets = res.targets if res.targets is not None else targets
-        layer_names = engine.target_layers
-
-        def explain(m: nn.Module) -> Tensor:
-            return GradCAM(m, target_layer=layer_names, method=method)(images, tgt)
-
-    else:
-        tgt = targets
-        if tgt is None:
-            with _eval_mode(base), torch.inference_mode(False), torch.no_grad():
-                tgt = base(images).argmax(1)
-
-        def explain(m: nn.Module) -> Tensor:
-            return normalize_maps(explainer(m, images, tgt).float())
-
-        ref = explain(base)
-
+    ref, explain = _reference(base, images, targets, target_layer, method, explainer)
     plan = (
         _auto_stages(base, images, max_stages) if stages is None else _explicit_stages(base, stages)
     )
@@ -393,19 +403,15 @@ def randomization_check(
 
 
 # --------------------------------------------------------------------------- perturbation helpers
-class _maybe_eval:
-    """``_eval_mode`` for an ``nn.Module`` model function, a no-op for other callables."""
-
-    def __init__(self, fn: Callable[[Tensor], Any]) -> None:
-        self.ctx = _eval_mode(fn) if isinstance(fn, nn.Module) else None
-
-    def __enter__(self) -> None:
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
+@contextmanager
+def _maybe_eval(fn: Callable[[Tensor], Any]) -> Iterator[None]:
+    """:func:`~gradcam_callback.layers.eval_mode` for an ``nn.Module`` model function, a no-op
+    for other callables."""
+    if isinstance(fn, nn.Module):
+        with eval_mode(fn):
+            yield
+    else:
+        yield
 
 
 def _blur(images: Tensor, sigma: float) -> Tensor:
@@ -432,36 +438,20 @@ def _fill_images(images: Tensor, fill: Baseline) -> Tensor:
 
 
 def _scores(
-    model_fn: Callable[[Tensor], Any], x: Tensor, targets: Targets, softmax: bool
+    model_fn: Callable[[Tensor], Any], x: Tensor, targets: TargetSpec, softmax: bool
 ) -> Tensor:
     """Float32 target scores ``[B]`` of a batch (probabilities when ``softmax``)."""
-    out = model_fn(x)
-    if softmax and isinstance(out, Tensor) and out.dim() == 2 and not callable(targets):
-        out = out.float().softmax(1)
-    return _class_scores(out, targets, x.shape[0]).float()
+    return target_scores(model_fn(x), targets, x.shape[0], softmax=softmax).scores
 
 
-def _resolve_targets(
-    model_fn: Callable[[Tensor], Any], images: Tensor, targets: Targets
-) -> Targets:
+def _fixed_targets(
+    model_fn: Callable[[Tensor], Any], images: Tensor, targets: TargetSpec
+) -> TargetSpec:
     """Class indices ``[N]`` on the images' device (predictions for ``None``), or the callable."""
-    if callable(targets) and not isinstance(targets, Tensor):
-        return targets
-    n = images.shape[0]
-    if targets is None:
-        out = model_fn(images)
-        if not isinstance(out, Tensor) or out.dim() != 2:
-            raise ValueError("targets=None needs a model output of shape [N, num_classes]")
-        return out.argmax(1)
-    if isinstance(targets, int):
-        return torch.full((n,), targets, dtype=torch.long, device=images.device)
-    idx = torch.as_tensor(targets, device=images.device).long()
-    if idx.shape != (n,):
-        raise ValueError(f"targets must have shape [{n}], got {tuple(idx.shape)}")
-    return idx
+    return freeze_targets(targets, images.shape[0], lambda: model_fn(images), images.device)
 
 
-def _take(targets: Targets, idx: Tensor) -> Targets:
+def _take(targets: TargetSpec, idx: Tensor) -> TargetSpec:
     return targets[idx] if isinstance(targets, Tensor) else targets
 
 
@@ -504,7 +494,7 @@ def deletion_curve(
     model_fn: Callable[[Tensor], Any],
     images: Tensor,
     maps: Tensor,
-    targets: Targets = None,
+    targets: TargetSpec = None,
     *,
     steps: int = 10,
     mode: Literal["deletion", "insertion"] = "deletion",
@@ -564,7 +554,7 @@ def deletion_curve(
     if baseline is None:
         baseline = 0.0 if mode == "deletion" else "blur"
     with _maybe_eval(model_fn), torch.inference_mode(False), torch.no_grad():
-        tgt = _resolve_targets(model_fn, images, targets)
+        tgt = _fixed_targets(model_fn, images, targets)
         fill = _fill_images(images, baseline)
         gone, kept = (fill, images) if mode == "deletion" else (images, fill)
         total = (steps + 1) * n
@@ -592,7 +582,7 @@ def _starts(size: int, patch: int, stride: int) -> list[int]:
 def occlusion_map(
     model_fn: Callable[[Tensor], Any],
     images: Tensor,
-    targets: Targets = None,
+    targets: TargetSpec = None,
     *,
     patch: int = 8,
     stride: int | None = None,
@@ -637,7 +627,7 @@ def occlusion_map(
     masks = (rows[:, None, :, None] & cols[None, :, None, :]).view(-1, h, w)  # [P, H, W]
     npos = masks.shape[0]
     with _maybe_eval(model_fn), torch.inference_mode(False), torch.no_grad():
-        tgt = _resolve_targets(model_fn, images, targets)
+        tgt = _fixed_targets(model_fn, images, targets)
         clean = _scores(model_fn, images, tgt, softmax)
         occluder = _fill_images(images, fill)
         total = npos * n

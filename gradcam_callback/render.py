@@ -1,8 +1,10 @@
 """Rendering of Grad-CAM maps: colormaps, overlays, probe grids, filmstrips, PNG/GIF files.
 
 Everything up to the final file write runs on the device of the input tensors (no numpy round
-trips, no host syncs): colormaps are 256-entry lookup tables indexed with the quantised map.
-No Lightning import, no global RNG use, no matplotlib at run time.
+trips, no host syncs): colormaps are 256-entry uint8 lookup tables indexed with the quantised
+map. The tables are OpenCV's own (``cv2.applyColorMap`` on a 0..255 ramp, read once per
+colormap, copied once per device), so every OpenCV colormap is available, exactly. No Lightning
+import, no global RNG use, no matplotlib.
 
 Conventions used throughout:
 
@@ -15,11 +17,14 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "COLORMAPS",
     "apply_colormap",
+    "check_colormap",
     "colormap_lut",
     "denormalize",
     "filmstrip",
@@ -40,34 +46,26 @@ __all__ = [
     "write_png",
 ]
 
-COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis")
 
-# matplotlib's "jet" segment data: per channel, (x, value) breakpoints, linear in between.
-_JET_SEGMENTS: tuple[tuple[tuple[float, float], ...], ...] = (
-    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
-    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
-    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+def _opencv_colormaps() -> dict[str, int]:
+    """Every colormap of the installed OpenCV: lowercase name -> ``cv2.COLORMAP_*`` id."""
+    ids = {
+        n[len("COLORMAP_") :].lower(): getattr(cv2, n)
+        for n in dir(cv2)
+        if n.startswith("COLORMAP_")
+    }
+    return {n: i for n, i in sorted(ids.items(), key=lambda kv: kv[1]) if isinstance(i, int)}
+
+
+_CV_IDS: dict[str, int] = _opencv_colormaps()
+_FIRST = ("jet", "turbo", "inferno", "viridis")  # the usual choices, listed first
+
+#: Every OpenCV colormap by lowercase name (``"jet"``, ``"turbo"``, ``"inferno"``, ``"viridis"``
+#: first, then the others in OpenCV's order: ``"autumn"``, ``"bone"``, ... ``"hot"``, ...).
+COLORMAPS: tuple[str, ...] = (
+    *(n for n in _FIRST if n in _CV_IDS),
+    *(n for n in _CV_IDS if n not in _FIRST),
 )
-
-# 33 evenly spaced sRGB anchors (x = k / 32) of the perceptual colormaps, linearly interpolated
-# to 256 entries: within 2.5 / 255 of matplotlib's / OpenCV's tables.
-_ANCHORS: dict[str, str] = {
-    "turbo": (
-        "30123b 392a73 4040a2 4456c7 466be3 4680f6 4294ff 37a8fa 28bceb 1ccdd8 18ddc2 "
-        "1fe9af 32f298 4ef97d 6dfe62 8bff4b a4fc3c b7f735 cbed34 dde037 ecd13a f7c13a "
-        "fdae35 fe992c fb8122 f56918 ec530f e14109 d23105 c12302 ac1701 950d01 7a0403"
-    ),
-    "inferno": (
-        "000004 040312 0b0724 150b37 210c4a 2f0a5b 3d0965 4a0c6b 57106e 64156e 71196e "
-        "7d1e6d 8a226a 972766 a32c61 b0315b bc3754 c63d4d d04545 da4e3c e35933 eb6429 "
-        "f1711f f67e14 f98c0a fb9b06 fcaa0f fbba1f f9c932 f5d949 f2e865 f3f586 fcffa4"
-    ),
-    "viridis": (
-        "440154 470d60 48186a 482374 472d7b 453781 424086 3e4989 3b528b 375b8d 33638d "
-        "2f6b8e 2c728e 297a8e 26828e 23898e 21918c 1f978b 1f9f88 21a685 27ad81 31b57b "
-        "3dbc74 4cc26c 5cc863 6ece58 81d34d 95d840 aadc32 c0df25 d5e21a eae51a fde725"
-    ),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,53 +73,47 @@ _ANCHORS: dict[str, str] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Piecewise-linear interpolation (like ``numpy.interp``) of 1-D ``x`` on increasing ``xp``."""
-    idx = torch.searchsorted(xp, x, right=True).clamp(1, xp.numel() - 1)
-    x0, x1 = xp[idx - 1], xp[idx]
-    w = ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
-    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])
-
-
-def _build_lut(name: str) -> Tensor:
-    """Build the float32 ``[256, 3]`` table of ``name`` on the CPU."""
-    x = torch.linspace(0.0, 1.0, 256, dtype=torch.float64)
-    if name == "jet":
-        channels = []
-        for seg in _JET_SEGMENTS:
-            xp = torch.tensor([p for p, _ in seg], dtype=torch.float64)
-            fp = torch.tensor([v for _, v in seg], dtype=torch.float64)
-            channels.append(_interp(x, xp, fp))
-        lut = torch.stack(channels, dim=1)
-    else:
-        colors = [bytes.fromhex(h) for h in _ANCHORS[name].split()]
-        anchors = torch.tensor(colors, dtype=torch.float64) / 255.0  # [K, 3]
-        xp = torch.linspace(0.0, 1.0, anchors.shape[0], dtype=torch.float64)
-        lut = torch.stack([_interp(x, xp, anchors[:, c]) for c in range(3)], dim=1)
-    return lut.clamp(0.0, 1.0).to(torch.float32)
+@functools.cache
+def _cached_lut(name: str) -> Tensor:
+    """uint8 ``[256, 3]`` RGB table of ``name``: OpenCV's own, read once from a 0..255 ramp."""
+    ramp = np.arange(256, dtype=np.uint8)[:, None]
+    bgr = cv2.applyColorMap(ramp, _CV_IDS[name])[:, 0]  # [256, 3] BGR
+    return torch.from_numpy(np.ascontiguousarray(bgr[:, ::-1]))
 
 
 @functools.cache
-def _cached_lut(name: str) -> Tensor:
-    return _build_lut(name)
+def _device_lut(name: str, device: torch.device) -> Tensor:
+    """The uint8 table of ``name`` on ``device``, copied there once (read-only: never modify)."""
+    return _cached_lut(name).to(device)
 
 
-def _check_colormap(name: str) -> str:
-    if name not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; available: {', '.join(COLORMAPS)}")
-    return name
+def check_colormap(name: str) -> str:
+    """Return ``name`` if it is one of :data:`COLORMAPS`.
+
+    Raises:
+        ValueError: an unknown name; the message suggests the closest names and lists all.
+    """
+    if isinstance(name, str) and name in _CV_IDS:
+        return name
+    close = difflib.get_close_matches(str(name).lower(), COLORMAPS, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"unknown colormap {name!r} (the colormaps are OpenCV's, by lowercase name).{hint} "
+        f"Available: {', '.join(COLORMAPS)}"
+    )
 
 
 def colormap_lut(name: str = "jet") -> Tensor:
-    """Return the lookup table of colormap ``name``.
+    """Return the lookup table of colormap ``name``: exactly OpenCV's ``cv2.COLORMAP_<NAME>``.
 
     Returns:
-        float32 Tensor ``[256, 3]`` (RGB, values in ``[0, 1]``) on the CPU; a fresh copy.
+        float32 Tensor ``[256, 3]`` (RGB, values ``k / 255`` in ``[0, 1]``) on the CPU; a fresh
+        copy. Entry ``i`` is the colour of map value ``i / 255``.
 
     Raises:
         ValueError: ``name`` is not one of :data:`COLORMAPS`.
     """
-    return _cached_lut(_check_colormap(name)).clone()
+    return _cached_lut(check_colormap(name)).float() / 255.0
 
 
 def _as_maps(maps: Tensor) -> Tensor:
@@ -143,10 +135,9 @@ def apply_colormap(maps: Tensor, name: str = "jet") -> Tensor:
     Returns:
         uint8 Tensor ``[N, 3, H, W]`` (RGB) on ``maps.device``.
     """
-    lut = _cached_lut(_check_colormap(name))
-    lut_u8 = (lut * 255.0).round().to(device=maps.device, dtype=torch.uint8)
+    lut = _device_lut(check_colormap(name), maps.device)
     idx = (_as_maps(maps) * 255.0).round().long()
-    return lut_u8[idx].permute(0, 3, 1, 2).contiguous()
+    return lut[idx].permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of the planted-shortcut world (gradcam_callback.synthetic)."""
+"""Tests of the planted-shortcut world (gradcam_callback.demos; old path gradcam_callback.synthetic)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from gradcam_callback.synthetic import (
+from gradcam_callback.demos import (
     ARTIFACTS,
     MEAN,
     STD,
@@ -22,9 +22,9 @@ from gradcam_callback.synthetic import (
     TrainedWorld,
     accuracy,
     artifact_reliance,
-    denormalize,
     make_world,
     normalize,
+    to_unit_range,
     train_world,
 )
 
@@ -125,7 +125,7 @@ def test_none_artifact_has_empty_masks() -> None:
 @pytest.mark.parametrize("artifact", ["watermark", "texture"])
 def test_object_mask_matches_drawn_shape(artifact: str) -> None:
     ds = ShortcutDataset(200, artifact=artifact, num_classes=4, seed=4)
-    pixels = denormalize(ds.images)  # [N, 3, H, W] in [0, 1]
+    pixels = to_unit_range(ds.images)  # [N, 3, H, W] in [0, 1]
     assert ds.object_masks.flatten(1).any(1).all()
     for i in range(len(ds)):
         inside = pixels[i][:, ds.object_masks[i]]  # [3, P]: exactly the object colour
@@ -180,7 +180,7 @@ def test_invalid_arguments() -> None:
 
 def test_normalisation_round_trip() -> None:
     ds = ShortcutDataset(8, seed=0)
-    x = denormalize(ds.images)
+    x = to_unit_range(ds.images)
     assert x.min() >= 0.0 and x.max() <= 1.0
     torch.testing.assert_close(normalize(x), ds.images)
     mean = torch.tensor(MEAN).view(3, 1, 1)
@@ -343,3 +343,46 @@ def test_shortcut_taken_early_and_dropped_later(
     acc, removed, swapped = history[-1]  # decorrelated since epoch 2: learned the object
     assert acc >= 0.85 and removed >= 0.85 and swapped >= 0.85
     assert world.datamodule.val_set.variants.eq(world.datamodule.val_set.labels).all()
+
+
+# ---------------------------------------------------------------- old paths (configs, scripts)
+
+
+def test_old_module_paths_resolve_to_the_demos_package() -> None:
+    import importlib
+
+    from gradcam_callback import demo, demos, synthetic
+    from gradcam_callback.demos import cli
+
+    for name in synthetic.__all__:
+        new = "to_unit_range" if name == "denormalize" else name
+        assert getattr(synthetic, name) is getattr(demos, new), name
+    for name in demo.__all__:
+        assert getattr(demo, name) is getattr(cli, name), name
+    for path in ("synthetic.ShortcutClassifier", "synthetic.ShortcutDataModule"):
+        module, cls = f"gradcam_callback.{path}".rsplit(".", 1)  # the configs' class paths
+        assert getattr(importlib.import_module(module), cls) is getattr(demos, cls)
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # imported above
+@pytest.mark.parametrize("module", ["gradcam_callback.demo", "gradcam_callback.demos"])
+def test_demo_module_runs_as_a_script(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [module, "--help"])  # what `python -m <module> --help` runs
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--clean" in out and "python -m gradcam_callback.demo" in out
+
+
+def test_classifier_needs_labels() -> None:
+    model = ShortcutClassifier(num_classes=2, width=4)
+    with pytest.raises(ValueError, match="labelled batches"):
+        model.training_step(torch.zeros(2, 3, 32, 32), 0)
+    with pytest.raises(ValueError, match="labelled batches"):
+        model.training_step({"image": torch.zeros(2, 3, 32, 32)}, 0)

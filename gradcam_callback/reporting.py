@@ -1,0 +1,313 @@
+"""What a run shows: overlay grids, probe tables, flag text and the evolution filmstrip.
+
+:class:`Reporter` turns one run's maps, predictions and per-probe metrics into artefacts and
+hands them to a :class:`~gradcam_callback.sinks.SinkGroup`. Rendering, PNG/GIF encoding and the
+writes run **off the training thread**, on one worker thread fed by a bounded queue (a full queue
+makes the training thread wait: nothing is dropped). :meth:`Reporter.flush` waits until every
+queued run is written; the callback calls it at fit end, on an exception and before a checkpoint
+is saved, so no run's image is lost when the fit ends right after it. A fault in the worker
+(a rendering or writing error) is kept and given to the training thread as one warning at the next
+:meth:`~Reporter.submit` or :meth:`~Reporter.flush`: it never crashes training.
+
+The inputs of a job are CPU copies taken on the training thread (:class:`RunMedia`), so the
+worker never touches the model's tensors. No Lightning import.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .engine import normalize_maps
+from .render import (
+    denormalize,
+    filmstrip,
+    grid_rows,
+    pick_columns,
+    probe_panels,
+    tile,
+    write_gif,
+    write_png,
+)
+from .sinks import SinkGroup, markdown_table
+
+__all__ = ["Reporter", "RunMedia", "flag_report", "shown_probes"]
+
+
+@dataclass
+class RunMedia:
+    """One run's inputs for its artefacts (CPU tensors and plain values).
+
+    Attributes:
+        step: the logging step.
+        images: float ``[M, C, H, W]``, the probes drawn in the grid (see :func:`shown_probes`).
+        maps: float ``[M, h, w]``, their raw maps (any resolution; min-max scaled for display).
+        shown: indices of the drawn probes in the probe set.
+        labels, preds, targets: one entry per probe (``None`` where unknown).
+        confs: target-class confidence per probe (``NaN`` where unknown).
+        per_probe: metric name -> one value per probe.
+    """
+
+    step: int
+    images: Tensor | None
+    maps: Tensor | None
+    shown: list[int]
+    labels: list[Any]
+    preds: list[Any]
+    targets: list[Any]
+    confs: list[float]
+    per_probe: dict[str, list[float]] = field(default_factory=dict)
+
+
+def shown_probes(labels: Tensor | None, n: int, limit: int) -> list[int]:
+    """Probes drawn in the overlay grid: all when ``n <= limit``, else ``limit`` of them taken
+    round-robin across classes (in probe order), so that every class is shown."""
+    if n <= limit:
+        return list(range(n))
+    if labels is None:
+        return list(range(limit))
+    queues: dict[int, list[int]] = {}
+    for i, c in enumerate(labels.tolist()):
+        queues.setdefault(int(c), []).append(i)
+    order: list[int] = []
+    while len(order) < limit:
+        for q in queues.values():
+            if q and len(order) < limit:
+                order.append(q.pop(0))
+    return sorted(order)
+
+
+def flag_report(flags: Sequence[Any]) -> str:
+    """The ``flags`` text entry of a run: one markdown bullet per flag, new or persisting."""
+    lines = []
+    for flag in flags:
+        state = "persists" if flag.persistent else "NEW"
+        lines.append(f"- **{flag.kind}** ({state}): {flag.message}")
+    return "\n".join(lines)
+
+
+def _thumbnail(images: Tensor, size: int = 96) -> Tensor:
+    """Downscale uint8 ``[N, 3, H, W]`` so that the longer side is at most ``size``."""
+    h, w = images.shape[-2:]
+    scale = size / max(h, w)
+    if scale >= 1:
+        return images
+    out = F.interpolate(
+        images.float(), scale_factor=scale, mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def _frame(thumbs: Tensor, padding: int = 2) -> Tensor:
+    """One GIF frame: the ``[N, 3, h, w]`` overlays of a run tiled in a near-square grid."""
+    n = thumbs.shape[0]
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    pad = thumbs.new_zeros((rows * cols - n, *thumbs.shape[1:]))
+    cells = torch.cat([thumbs, pad]).view(rows, cols, *thumbs.shape[1:])
+    return tile(cells, padding=padding)
+
+
+class Reporter:
+    """Renders and writes a run's artefacts on a worker thread (see the module docstring).
+
+    Args:
+        prefix: first component of every tag (``"gradcam"``).
+        log_images: draw and log the overlay grid (tables and text are always written).
+        colormap, alpha: overlay colour map and heatmap opacity.
+        mean, std: the inputs' normalisation, to show them in true colour (``None``: inferred).
+        max_images: probes drawn in the grid at most (spread over classes).
+        max_filmstrip_runs: columns of the filmstrip at most (runs are sub-sampled evenly).
+        background: write on a worker thread (``False``: on the calling thread, for debugging).
+        queue_size: runs waiting at most before :meth:`submit` blocks.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "gradcam",
+        log_images: bool = True,
+        colormap: str = "jet",
+        alpha: float = 0.5,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        max_images: int = 32,
+        max_filmstrip_runs: int = 24,
+        background: bool = True,
+        queue_size: int = 4,
+    ) -> None:
+        self.prefix = prefix
+        self.log_images = log_images
+        self.colormap = colormap
+        self.alpha = alpha
+        self.mean = None if mean is None else list(mean)
+        self.std = None if std is None else list(std)
+        self.max_images = max_images
+        self.max_filmstrip_runs = max_filmstrip_runs
+        self.background = background
+        self.queue_size = queue_size
+        self.thumbs: list[Tensor] = []
+        self.thumb_steps: list[int] = []
+        self._queue: queue.Queue[Callable[[], None] | None] | None = None
+        self._worker: threading.Thread | None = None
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ set-up check
+    def check(self, images: Tensor) -> None:
+        """Render one probe as the runs will, so that a colour map, a ``mean``/``std`` or a
+        channel count the overlay cannot show fails at set-up, not after the first steps.
+
+        Raises:
+            ValueError: the overlay of ``images[:1]`` cannot be drawn (the message says why).
+        """
+        if not self.log_images:
+            return
+        images01 = denormalize(images[:1].float(), self.mean, self.std)
+        probe_panels(
+            images01, torch.zeros(1, *images.shape[-2:]), alpha=self.alpha, colormap=self.colormap
+        )
+
+    # ------------------------------------------------------------------ the queue
+    def _run(self, job: Callable[[], None], what: str) -> None:
+        try:
+            job()
+        except Exception as err:  # kept, then warned about on the training thread
+            with self._lock:
+                self._errors.append(f"{what}: {err!r}")
+
+    def _loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                job()
+            finally:
+                self._queue.task_done()
+
+    def _enqueue(self, job: Callable[[], None], what: str) -> None:
+        if not self.background:
+            self._run(job, what)
+            return
+        if self._worker is None or not self._worker.is_alive():
+            self._queue = queue.Queue(maxsize=self.queue_size)
+            self._worker = threading.Thread(target=self._loop, name="gradcam-reporter", daemon=True)
+            self._worker.start()
+        assert self._queue is not None
+        self._queue.put(lambda: self._run(job, what))
+
+    def pop_errors(self) -> list[str]:
+        """Faults of the worker since the last call (each a one-line description)."""
+        with self._lock:
+            out, self._errors = self._errors, []
+        return out
+
+    def flush(self) -> list[str]:
+        """Wait until every queued job is written; returns the faults met meanwhile."""
+        if self._queue is not None and self._worker is not None and self._worker.is_alive():
+            self._queue.join()
+        return self.pop_errors()
+
+    def close(self) -> list[str]:
+        """Flush and stop the worker thread (a later :meth:`submit` starts a new one)."""
+        errors = self.flush()
+        if self._queue is not None and self._worker is not None and self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join(timeout=30)
+        self._worker = self._queue = None
+        return errors
+
+    # ------------------------------------------------------------------ a run
+    def submit(self, sinks: SinkGroup, media: RunMedia, flags: Sequence[Any] = ()) -> list[str]:
+        """Queue a run's overlays, tables and flag text; returns earlier faults (to warn about)."""
+        errors = self.pop_errors()
+        self._enqueue(
+            lambda: self._write_run(sinks, media, list(flags)), f"run at step {media.step}"
+        )
+        return errors
+
+    def _write_run(self, sinks: SinkGroup, media: RunMedia, flags: list[Any]) -> None:
+        step, tag = media.step, self.prefix
+        try:
+            if self.log_images and media.images is not None and media.maps is not None:
+                self._write_images(sinks, media)
+        finally:  # the tables and the flags are written even when the images fail
+            n = len(media.labels)
+            rows = [
+                [i, media.labels[i], media.targets[i], media.preds[i], media.confs[i]]
+                for i in range(n)
+            ]
+            sinks.log_text(
+                f"{tag}/probes",
+                markdown_table(["probe", "label", "target", "prediction", "confidence"], rows),
+                step,
+            )
+            names = list(media.per_probe)
+            table = [
+                [i, media.labels[i], media.preds[i], media.confs[i]]
+                + [media.per_probe[k][i] for k in names]
+                for i in range(n)
+            ]
+            sinks.log_table(
+                f"{tag}/per_probe",
+                ["probe", "label", "prediction", "confidence", *names],
+                table,
+                step,
+            )
+            if flags:
+                sinks.log_text(f"{tag}/flags", flag_report(flags), step)
+
+    def _write_images(self, sinks: SinkGroup, media: RunMedia) -> None:
+        assert media.images is not None and media.maps is not None
+        images01 = denormalize(media.images.float(), self.mean, self.std)
+        # The panels are rendered once: the grid, the per-probe strips and the filmstrip's
+        # overlays are all views or layouts of them.
+        panels = probe_panels(
+            images01, normalize_maps(media.maps.float()), alpha=self.alpha, colormap=self.colormap
+        )
+        grid = tile(panels)
+        rows = grid_rows(grid, len(media.shown))
+        captions = [
+            f"probe {i} | label {media.labels[i]} | pred {media.preds[i]} ({media.confs[i]:.2f})"
+            for i in media.shown
+        ]
+        sinks.log_probe_images(f"{self.prefix}/overlays", grid, rows, captions, media.step)
+        self.thumbs.append(_thumbnail(panels[:, 2]).cpu())
+        self.thumb_steps.append(media.step)
+
+    def write_flags(self, sinks: SinkGroup, flags: Sequence[Any], step: int) -> None:
+        """Queue a ``flags`` text entry outside a run (e.g. the sanity check's flag)."""
+        if flags:
+            text = flag_report(flags)
+            self._enqueue(lambda: sinks.log_text(f"{self.prefix}/flags", text, step), "flags")
+
+    # ------------------------------------------------------------------ fit end
+    def write_filmstrip(self, sinks: SinkGroup, step: int, out_dir: Path | None = None) -> None:
+        """After :meth:`flush`: the probe-by-run filmstrip (PNG) and the evolution GIF, saved under
+        ``out_dir`` (default ``sinks.log_dir / prefix``) and logged to every sink."""
+        if not self.thumbs:
+            return
+        out_dir = out_dir or sinks.log_dir / self.prefix
+        strip = filmstrip(self.thumbs, max_columns=self.max_filmstrip_runs)
+        write_png(strip, out_dir / "filmstrip.png")
+        cols = pick_columns(len(self.thumbs), self.max_filmstrip_runs)
+        shown = [self.thumb_steps[i] for i in cols]
+        caption = f"a row per probe, a column per run; runs at steps {shown}"
+        sinks.log_image(f"{self.prefix}/filmstrip", strip, step, caption=caption)
+        gif = write_gif([_frame(t) for t in self.thumbs], out_dir / "evolution.gif")
+        sinks.log_gif(f"{self.prefix}/evolution", gif, step)
+
+    def reset(self) -> None:
+        """Forget the filmstrip's thumbnails (a new fit)."""
+        self.thumbs, self.thumb_steps = [], []
