@@ -340,7 +340,7 @@ class GradCAMCallback(Callback):
             self._engine = None
             self.history, self.flags, self.layer_info = [], [], []
             self._thumbs, self._thumb_steps = [], []
-            self.monitor = ShortcutMonitor(**self.thresholds, confirm=self.confirm)
+            self.monitor.reset()
             if not self._explicit_probes:
                 self._probes = None
         self._model_ref = weakref.ref(model)
@@ -542,16 +542,18 @@ class GradCAMCallback(Callback):
                 "skipped in this run (check for overflow under fp16, or a diverging model)",
             )
             maps = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
-        zero = maps.flatten(1).amax(1) <= 0
-        if bool(finite.any()) and bool((zero | ~finite).all()) and "zero_maps" not in self._warned:
-            self._warned.add("zero_maps")
+        is_baseline = stage == "baseline" or not self.history
+        # (an untrained model at the baseline may well have no positive evidence anywhere)
+        zero = (maps.flatten(1).amax(1) <= 0) | ~finite
+        if not is_baseline and bool(finite.any() & zero.all()) and "zero" not in self._warned:
+            self._warned.add("zero")
             _warn(
                 trainer,
-                f"GradCAMCallback: every probe's map is zero at step {step}: the target's "
-                f"gradient at {', '.join(self._engine.target_layers)} is zero or only negative (a "
-                "dead ReLU, a detached or frozen path, a saturated output), so the attention "
-                "metrics are NaN and not logged. Choose another target_layer; this warning is "
-                "given once per fit.",
+                f"GradCAMCallback: every probe's map is zero at step {step}: no positive "
+                f"evidence for the target at {', '.join(self._engine.target_layers)} (zero "
+                "gradients there: a dead ReLU, a detached or frozen path, a saturated output), "
+                "so the attention metrics are NaN and not logged. Choose another target_layer; "
+                "this warning is given once per fit.",
             )
 
         metrics: dict[str, float] = {}
@@ -565,7 +567,6 @@ class GradCAMCallback(Callback):
                 metrics["probe/accuracy"] = float((pred == labels).float().mean())
         metrics["probe/target_score"] = float(scores.mean())
 
-        is_baseline = stage == "baseline" or not self.history
         # with target_fn the score is read as a binary logit: "class 0" is the target
         watched = targets_t if targets_t is not None else torch.zeros_like(scores).long()
         analysis = self.monitor.analyze(
