@@ -840,13 +840,14 @@ def _check_mean_std(mean: Any, std: Any) -> None:
 
 @contextmanager
 def _model_fault(model: nn.Module, sample: Tensor) -> Iterator[None]:
-    """At set-up: the model failing on the probes (other than the engine's own ValueErrors)
-    becomes a ValueError that names the probes' shape and dtype and the model's first conv."""
+    """At set-up: the model failing on the probes (a RuntimeError, TypeError, ... such as a
+    convolution's channel mismatch; not out-of-memory, not the engine's own ValueErrors) becomes
+    a ValueError that names the probes' shape and dtype and the model's first convolution."""
     try:
         yield
-    except ValueError:
-        raise
-    except Exception as err:
+    except (RuntimeError, TypeError, IndexError, AttributeError) as err:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         hint = ""
         if first is not None and first.in_channels != sample.shape[1]:

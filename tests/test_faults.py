@@ -109,13 +109,28 @@ class DictOutput(TinyModule):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return {"logits": self.net(x), "aux": x.mean((1, 2, 3))}
 
+    @staticmethod
+    def logits(out: Any) -> Tensor:
+        return out["logits"]
+
     def training_step(self, batch: Any, _i: int) -> Tensor:
         x, y = batch
-        return nn.functional.cross_entropy(self(x)["logits"], y)
+        return nn.functional.cross_entropy(self.logits(self(x)), y)
 
     def validation_step(self, batch: Any, _i: int) -> None:
         x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x)["logits"], y))
+        self.log("val_loss", nn.functional.cross_entropy(self.logits(self(x)), y))
+
+
+class TupleOutput(DictOutput):
+    """A model whose output is a tuple ``(logits, aux)``."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net(x), x.mean((1, 2, 3))
+
+    @staticmethod
+    def logits(out: Any) -> Tensor:
+        return out[0]
 
 
 class ZeroGradient(TinyModule):
@@ -364,15 +379,20 @@ def test_run_fault_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, inje
 
 
 # ---------------------------------------------------------------------------- 4. no silent errors
-def test_target_fn_with_dict_output_runs_causal_and_faithfulness_checks(tmp_path):
+@pytest.mark.parametrize(
+    "model_class, target_fn",
+    [(DictOutput, lambda out: out["logits"][:, 1]), (TupleOutput, lambda out: out[0][:, 1])],
+    ids=["dict output", "tuple output"],
+)
+def test_target_fn_models_run_causal_and_faithfulness_checks(tmp_path, model_class, target_fn):
     cb = GradCAMCallback(
         num_probes=4,
         verbose=False,
-        target_fn=lambda out: out["logits"][:, 1],
+        target_fn=target_fn,
         faithfulness_every_n_runs=1,
         faithfulness_steps=3,
     )
-    _, _, caught = run_fit(tmp_path, cb, DictOutput(), max_epochs=1)
+    _, _, caught = run_fit(tmp_path, cb, model_class(), max_epochs=1)
     assert not [m for m in caught if "failed and was skipped" in m], gradcam_warnings(caught)
     assert [r["stage"] for r in cb.history] == ["baseline", "fit"]
     for record in cb.history:
@@ -416,13 +436,16 @@ def test_second_trainer_on_the_same_model_is_not_deduplicated(tmp_path):
 
 def test_uint8_model_gets_uint8_probes_everywhere(tmp_path):
     train, val = uint8_loaders()
-    cb = GradCAMCallback(num_probes=4, verbose=False, faithfulness_every_n_runs=1)
+    cb = GradCAMCallback(
+        num_probes=4, verbose=False, faithfulness_every_n_runs=1, sanity_check=True
+    )
     _, _, caught = run_fit(
         tmp_path, cb, Uint8Model(), train, val, max_epochs=1, logger=CSVLogger(str(tmp_path))
     )
     assert cb.probes.images.dtype == torch.uint8
     assert not gradcam_warnings(caught)
-    metrics = cb.history[-1]["metrics"]
+    assert [r["stage"] for r in cb.history] == ["baseline", "fit", "sanity_check"]
+    metrics = cb.history[-2]["metrics"]
     assert 0 < metrics["attention/entropy"] <= 1
     assert "causal/dependence" in metrics and "faithfulness/deletion_auc" in metrics
     pngs = list((tmp_path / "lightning_logs").rglob("gradcam_overlays.png"))
