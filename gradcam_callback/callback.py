@@ -278,7 +278,9 @@ class GradCAMCallback(Callback):
 
         Raises:
             ValueError: unknown layer (with the closest names), a model without spatial layer,
-                masks or labels that do not fit, inputs that are not images.
+                masks or labels that do not fit, inputs that are not images, a model that fails
+                on the probes, a ``dataloader_idx`` beyond the dataloaders, probes the overlays
+                cannot show (their channels, ``mean`` / ``std``).
         """
         self._disabled = False
         self._start_session(trainer, self._model(pl_module))

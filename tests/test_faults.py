@@ -342,21 +342,33 @@ def _render_explodes(monkeypatch):
     monkeypatch.setattr(callback_module, "grid_rows", boom)  # used by the runs only
 
 
-# (case, inject, expected warning, how many times in a 3-epoch fit with its 4 runs)
+# (case, inject, expected warning, how many times, records kept) in a 3-epoch fit of 4 runs
 RUN_FAULTS = [
-    ("rendering raises at every run", "render", r"could not render.*render exploded", 4),
-    ("all gradients at the target layer are zero", "zero", r"every probe's map is zero", 1),
-    ("a logger rejects the callback's scalars", "logger", r"log_metrics failed.*invalid", 1),
+    ("the analysis raises at every run", "monitor", r"failed and was skipped.*exploded", 4, 0),
+    ("rendering raises at every run", "render", r"could not render.*render exploded", 4, 4),
+    ("all gradients at the target layer are zero", "zero", r"every probe's map is zero", 1, 4),
+    ("a logger rejects the callback's scalars", "logger", r"log_metrics failed.*invalid", 1, 4),
 ]
 
 
 @pytest.mark.parametrize(
-    "inject, message, times", [c[1:] for c in RUN_FAULTS], ids=[c[0] for c in RUN_FAULTS]
+    "inject, message, times, records",
+    [c[1:] for c in RUN_FAULTS],
+    ids=[c[0] for c in RUN_FAULTS],
 )
-def test_run_fault_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, inject, message, times):
+def test_run_fault_is_a_warning_and_training_goes_on(
+    tmp_path, monkeypatch, inject, message, times, records
+):
     model, logger = TinyModule(), False
     callbacks: list[Any] = []
-    if inject == "render":
+    cb = GradCAMCallback(num_probes=4, verbose=False)
+    if inject == "monitor":
+
+        def analysis_explodes(**_: Any) -> None:
+            raise RuntimeError("metric exploded")
+
+        monkeypatch.setattr(cb.monitor, "analyze", analysis_explodes)
+    elif inject == "render":
         _render_explodes(monkeypatch)
     elif inject == "zero":
         model = ZeroGradient()
@@ -364,12 +376,11 @@ def test_run_fault_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, inje
         logger = RejectsPrefix(str(tmp_path), name="rejects")
         # the set-level scalars stay monitorable although the logger rejects them
         callbacks.append(EarlyStopping(monitor="gradcam/probe/confidence", patience=99))
-    cb = GradCAMCallback(num_probes=4, verbose=False)
     trainer, _, caught = run_fit(
         tmp_path, cb, model, max_epochs=3, logger=logger, callbacks=callbacks
     )
     assert trainer.current_epoch == 3 and trainer.step_counter.steps == 12
-    assert len(cb.history) == 4  # baseline + 3 epochs: every run kept its record
+    assert len(cb.history) == records  # a skipped run leaves no record
     hits = [m for m in caught if re.search(message, m)]
     assert len(hits) == times, gradcam_warnings(caught)
     if inject == "logger":
