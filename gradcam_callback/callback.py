@@ -8,8 +8,11 @@ for maps at each scheduled run (:mod:`.engine`), hands them to the monitor for m
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -21,9 +24,10 @@ from torch import Tensor, nn
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
 from .layers import eval_mode
-from .probes import BatchKeys, ProbeSet, choose_probes, preserve_rng
+from .probes import BatchKeys, ProbeSet, choose_probes, label_problem, peek_batch, preserve_rng
 from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
 from .render import (
+    check_colormap,
     denormalize,
     filmstrip,
     grid_rows,
@@ -86,7 +90,8 @@ class GradCAMCallback(Callback):
         dataloader_idx: which validation dataloader to take probes from.
         prefix: first component of every logged name (``"gradcam/overlays"``, ...).
         log_images: log the overlay grid at every run (scalars are always logged).
-        colormap: ``"jet"``, ``"turbo"``, ``"inferno"`` or ``"viridis"``.
+        colormap: any OpenCV colour map by its lowercase name (``render.COLORMAPS``: ``"jet"``,
+            ``"turbo"``, ``"inferno"``, ``"viridis"``, ``"plasma"``, ...).
         alpha: heatmap opacity of the overlays, in ``[0, 1]``.
         mean: per-channel normalisation mean of the inputs, to show the images in true colour;
             ``None`` infers the display range from the data.
@@ -154,7 +159,7 @@ class GradCAMCallback(Callback):
         dataloader_idx: int = 0,
         prefix: str = "gradcam",
         log_images: bool = True,
-        colormap: Literal["jet", "turbo", "inferno", "viridis"] = "jet",
+        colormap: str = "jet",
         alpha: float = 0.5,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -208,6 +213,10 @@ class GradCAMCallback(Callback):
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std (the inputs' normalisation), or neither")
+        check_colormap(colormap)
+        _check_mean_std(mean, std)
+        if dataloader_idx < 0:
+            raise ValueError(f"dataloader_idx must be >= 0, got {dataloader_idx}")
         if probes is not None and not isinstance(probes, ProbeSet):
             raise TypeError(f"probes must be a ProbeSet, got {type(probes).__name__}")
         if faithfulness_every_n_runs < 0 or occlusion_every_n_runs < 0:
@@ -283,6 +292,8 @@ class GradCAMCallback(Callback):
         self._thumb_steps: list[int] = []
         self._sink_group: SinkGroup | None = None
         self._sink_trainer: int | None = None
+        self._model_ref: weakref.ref[nn.Module] | None = None  # the model of the last set-up
+        self._warned: set[str] = set()  # once-per-set-up warnings already given
 
     # ------------------------------------------------------------------ public state
     @property
@@ -302,9 +313,12 @@ class GradCAMCallback(Callback):
 
         Raises:
             ValueError: unknown layer (with the closest names), a model without spatial layer,
-                masks or labels that do not fit, inputs that are not images.
+                masks or labels that do not fit, inputs that are not images, a model that fails
+                on the probes, a ``dataloader_idx`` beyond the dataloaders, probes the overlays
+                cannot show (their channels, ``mean`` / ``std``).
         """
         self._disabled = False
+        self._start_session(trainer, self._model(pl_module))
         if self._probes is None:
             loader = _find_dataloader(trainer, stage, self.dataloader_idx)
             if loader is None:
@@ -325,13 +339,14 @@ class GradCAMCallback(Callback):
                 keys=self.keys,
             )
             self._probes = self.probe_choice.probes
+            self._check_labels(trainer, loader)
         probes = self._probes
         model = self._model(pl_module)
         if self._engine is None:
             self._engine = GradCAM(model, self.target_layer, self.method)
         device = _module_device(model)
         sample = probes.images[: min(2, len(probes))].to(device)
-        with preserve_rng():
+        with preserve_rng(), _model_fault(model, sample):
             self.layer_info = self._engine.resolve(sample)
             result = self._engine.explain(sample, self.target_fn, upsample=False, normalize=False)
         out = result.output
@@ -344,6 +359,7 @@ class GradCAMCallback(Callback):
                 )
             if self.target == "label":
                 probes.check_num_classes(out.shape[1])
+        self._check_display(probes)
         self._report_setup(trainer, probes)
 
     def _report_setup(self, trainer: Any, probes: ProbeSet) -> None:
@@ -393,6 +409,58 @@ class GradCAMCallback(Callback):
 
     def _model(self, pl_module: Any) -> nn.Module:
         return pl_module  # the LightningModule itself, never the DDP wrapper
+
+    def _start_session(self, trainer: Any, model: nn.Module) -> None:
+        """Fresh per-set-up state (de-duplication key, sinks, once-only warnings); a model other
+        than the last set-up's (a reused callback) also gets a fresh engine, probes and records."""
+        self._last_key = None
+        self._sink_group = None
+        self._sink_trainer = None
+        self._warned = set()
+        if self._model_ref is not None and self._model_ref() is not model:
+            _warn(
+                trainer,
+                "GradCAMCallback: this callback was set up with another model before; it starts "
+                "afresh for this one (new engine, probes from the new dataloader unless given, "
+                "empty history and flags, new drift baseline). Copy cb.history / cb.flags first "
+                "to keep them, or use one callback per model.",
+            )
+            self._engine = None
+            self.history, self.flags, self.layer_info = [], [], []
+            self._thumbs, self._thumb_steps = [], []
+            self.monitor.reset()
+            if not self._explicit_probes:
+                self._probes = None
+        self._model_ref = weakref.ref(model)
+
+    def _check_labels(self, trainer: Any, loader: Any) -> None:
+        """Warn when the batches carry labels that cannot be read as class indices."""
+        if self.target != "label" or self._probes is None or self._probes.labels is not None:
+            return
+        problem = label_problem(peek_batch(loader), self.keys)
+        if problem:
+            _warn(
+                trainer,
+                f"GradCAMCallback: {problem}. The probes have no labels, so the predicted class "
+                "is explained (GradCAMCallback(target='predicted') says so and silences this).",
+            )
+
+    def _check_display(self, probes: ProbeSet) -> None:
+        """Render one probe as the runs will, so that colormap, mean/std and channels that the
+        overlay cannot show fail here, before any training step."""
+        if not self.log_images:
+            return
+        channels = int(probes.images.shape[1])
+        try:
+            images01 = denormalize(probes.images[:1], self.mean, self.std)
+            maps = torch.zeros(1, *probes.image_size)
+            probe_panels(images01, maps, alpha=self.alpha, colormap=self.colormap)
+        except ValueError as err:
+            raise ValueError(
+                f"GradCAMCallback cannot draw overlays of these probe images ({channels} "
+                f"channels): {err}. Give mean/std 1 or {channels} entries, or pass "
+                "GradCAMCallback(log_images=False) to log scalars and tables only"
+            ) from err
 
     # ------------------------------------------------------------------ schedule
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -451,7 +519,8 @@ class GradCAMCallback(Callback):
             }
         )
         sinks = self._sinks(trainer)
-        _log_metrics_direct(trainer, {f"{self.prefix}/{k}": v for k, v in summary.items()}, step)
+        scalars = {f"{self.prefix}/{k}": v for k, v in summary.items()}
+        _log_metrics_direct(trainer, scalars, step, self._warned)
         if not report.passed:
             flag = Flag(
                 kind="unfaithful",
@@ -494,20 +563,29 @@ class GradCAMCallback(Callback):
             return
         self.history.append(record)
         scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items()}
-        # Set-level values through self.log (EarlyStopping / ModelCheckpoint can monitor them);
-        # the many per-class means straight to the loggers, at the same step (self.log costs
-        # about half a millisecond per call).
-        monitored = {} if not use_log else {k: v for k, v in scalars.items() if "/class_" not in k}
-        for name, value in monitored.items():
-            if math.isfinite(value):
-                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
+        # Every scalar goes straight to the loggers in guarded calls (a logger that rejects
+        # these keys warns once and training goes on; through self.log its failure would come
+        # from Lightning's logger connector, outside the callback). The set-level values also go
+        # into trainer.callback_metrics on every rank, where EarlyStopping / ModelCheckpoint
+        # read them (all ranks compute the same values: no sync needed).
+        if use_log:
+            _publish_metrics(trainer, {k: v for k, v in scalars.items() if "/class_" not in k})
         if trainer.is_global_zero:
-            sinks = self._sinks(trainer)
-            direct = {k: v for k, v in scalars.items() if k not in monitored}
-            if direct:
-                _log_metrics_direct(trainer, direct, step)
-            self._log_media(trainer, sinks, media, step)
-            self._report_flags(trainer, sinks, new_flags, step)
+            _log_metrics_direct(trainer, scalars, step, self._warned)
+            try:
+                sinks = self._sinks(trainer)
+                self._log_media(trainer, sinks, media, step)
+            except Exception as err:  # a rendering fault never crashes training
+                sinks = None
+                _warn(
+                    trainer,
+                    f"GradCAMCallback: could not render or write the overlays of the run at step "
+                    f"{step} (its metrics and flags are kept; training goes on): {err!r}",
+                )
+            try:
+                self._report_flags(trainer, sinks or self._sinks(trainer), new_flags, step)
+            except Exception as err:
+                _warn(trainer, f"GradCAMCallback: could not report the flags: {err!r}")
         self._act_on_flags(trainer, new_flags)
 
     def _compute(
@@ -538,6 +616,9 @@ class GradCAMCallback(Callback):
         maps = torch.cat(maps_l)
         scores = torch.cat(scores_l)
         logits = torch.cat(logits_l) if len(logits_l) == len(maps_l) and logits_l else None
+        if self.target_fn is not None:
+            logits = None  # the causal checks read the target_fn score (see _score_fn)
+        raw_images, images = images, images.float()  # uint8 probes: metrics in float
         targets_t = torch.cat(targets_l) if len(targets_l) == len(maps_l) and targets_l else None
 
         finite = torch.isfinite(maps).flatten(1).all(1)
@@ -549,6 +630,19 @@ class GradCAMCallback(Callback):
                 "skipped in this run (check for overflow under fp16, or a diverging model)",
             )
             maps = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
+        is_baseline = stage == "baseline" or not self.history
+        # (an untrained model at the baseline may well have no positive evidence anywhere)
+        zero = (maps.flatten(1).amax(1) <= 0) | ~finite
+        if not is_baseline and bool(finite.any() & zero.all()) and "zero" not in self._warned:
+            self._warned.add("zero")
+            _warn(
+                trainer,
+                f"GradCAMCallback: every probe's map is zero at step {step}: no positive "
+                f"evidence for the target at {', '.join(self._engine.target_layers)} (zero "
+                "gradients there: a dead ReLU, a detached or frozen path, a saturated output), "
+                "so the attention metrics are NaN and not logged. Choose another target_layer; "
+                "this warning is given once per fit.",
+            )
 
         metrics: dict[str, float] = {}
         pred = conf = None
@@ -561,17 +655,18 @@ class GradCAMCallback(Callback):
                 metrics["probe/accuracy"] = float((pred == labels).float().mean())
         metrics["probe/target_score"] = float(scores.mean())
 
-        is_baseline = stage == "baseline" or not self.history
+        # with target_fn the score is read as a binary logit: "class 0" is the target
+        watched = targets_t if targets_t is not None else torch.zeros_like(scores).long()
         analysis = self.monitor.analyze(
             maps=maps,
             images=images,
-            targets=targets_t if targets_t is not None else torch.zeros_like(scores).long(),
+            targets=watched,
             labels=probes.labels,
             scores=scores,
             logits=logits,
             object_masks=_opt(probes.object_masks, device) if self.use_masks else None,
             artifact_masks=_opt(probes.artifact_masks, device) if self.use_masks else None,
-            score_fn=self._score_fn(pl_module, plugin) if self.confirm else None,
+            score_fn=self._score_fn(pl_module, plugin, raw_images.dtype) if self.confirm else None,
             epoch=int(trainer.current_epoch),
             global_step=step,
             baseline=is_baseline,
@@ -579,8 +674,10 @@ class GradCAMCallback(Callback):
         )
 
         metrics.update({k: float(v) for k, v in analysis.summary.items()})
-        metrics.update(self._quality_metrics(pl_module, plugin, images, maps, targets_t))
-        new_flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
+        metrics.update(self._quality_metrics(pl_module, plugin, raw_images, maps, watched))
+        new_flags = [
+            _tidy_flag(f) for f in analysis.flags if f.probe is None or f.probe not in skipped
+        ]
 
         record = {
             "epoch": int(trainer.current_epoch),
@@ -591,7 +688,7 @@ class GradCAMCallback(Callback):
         }
         media = {
             "maps": maps,
-            "images": images,
+            "images": raw_images,
             "pred": pred,
             "conf": conf,
             "targets": targets_t,
@@ -611,10 +708,15 @@ class GradCAMCallback(Callback):
             (every_del and run % every_del == 0) or (every_occ and run % every_occ == 0)
         ):
             return out
-        score_fn = self._score_fn(pl_module, plugin)
+        score_fn = self._score_fn(pl_module, plugin, images.dtype)
         if every_del and run % every_del == 0:
             report = deletion_curve(
-                score_fn, images.float(), maps, targets, steps=self.faithfulness_steps
+                score_fn,
+                images.float(),
+                maps,
+                targets,
+                steps=self.faithfulness_steps,
+                softmax=self.target_fn is None,  # a target_fn score is used as it is
             )
             out["faithfulness/deletion_auc"] = float(report.auc.mean())
         if every_occ and run % every_occ == 0:
@@ -625,17 +727,25 @@ class GradCAMCallback(Callback):
             out["attention/occlusion_agreement"] = float(occlusion_agreement(maps, occ).nanmean())
         return out
 
-    def _score_fn(self, pl_module: Any, plugin: Any) -> Callable[[Tensor], Tensor]:
+    def _score_fn(
+        self, pl_module: Any, plugin: Any, dtype: torch.dtype = torch.float32
+    ) -> Callable[[Tensor], Tensor]:
+        """``images [N, C, H, W] -> float32 logits [N, K]`` for the causal checks and the quality
+        metrics. With ``target_fn`` its score ``s [N]`` comes as binary logits ``[s, 0]``
+        (class 0 is the target: ``log-odds = s``). Images are rounded back to ``dtype`` first
+        (uint8 probes: erased and deleted pixels are computed in float)."""
         model = self._model(pl_module)
+        target_fn = self.target_fn
 
         def score(images: Tensor) -> Tensor:
             outs = []
             with eval_mode(model), torch.no_grad(), _eager_forward(pl_module):
                 for start in range(0, images.shape[0], self.batch_size):
-                    x = images[start : start + self.batch_size]
+                    x = _as_dtype(images[start : start + self.batch_size], dtype)
                     x = plugin.convert_input(x) if plugin is not None else x
                     with _forward_context(plugin):
-                        outs.append(model(x).float())
+                        out = model(x)
+                    outs.append(_as_logits(out, target_fn))
             return torch.cat(outs)
 
         return score
@@ -660,7 +770,7 @@ class GradCAMCallback(Callback):
 
         if self.log_images:
             idx = _shown_probes(probes.labels, n, self.max_images)
-            images01 = denormalize(media["images"][idx].float(), self.mean, self.std)
+            images01 = denormalize(media["images"][idx], self.mean, self.std)
             shown = normalize_maps(media["maps"][idx])
             # Render the panels once: the grid, the per-probe strips and the filmstrip's
             # overlays are all views or layouts of them.
@@ -759,14 +869,115 @@ class GradCAMCallback(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
-def _log_metrics_direct(trainer: Any, scalars: dict[str, float], step: int) -> None:
-    """Scalars of a run outside validation (the baseline) straight to each logger."""
+def _log_metrics_direct(
+    trainer: Any, scalars: dict[str, float], step: int, warned: set[str] | None = None
+) -> None:
+    """The finite scalars of a run straight to each logger; a failing logger warns once per
+    set-up (when ``warned`` is given) and is tried again at the next run."""
     finite = {k: v for k, v in scalars.items() if math.isfinite(v)}
-    for logger in getattr(trainer, "loggers", []):
+    if not finite:
+        return
+    for i, logger in enumerate(getattr(trainer, "loggers", None) or []):
         try:
             logger.log_metrics(finite, step=step)
         except Exception as err:
-            _warn(trainer, f"GradCAMCallback: {type(logger).__name__}.log_metrics failed: {err!r}")
+            key = f"log_metrics:{i}"
+            if warned is not None and key in warned:
+                continue
+            if warned is not None:
+                warned.add(key)
+            _warn(
+                trainer,
+                f"GradCAMCallback: {type(logger).__name__}.log_metrics failed on the callback's "
+                f"scalars (training goes on; this logger gets no Grad-CAM scalars while it "
+                f"fails, further failures are not reported): {err!r}",
+            )
+
+
+def _publish_metrics(trainer: Any, scalars: dict[str, float]) -> None:
+    """Put finite scalars into ``trainer.callback_metrics`` (what EarlyStopping and
+    ModelCheckpoint monitor) without going through a logger."""
+    try:
+        target = trainer.callback_metrics
+        for name, value in scalars.items():
+            if math.isfinite(value):
+                target[name] = torch.tensor(value)
+    except Exception:  # a trainer without callback_metrics: nothing to monitor
+        return
+
+
+def _check_mean_std(mean: Any, std: Any) -> None:
+    """Set-up check of the display normalisation: finite numbers, std > 0, matching lengths."""
+    if mean is None or std is None:
+        return
+    stats = {}
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            t = torch.as_tensor(value, dtype=torch.float64).flatten()
+        except Exception as err:
+            raise ValueError(f"{name} must be a list of numbers, got {value!r}") from err
+        if t.numel() == 0 or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be a non-empty list of finite numbers, got {value!r}")
+        stats[name] = t
+    if bool((stats["std"] <= 0).any()):
+        raise ValueError(f"std must be > 0 in every channel, got {std!r}")
+    a, b = stats["mean"].numel(), stats["std"].numel()
+    if a != b and 1 not in (a, b):
+        raise ValueError(
+            f"mean has {a} entries and std {b}; give one per image channel (or a single one)"
+        )
+
+
+@contextmanager
+def _model_fault(model: nn.Module, sample: Tensor) -> Iterator[None]:
+    """At set-up: the model failing on the probes (a RuntimeError, TypeError, ... such as a
+    convolution's channel mismatch; not out-of-memory, not the engine's own ValueErrors) becomes
+    a ValueError that names the probes' shape and dtype and the model's first convolution."""
+    try:
+        yield
+    except (RuntimeError, TypeError, IndexError, AttributeError) as err:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        hint = ""
+        if first is not None and first.in_channels != sample.shape[1]:
+            hint = (
+                f" The model's first convolution takes {first.in_channels} channels, the probes "
+                f"have {sample.shape[1]}."
+            )
+        raise ValueError(
+            f"GradCAMCallback: the model fails on the probe images (shape "
+            f"{list(sample.shape[1:])}, {sample.dtype}): {type(err).__name__}: {err}.{hint} "
+            "The probes must be shaped and typed as the model's inputs: check the "
+            "dataloader, image_key or the ProbeSet given"
+        ) from err
+
+
+def _as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Float images back to an integer input dtype (rounded, clamped); others as they are."""
+    if x.dtype == dtype or dtype.is_floating_point or not x.is_floating_point():
+        return x
+    info = torch.iinfo(dtype)
+    return x.round().clamp(info.min, info.max).to(dtype)
+
+
+def _as_logits(out: Any, target_fn: Callable[[Any], Tensor] | None) -> Tensor:
+    """Float32 ``[N, K]`` logits of a model output; ``[s, 0]`` of a ``target_fn`` score ``s``."""
+    if target_fn is None:
+        return out.float()
+    s = target_fn(out).detach().float().reshape(-1)
+    return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+_NAN_PERCENT = re.compile(r"\bnan%")
+_NEGATIVE_PERCENT = re.compile(r"-\d+(?:\.\d+)?%")
+
+
+def _tidy_flag(flag: Flag) -> Flag:
+    """A flag whose message never reads "nan%" (nothing to measure) or a negative share."""
+    message = _NAN_PERCENT.sub("n/a", flag.message)
+    message = _NEGATIVE_PERCENT.sub("0%", message)
+    return flag if message == flag.message else dataclasses.replace(flag, message=message)
 
 
 def _shown_probes(labels: Tensor | None, n: int, limit: int) -> list[int]:
@@ -867,7 +1078,20 @@ def _find_dataloader(trainer: Any, stage: str, idx: int) -> Any:
         loader = _pick(loaders, idx)
         if loader is not None:
             return loader
+        count = _count(loaders)
+        if count:
+            kind = "test" if stage == "test" else "validation"
+            raise ValueError(
+                f"GradCAMCallback(dataloader_idx={idx}), but there are only {count} {kind} "
+                f"dataloader(s); choose an index in [0, {count})"
+            )
     return None
+
+
+def _count(loaders: Any) -> int:
+    if loaders is None:
+        return 0
+    return len(loaders) if isinstance(loaders, list | tuple | dict) else 1
 
 
 def _pick(loaders: Any, idx: int) -> Any:

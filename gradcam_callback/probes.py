@@ -21,6 +21,8 @@ __all__ = [
     "ProbeChoice",
     "ProbeSet",
     "choose_probes",
+    "label_problem",
+    "peek_batch",
     "preserve_rng",
     "select_probes",
     "unpack_batch",
@@ -61,8 +63,10 @@ class ProbeSet:
     """A fixed set of probe images, explained at every run.
 
     Args:
-        images: float ``[N, C, H, W]``, as the model takes them (normalised).
-        labels: long ``[N]`` class indices, or ``None`` (targets are then the predictions).
+        images: ``[N, C, H, W]``, as the model takes them: float (normalised; stored as float32,
+            every pixel finite) or ``uint8`` (for models that scale inside; kept as uint8).
+        labels: long ``[N]`` class indices (one-hot ``[N, K]`` rows are read as their argmax),
+            or ``None`` (targets are then the predictions).
         object_masks: bool ``[N, H, W]``, True on the object (enables object-attention metrics).
         artifact_masks: bool ``[N, H, W]``, True on known label artifacts (watermark, tag, ...).
 
@@ -85,22 +89,33 @@ class ProbeSet:
                     f"probe images must be a Tensor of shape [N, C, H, W], got {_shape(images)}; "
                     "a single image needs a batch dimension (image.unsqueeze(0))"
                 )
-            if not images.is_floating_point():
+            if not (images.is_floating_point() or images.dtype == torch.uint8):
                 raise ValueError(
-                    f"probe images must be floating point (as fed to the model), got "
-                    f"{images.dtype}; convert uint8 images with .float() / 255 and normalise"
+                    f"probe images must be floating point or uint8 (as fed to the model), got "
+                    f"{images.dtype}; convert them with .float() (and normalise as in training)"
                 )
             n, _c, h, w = images.shape
             if n == 0:
                 raise ValueError("the probe set is empty")
             if h < 2 or w < 2:
                 raise ValueError(f"probe images must be at least 2x2 pixels, got {h}x{w}")
-            self.images = images.detach().to("cpu", torch.float32).clone().contiguous()
+            if images.is_floating_point():
+                bad = ~torch.isfinite(images.detach()).flatten(1).all(1)
+                if bool(bad.any()):
+                    which = torch.nonzero(bad).flatten().tolist()
+                    raise ValueError(
+                        f"probe image(s) {which[:10]} contain NaN or inf pixels; every map of "
+                        "them would be NaN. Clean the data, or pass "
+                        "GradCAMCallback(probes=ProbeSet(...)) with finite images"
+                    )
+                images = images.detach().to("cpu", torch.float32)
+            self.images = images.detach().to("cpu").clone().contiguous()
             if self.labels is not None:
-                labels = torch.as_tensor(self.labels)
+                labels = _one_hot_to_index(torch.as_tensor(self.labels))
                 if labels.dim() != 1 or labels.shape[0] != n:
                     raise ValueError(
-                        f"probe labels must have shape [N] = [{n}], got {_shape(labels)}"
+                        f"probe labels must have shape [N] = [{n}], got {_shape(labels)} (or "
+                        "give one-hot rows [N, K])"
                     )
                 if labels.is_floating_point() or labels.dtype == torch.bool:
                     raise ValueError(
@@ -272,8 +287,88 @@ def _split(batch: Any, keys: BatchKeys) -> Iterator[tuple[Any, ...]]:
 
 
 def _item(y: Any, i: int) -> Tensor | None:
-    if isinstance(y, Tensor) and y.dim() == 1 and not y.is_floating_point():
+    """Sample ``i``'s class index: integer ``[N]`` or ``[N, 1]`` labels, or one-hot ``[N, K]``
+    rows (their argmax); ``None`` for anything else (multi-hot, soft or float labels)."""
+    if not isinstance(y, Tensor) or y.dtype == torch.bool:
+        return None
+    if y.dim() == 2 and y.shape[1] == 1 and not y.is_floating_point():
+        return y[i, 0]
+    if y.dim() == 1 and not y.is_floating_point():
         return y[i]
+    if y.dim() == 2 and _is_one_hot(y[i : i + 1]):
+        return y[i].argmax()
+    return None
+
+
+def _is_one_hot(rows: Tensor) -> bool:
+    """True for ``[N, K]`` rows of 0/1 values with exactly one 1 each (K >= 2)."""
+    if rows.dim() != 2 or rows.shape[1] < 2 or rows.dtype == torch.bool:
+        return False
+    binary = bool(((rows == 0) | (rows == 1)).all())
+    return binary and bool((rows.sum(1) == 1).all())
+
+
+def _one_hot_to_index(labels: Tensor) -> Tensor:
+    return labels.argmax(1) if _is_one_hot(labels) else labels
+
+
+def peek_batch(dataloader: Any, size: int = 8) -> Any:
+    """A small batch from ``dataloader`` (its dataset's first ``size`` items, collated, or the
+    first batch of an iterable loader) under :func:`preserve_rng`, for set-up checks; ``None``
+    if nothing can be read."""
+    with preserve_rng(), torch.inference_mode(False), torch.no_grad():
+        try:
+            dataset = getattr(dataloader, "dataset", None)
+            from torch.utils.data import IterableDataset, default_collate
+
+            if (
+                dataset is not None
+                and hasattr(dataset, "__getitem__")
+                and hasattr(dataset, "__len__")
+                and not isinstance(dataset, IterableDataset)
+            ):
+                if len(dataset) == 0:
+                    return None
+                collate = getattr(dataloader, "collate_fn", None) or default_collate
+                return collate([dataset[i] for i in range(min(size, len(dataset)))])
+            return next(iter(dataloader))
+        except Exception:
+            return None
+
+
+def label_problem(batch: Any, keys: BatchKeys = BatchKeys()) -> str | None:
+    """Why the labels of ``batch`` cannot be used as class indices, or ``None`` when they can
+    (or when the layout has no labels at all, such as a bare image tensor or ``(x,)``)."""
+    if isinstance(batch, Mapping) and keys.label not in batch:
+        return (
+            f"dict batches have no label key {keys.label!r} (keys: {sorted(map(str, batch))}); "
+            "set GradCAMCallback(label_key=...) to the key that holds the class indices"
+        )
+    try:
+        _x, y, _om, _am = unpack_batch(batch, keys)
+    except ValueError:
+        return None
+    if y is None:
+        return None
+    if not isinstance(y, Tensor):
+        return (
+            f"the labels are a {type(y).__name__}, not a Tensor of class indices; return "
+            "torch.long labels [N] from the dataset"
+        )
+    if y.dim() == 2 and y.shape[1] >= 2 and y.is_floating_point():
+        binary = bool(((y == 0) | (y == 1)).all())
+        if binary and not bool((y.sum(1) == 1).all()):
+            return (
+                f"the labels look multi-hot (float {list(y.shape)} of 0/1 with other than one "
+                "1 per row): multi-label targets are not supported yet. The callback reads the "
+                "model's output as softmax class logits and explains the predicted class; pass "
+                "GradCAMCallback(target_fn=lambda output: output[:, k]) to explain output k"
+            )
+    if _item(y, 0) is None:
+        return (
+            f"the labels ({y.dtype}, shape {list(y.shape)}) are not class indices [N] or one-hot "
+            "rows [N, K]; return torch.long class indices from the dataset"
+        )
     return None
 
 
