@@ -36,7 +36,18 @@ class Family:
     def build(self) -> nn.Module:
         torch.manual_seed(0)
         fn: Callable[..., nn.Module] = getattr(torchvision.models, self.constructor)
-        return fn(weights=None, num_classes=10).eval()
+        return untrained_head(fn(weights=None, num_classes=10).eval())
+
+
+def untrained_head(model: nn.Module) -> nn.Module:
+    """torchvision zero-initialises the ViT head, so *no* gradient flows anywhere before the
+    first training step; give it small random weights, as training would."""
+    heads = getattr(model, "heads", None)
+    head = getattr(heads, "head", None)
+    if isinstance(head, nn.Linear) and not head.weight.any():
+        with torch.no_grad():
+            nn.init.normal_(head.weight, std=0.02)
+    return model
 
 
 FAMILIES: tuple[Family, ...] = (
