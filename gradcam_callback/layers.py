@@ -284,13 +284,15 @@ def _layout_of(
     input_size: tuple[int, int],
     batch: int,
     reshape_transform: Callable[[Tensor], Tensor] | None,
+    last_dim_channels: bool = False,
 ) -> tuple[str, int, int, tuple[int, int]] | None:
     """``(layout, prefix, channels, (h, w))`` of a module output that holds maps, else None.
 
     With a ``reshape_transform``: its result must be ``[N, K, h, w]`` (layout ``"nchw"``).
     Without: ``[N, K, h, w]`` (any such output, as before), channels-last ``[N, h, w, K]`` when
-    only that reading has the input's aspect ratio, or tokens ``[N, prefix + h*w, K]`` when the
-    grid is evident from the input size (:func:`token_grid`).
+    only that reading has the input's aspect ratio (or both have and ``last_dim_channels``: a
+    LayerNorm normalises the channels, its last dimension), or tokens ``[N, prefix + h*w, K]``
+    when the grid is evident from the input size (:func:`token_grid`).
     """
     if not isinstance(out, Tensor) or out.shape[:1] != (batch,):
         return None
@@ -305,7 +307,8 @@ def _layout_of(
     H, W = input_size
     if out.dim() == 4:
         _, a, b, c = (int(d) for d in out.shape)
-        if a * b > 1 and not _aspect_fits(b, c, H, W) and _aspect_fits(a, b, H, W):
+        nchw = _aspect_fits(b, c, H, W) and not last_dim_channels
+        if a * b > 1 and not nchw and _aspect_fits(a, b, H, W):
             return "nhwc", 0, c, (a, b)
         if b * c > 1:
             return "nchw", 0, a, (b, c)
@@ -380,7 +383,7 @@ def find_spatial_layers(
     def make_hook(name: str, module: nn.Module) -> Callable[..., object]:
         def hook(_m: nn.Module, _inp: object, out: object) -> object:
             calls[name] = calls.get(name, 0) + 1
-            spec = _layout_of(out, (H, W), batch, reshape_transform)
+            spec = _layout_of(out, (H, W), batch, reshape_transform, _is_layer_norm(module))
             is_fixed = isinstance(out, Tensor) and (
                 _is_fixed_size_pool(module) or (out.numel() > 0 and out.data_ptr() in fixed)
             )
