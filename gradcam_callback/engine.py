@@ -135,12 +135,12 @@ class GradCAM:
 
         >>> import torch, torchvision
         >>> model = torchvision.models.resnet18(num_classes=10).eval()
-        >>> cam = GradCAM(model)                       # auto: last spatial layer, here "layer4"
+        >>> cam = GradCAM(model)                       # auto: here "layer4" (7x7 at 224 px)
         >>> maps = cam(torch.randn(4, 3, 224, 224))    # explain the predicted classes
         >>> maps.shape, maps.dtype
         (torch.Size([4, 224, 224]), torch.float32)
         >>> print(cam.describe())
-        layer4: 512 maps of 7x7 for a 224x224 input (stride 32)
+        layer4: 512 maps of 7x7 for a 224x224 input (stride 32); chosen: deepest layer with >= 7x7 cells
 
     Args:
         model: any module mapping ``[N, C, H, W]`` images to an output (logits ``[N, K]`` by
