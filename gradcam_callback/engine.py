@@ -221,7 +221,14 @@ class GradCAM:
         with _eval_mode(self.model), torch.inference_mode(False):
             if x.is_inference():
                 x = x.clone()
-            infos = find_spatial_layers(self.model, x, self.reshape_transform, gradients=auto)
+            try:
+                infos = find_spatial_layers(self.model, x, self.reshape_transform, gradients=auto)
+            except Exception:
+                if not auto:
+                    raise
+                # The gradient pass failed (e.g. an in-place op on the input that autograd
+                # refuses): choose without the gradient test; a real fault raises again here.
+                infos = find_spatial_layers(self.model, x, self.reshape_transform)
         if self._layers is None:
             if not infos:
                 raise ValueError(

@@ -473,3 +473,23 @@ def test_layer_without_gradient_is_skipped_and_state_kept() -> None:
     with torch.no_grad():
         model.head.weight.zero_()
     assert all(i.has_gradient is None for i in find_spatial_layers(model, x, gradients=True))
+
+
+class InplaceInput(nn.Module):
+    """Normalises its input in place: autograd refuses a leaf that requires grad there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = flat_cnn()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.sub_(0.5))
+
+
+def test_gradient_pass_failure_falls_back_to_plain_choice() -> None:
+    model = InplaceInput().eval()
+    with pytest.raises(RuntimeError, match="in-place"):
+        find_spatial_layers(model, torch.randn(1, 3, 16, 16), gradients=True)
+    cam = GradCAM(model)
+    cam.resolve(torch.randn(1, 3, 16, 16))
+    assert cam.target_layers == ["net.3"] and cam.layer_info[0].has_gradient is None
