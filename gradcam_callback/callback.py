@@ -139,6 +139,11 @@ class GradCAMCallback(Callback):
         target_fn: callable ``output -> Tensor[N]`` of scores for models whose output is not a
             ``[N, K]`` logit tensor (dicts, tuples, multi-label, regression).
         verbose: print the chosen layer and its resolution at set-up.
+        reshape_transform: maps the target layer's output to ``[N, K, h, w]`` for token models
+            whose grid is not evident from the input size (ViT/DeiT tokens ``[N, 1 + h*w, K]``
+            and channels-last ``[N, h, w, K]`` outputs are recognised without it).
+        min_map_size: fewest cells per side of the automatically chosen layer's map (the
+            deepest layer reaching it is chosen; default 7, see the README).
         monitor: a :class:`~gradcam_callback.ShortcutMonitor` carrying every threshold (the
             threshold arguments above are shorthand for its most used ones; giving both is an
             error).
@@ -187,6 +192,8 @@ class GradCAMCallback(Callback):
         artifact_mask_key: str = "artifact_mask",
         target_fn: Callable[[Any], Tensor] | None = None,
         verbose: bool = True,
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        min_map_size: int = 7,
         monitor: ShortcutMonitor | None = None,
     ) -> None:
         super().__init__()
@@ -251,6 +258,10 @@ class GradCAMCallback(Callback):
         self.keys = BatchKeys(image_key, label_key, object_mask_key, artifact_mask_key)
         self.target_fn = target_fn
         self.verbose = verbose
+        self.reshape_transform = reshape_transform
+        if isinstance(min_map_size, bool) or not isinstance(min_map_size, int) or min_map_size < 1:
+            raise ValueError(f"min_map_size must be an int >= 1, got {min_map_size!r}")
+        self.min_map_size = min_map_size
         self.max_filmstrip_runs = 24
         given = {
             "artifact_enrichment": artifact_enrichment,
@@ -275,10 +286,11 @@ class GradCAMCallback(Callback):
                 )
             self.monitor = monitor
         else:
-            self.monitor = ShortcutMonitor(**self.thresholds, confirm=confirm)
+            self.monitor = ShortcutMonitor(
+                **self.thresholds, confirm=confirm, min_map_cells=min_map_size
+            )
         self.max_images = 32
         self.probe_choice: Any = None
-        self._coarse_warned = False
 
         self._probes: ProbeSet | None = probes
         self._explicit_probes = probes is not None
@@ -343,7 +355,13 @@ class GradCAMCallback(Callback):
         probes = self._probes
         model = self._model(pl_module)
         if self._engine is None:
-            self._engine = GradCAM(model, self.target_layer, self.method)
+            self._engine = GradCAM(
+                model,
+                self.target_layer,
+                self.method,
+                reshape_transform=self.reshape_transform,
+                min_map_size=self.min_map_size,
+            )
         device = _module_device(model)
         sample = probes.images[: min(2, len(probes))].to(device)
         with preserve_rng(), _model_fault(model, sample):
@@ -631,19 +649,8 @@ class GradCAMCallback(Callback):
             )
             maps = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
         is_baseline = stage == "baseline" or not self.history
-        # (an untrained model at the baseline may well have no positive evidence anywhere)
-        zero = (maps.flatten(1).amax(1) <= 0) | ~finite
-        if not is_baseline and bool(finite.any() & zero.all()) and "zero" not in self._warned:
-            self._warned.add("zero")
-            _warn(
-                trainer,
-                f"GradCAMCallback: every probe's map is zero at step {step}: no positive "
-                f"evidence for the target at {', '.join(self._engine.target_layers)} (zero "
-                "gradients there: a dead ReLU, a detached or frozen path, a saturated output), "
-                "so the attention metrics are NaN and not logged. Choose another target_layer; "
-                "this warning is given once per fit.",
-            )
-
+        if bool(finite.any()):
+            self._check_zero_maps(trainer, maps, stage)
         metrics: dict[str, float] = {}
         pred = conf = None
         if logits is not None and targets_t is not None:
@@ -696,6 +703,25 @@ class GradCAMCallback(Callback):
             "skipped": skipped,
         }
         return record, new_flags, media
+
+    def _check_zero_maps(self, trainer: Any, maps: Tensor, stage: str) -> None:
+        """Warn once when every probe's map is zero (not at the baseline: an untrained,
+        zero-initialised head, as torchvision's ViT has, legitimately gives no gradient)."""
+        if "zero_maps" in self._warned or stage == "baseline" or maps.numel() == 0:
+            return
+        if bool(maps.flatten(1).amax(1).gt(0).any()):
+            return
+        self._warned.add("zero_maps")
+        layers = [i.name for i in self.layer_info]
+        _warn(
+            trainer,
+            f"GradCAMCallback: every probe's Grad-CAM map is zero at layer(s) {layers}. The "
+            "likely cause is a layer with no gradient: the target scores do not depend on its "
+            "spatial cells (e.g. a vision transformer's block after the last attention, where "
+            "only the class token reaches the head, or a layer after global pooling), or all "
+            "weighted maps are negative. Pass target_layer=<an earlier layer> (for a ViT the "
+            "last block's first norm) or leave target_layer=None for the automatic choice.",
+        )
 
     def _quality_metrics(
         self, pl_module: Any, plugin: Any, images: Tensor, maps: Tensor, targets: Tensor | None

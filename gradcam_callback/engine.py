@@ -39,8 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
+    MIN_MAP_SIZE,
     LayerInfo,
     LayerSpec,
+    choose_layer,
+    coarse_note,
     eval_mode,
     find_spatial_layers,
     resolve_target_layers,
@@ -132,12 +135,12 @@ class GradCAM:
 
         >>> import torch, torchvision
         >>> model = torchvision.models.resnet18(num_classes=10).eval()
-        >>> cam = GradCAM(model)                       # auto: last spatial layer, here "layer4"
+        >>> cam = GradCAM(model)                       # auto: here "layer4" (7x7 at 224 px)
         >>> maps = cam(torch.randn(4, 3, 224, 224))    # explain the predicted classes
         >>> maps.shape, maps.dtype
         (torch.Size([4, 224, 224]), torch.float32)
         >>> print(cam.describe())
-        layer4: 512 maps of 7x7 for a 224x224 input (stride 32)
+        layer4: 512 maps of 7x7 for a 224x224 input (stride 32); chosen: deepest layer with >= 7x7 cells
 
     Guided Grad-CAM is ``cam.guided(images, targets)``, float32 ``[N, C, H, W]``: the method is
     installed by :mod:`gradcam_callback.guided`, which builds on this module (never the reverse).
@@ -146,13 +149,21 @@ class GradCAM:
         model: any module mapping ``[N, C, H, W]`` images to an output (logits ``[N, K]`` by
             default; dicts, tuples or other outputs with a callable target). ``torch.compile``,
             ``DataParallel`` and ``DistributedDataParallel`` wrappers are unwrapped.
-        target_layer: ``None`` (automatic: the last module with a 4-D spatial output, found on the
-            first real input), a dotted name from ``model.named_modules()``, a submodule, or a
-            list of these (maps upsampled to the input size and averaged).
+        target_layer: ``None`` (automatic, on the first real input: the deepest layer before the
+            head whose map has at least ``min_map_size`` cells per side and gets a gradient; for
+            vision transformers the last block's first norm; see
+            :func:`~gradcam_callback.layers.choose_layer`), a dotted name from
+            ``model.named_modules()``, a submodule, or a list of these (maps upsampled to the
+            input size and averaged).
         method: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"``, ``"xgradcam"`` or ``"layercam"``.
-        reshape_transform: for token models (ViT): maps the layer output to ``[N, K, h, w]``,
-            e.g. ``lambda t: t[:, 1:].reshape(n, 14, 14, -1).permute(0, 3, 1, 2)``. It is applied
-            to both activations and gradients.
+        reshape_transform: maps a layer output to ``[N, K, h, w]``, e.g.
+            ``lambda t: t[:, 1:].reshape(n, 14, 14, -1).permute(0, 3, 1, 2)``; applied to both
+            activations and gradients. Not needed for token outputs ``[N, prefix + h*w, K]``
+            whose grid is evident from the input size (ViT, DeiT) or channels-last outputs
+            ``[N, h, w, K]`` (Swin): those are recognised and reshaped automatically.
+        min_map_size: fewest cells per side for the automatic choice (default 7: a map of fewer
+            cells cannot localise anything smaller than a cell); an explicit layer with a
+            smaller map is kept, and its :attr:`LayerInfo.coarse` is True.
 
     Raises:
         ValueError: unknown method or layer name (with the closest names).
@@ -164,7 +175,10 @@ class GradCAM:
         target_layer: LayerSpec = None,
         method: Method | str = "gradcam",
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        min_map_size: int = MIN_MAP_SIZE,
     ) -> None:
+        if isinstance(min_map_size, bool) or not isinstance(min_map_size, int) or min_map_size < 1:
+            raise ValueError(f"min_map_size must be an int >= 1, got {min_map_size!r}")
         if method not in METHODS:
             import difflib
 
@@ -176,6 +190,7 @@ class GradCAM:
         self.model = unwrap_model(model)
         self.method = method
         self.reshape_transform = reshape_transform
+        self.min_map_size = min_map_size
         self._spec = target_layer
         self._layers: list[tuple[str, nn.Module]] | None = (
             None if target_layer is None else resolve_target_layers(self.model, target_layer)
@@ -193,27 +208,40 @@ class GradCAM:
     def resolve(self, images: Tensor) -> list[LayerInfo]:
         """Choose (when automatic) and measure the target layers on ``images`` ``[N, C, H, W]``.
 
-        Runs one no-grad forward with the model in eval mode (restored afterwards) and caches the
-        result. Call it at set-up to surface layer errors before training starts.
+        Runs one forward with the model in eval mode (restored afterwards) and caches the
+        result; the automatic choice also runs one backward of the top logit (on a copy of the
+        input, with ``torch.autograd.grad``: no parameter's ``.grad`` is touched) to skip layers
+        whose maps get no gradient. Call it at set-up to surface layer errors before training
+        starts.
 
         Raises:
-            ValueError: no module has a 4-D spatial output (token models need ``target_layer``
-                and ``reshape_transform``), or a chosen layer does not produce one.
+            ValueError: no module has maps (a 4-D spatial, channels-last or token output with
+                an evident grid; other token models need ``target_layer`` and
+                ``reshape_transform``), or a chosen layer does not produce them.
         """
         x = images[:1]
+        auto = self._layers is None
         with eval_mode(self.model), torch.inference_mode(False):
             if x.is_inference():
                 x = x.clone()
-            infos = find_spatial_layers(self.model, x, self.reshape_transform)
+            try:
+                infos = find_spatial_layers(self.model, x, self.reshape_transform, gradients=auto)
+            except Exception:
+                if not auto:
+                    raise
+                # The gradient pass failed (e.g. an in-place op on the input that autograd
+                # refuses): choose without the gradient test; a real fault raises again here.
+                infos = find_spatial_layers(self.model, x, self.reshape_transform)
         if self._layers is None:
             if not infos:
                 raise ValueError(
                     f"{type(self.model).__name__} has no layer with a 4-D spatial output "
                     "[N, K, h, w] (h*w > 1) for this input; Grad-CAM needs one. For a vision "
-                    "transformer or other token model, pass target_layer=<block name> and a "
-                    "reshape_transform that maps tokens to [N, K, h, w]."
+                    "transformer or other token model whose token grid is not evident from the "
+                    "input size, pass target_layer=<block name> and a reshape_transform that "
+                    "maps tokens to [N, K, h, w]."
                 )
-            chosen = infos[-1]
+            chosen = choose_layer(self.model, infos, self.min_map_size)
             self._layers = resolve_target_layers(self.model, chosen.name)
             self._info = [chosen]
         else:
@@ -227,7 +255,7 @@ class GradCAM:
                     f"Layers that do (last five): {spatial}. For token layers, pass a "
                     "reshape_transform."
                 )
-            self._info = [by_name[n] for n, _ in self._layers]
+            self._info = [coarse_note(by_name[n], self.min_map_size) for n, _ in self._layers]
         return list(self._info)
 
     def describe(self) -> str:
@@ -294,7 +322,7 @@ class GradCAM:
             raise ValueError(f"expected images of shape [N, C, H, W], got {shape}")
         if self._layers is None or self._info is None:
             self.resolve(images)
-        assert self._layers is not None
+        assert self._layers is not None and self._info is not None
         names = [n for n, _ in self._layers]
         capture = _Capture(names, self.reshape_transform)
         handles = [m.register_forward_hook(capture.hook(n)) for n, m in self._layers]
@@ -322,7 +350,9 @@ class GradCAM:
                 h.remove()
         # Map math in float32 even under the caller's autocast (einsum would run in bf16/fp16).
         with torch.inference_mode(False), _no_autocast(images.device.type):
-            maps = self._combine(acts, grads, images.shape[-2:], upsample, relu, counterfactual)
+            maps = self._combine(
+                acts, grads, self._info, images.shape[-2:], upsample, relu, counterfactual
+            )
             if normalize:
                 maps = normalize_maps(maps)
         return CAMResult(maps, _detach(output), scores.detach().float(), target_idx)
@@ -331,17 +361,21 @@ class GradCAM:
         self,
         acts: list[Tensor],
         grads: Sequence[Tensor | None],
+        infos: Sequence[LayerInfo],
         size: torch.Size,
         upsample: bool,
         relu: bool,
         counterfactual: bool,
     ) -> Tensor:
         layer_maps = []
-        for a, g in zip(acts, grads):
+        hw = (int(size[0]), int(size[1]))
+        for a, g, info in zip(acts, grads, infos):
             a = a.detach()
             g = torch.zeros_like(a) if g is None else g.detach()
             if self.reshape_transform is not None:
                 a, g = self.reshape_transform(a), self.reshape_transform(g)
+            else:  # token and channels-last layers as [N, K, h, w]
+                a, g = info.to_maps(a, hw), info.to_maps(g, hw)
             a, g = a.float(), g.float()
             if counterfactual:
                 g = -g

@@ -1,4 +1,4 @@
-"""Destinations for rendered Grad-CAM artefacts: TensorBoard, Weights & Biases, plain files.
+"""Destinations for rendered Grad-CAM artefacts: TensorBoard, Weights & Biases, MLflow, files.
 
 A *sink* is one destination, built from one Lightning logger by :func:`make_sinks`. Loggers are
 recognised by duck typing on their class hierarchy (class name + a ``lightning`` /
@@ -9,7 +9,8 @@ instead of a crash.
 
 Images arrive as uint8 Tensors ``[3, H, W]`` (RGB, any device); tags arrive fully prefixed
 (``"gradcam/overlays"``) and are used as they are. Sinks are only called on global rank 0.
-``wandb`` is imported lazily (optional extra); this module does not import Lightning.
+``wandb`` is imported lazily (optional extra), ``mlflow`` never (its client comes from the
+logger); this module does not import Lightning.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor
 
 __all__ = [
     "FileSink",
+    "MLflowSink",
     "Sink",
     "SinkGroup",
     "SinkWarning",
@@ -297,6 +299,101 @@ class WandbSink:
 
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\s]+')
+_UNSAFE_PATH = re.compile(r'[\\:*?"<>|\s]+')
+
+
+def _artifact_dir(tag: str) -> str:
+    """A tag as a relative artifact path: ``/`` kept, unsafe characters and ``..`` removed."""
+    parts = [_UNSAFE_PATH.sub("_", p).strip("_") for p in tag.split("/")]
+    return "/".join(p for p in parts if p and p not in (".", "..")) or "untitled"
+
+
+class MLflowSink:
+    """Writes to an ``MLFlowLogger``'s run (either Lightning namespace), through its client.
+
+    ``logger.experiment`` is an ``mlflow.MlflowClient`` and every call names
+    ``run_id=logger.run_id``. Layout of the run's artifacts (``<tag>`` as given, e.g.
+    ``gradcam/overlays``; ``<step>`` zero-padded to 8 digits):
+
+    * probe images and images: the grid as a step-indexed image (``log_image(key=tag,
+      step=step)``: the run page's image chart with its step slider; ``images/`` in the
+      artifacts). Clients without ``key`` (MLflow < 2.16) get ``<tag>/step_<step>.png``.
+      Row captions and a caption go to ``<tag>/step_<step>.md``.
+    * text (the flags, the probe list): ``<tag>/step_<step>.md``.
+    * tables (the per-probe table): one ``<tag>.json`` table for the whole run with a ``step``
+      column (``log_table`` appends, so MLflow's table views compare runs); without pandas
+      (which ``log_table`` needs) ``<tag>/step_<step>.json`` in the same ``columns``/``data``
+      layout via ``log_dict``.
+    * GIFs: the file under ``<tag>/`` (``log_artifact``).
+    """
+
+    name = "mlflow"
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    @property
+    def log_dir(self) -> Path | None:
+        """The logger's local ``save_dir`` (``file:`` stores), else None (a database store)."""
+        return logger_dir(self.logger)
+
+    @property
+    def _client(self) -> Any:
+        return self.logger.experiment
+
+    @property
+    def _run_id(self) -> str:
+        return self.logger.run_id
+
+    @staticmethod
+    def _file(tag: str, step: int, suffix: str) -> str:
+        return f"{_artifact_dir(tag)}/step_{int(step):08d}{suffix}"
+
+    def _image(self, tag: str, image: Tensor, step: int) -> None:
+        import inspect
+
+        client, array = self._client, _hwc(image)
+        if "key" in inspect.signature(client.log_image).parameters:
+            client.log_image(self._run_id, array, key=_artifact_dir(tag), step=int(step))
+        else:  # MLflow < 2.16: no step-indexed images
+            client.log_image(self._run_id, array, artifact_file=self._file(tag, step, ".png"))
+
+    def log_probe_images(
+        self, tag: str, grid: Tensor, rows: Sequence[Tensor], captions: Sequence[str], step: int
+    ) -> None:
+        _check_captions(rows, captions)
+        self._image(tag, grid, step)
+        if captions:
+            text = _captions_markdown(captions) + "\n"
+            self._client.log_text(self._run_id, text, self._file(tag, step, ".md"))
+
+    def log_image(self, tag: str, image: Tensor, step: int, caption: str | None = None) -> None:
+        self._image(tag, image, step)
+        if caption:
+            self._client.log_text(self._run_id, caption + "\n", self._file(tag, step, ".md"))
+
+    def log_text(self, tag: str, markdown: str, step: int) -> None:
+        text = markdown if markdown.endswith("\n") else markdown + "\n"
+        self._client.log_text(self._run_id, text, self._file(tag, step, ".md"))
+
+    def log_table(
+        self, tag: str, columns: Sequence[str], rows: Sequence[Sequence[object]], step: int
+    ) -> None:
+        names = ["step", *(str(c) for c in columns)]
+        data = [[int(step), *(_plain(v) for v in row)] for row in rows]
+        try:
+            import pandas  # noqa: F401  (MlflowClient.log_table needs it)
+        except ImportError:
+            table = {"columns": names, "data": data}
+            self._client.log_dict(self._run_id, table, self._file(tag, step, ".json"))
+            return
+        by_column = {c: [r[k] for r in data] for k, c in enumerate(names)}
+        self._client.log_table(
+            self._run_id, data=by_column, artifact_file=f"{_artifact_dir(tag)}.json"
+        )
+
+    def log_gif(self, tag: str, path: Path, step: int) -> None:
+        self._client.log_artifact(self._run_id, str(path), artifact_path=_artifact_dir(tag))
 
 
 class FileSink:
@@ -366,11 +463,14 @@ class FileSink:
 
 
 def sink_for_logger(logger: Any, default_dir: str | Path) -> Sink:
-    """The sink for one logger: TensorBoard, W&B, or files under its directory / ``default_dir``."""
+    """The sink for one logger: TensorBoard, W&B, MLflow, or files under its directory /
+    ``default_dir`` (CSV and any other logger)."""
     if _is_logger(logger, "TensorBoardLogger"):
         return TensorBoardSink(logger)
     if _is_logger(logger, "WandbLogger"):
         return WandbSink(logger)
+    if _is_logger(logger, "MLFlowLogger"):
+        return MLflowSink(logger)
     return FileSink(logger_dir(logger) or default_dir, logger=logger)
 
 
