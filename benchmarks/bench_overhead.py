@@ -123,12 +123,13 @@ COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ("monitor: ShortcutMonitor.analyze", "gradcam_callback.alarms", "ShortcutMonitor.analyze"),
     ("  causal check: metrics.erasure_effect", "gradcam_callback.metrics", "erasure_effect"),
     ("    inpainting: metrics.erase", "gradcam_callback.metrics", "erase"),
-    ("media: GradCAMCallback._log_media", "gradcam_callback.callback", "GradCAMCallback._log_media"),
+    ("media (worker thread): Reporter._write_run", "gradcam_callback.reporting",
+     "Reporter._write_run"),
     ("  PNG encoding: render.write_png", "gradcam_callback.render", "write_png"),
     ("scalars: LightningModule.log", "pytorch_lightning", "LightningModule.log"),
-    ("fit end: GradCAMCallback._log_filmstrip", "gradcam_callback.callback",
-     "GradCAMCallback._log_filmstrip"),
-    ("  GIF: render.write_gif", "gradcam_callback.callback", "write_gif"),
+    ("fit end: Reporter.write_filmstrip", "gradcam_callback.reporting",
+     "Reporter.write_filmstrip"),
+    ("  GIF: render.write_gif", "gradcam_callback.reporting", "write_gif"),
 )  # fmt: skip
 
 

@@ -59,10 +59,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import metrics as M
+from . import evidence as E
 from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate
 
 __all__ = ["FLAG_KINDS", "Analysis", "Flag", "FlagKind", "ShortcutDetected", "ShortcutMonitor"]
@@ -71,7 +70,6 @@ __all__ = ["FLAG_KINDS", "Analysis", "Flag", "FlagKind", "ShortcutDetected", "Sh
 FLAG_KINDS: tuple[str, ...] = tuple(k.value for k in FlagKind)
 
 # Regions a causal check can erase, and the per-probe measure that ranks a rule's probes.
-_REGIONS = ("artifact", "hotspot", "object", "focus", "border")
 _PROBE_METRIC = {"attention/hotspot_consistency": "attention/hotspot_enrichment"}
 _GROUP_METRICS = (
     "attention/hotspot_consistency",
@@ -175,25 +173,6 @@ class Analysis:
     tested: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Inputs:
-    """One run's tensors at the analysis grid (``g``) and at image size (for erasure)."""
-
-    maps: Tensor  # [N, gh, gw] float32 >= 0
-    images: Tensor  # [N, C, H, W] as fed to the model
-    images_grid: Tensor  # [N, C, gh, gw] float32
-    targets: Tensor  # [N] long
-    groups: Tensor  # [N] long in [0, G)
-    classes: list[int]  # class id of each group
-    onehot: Tensor  # [N, G] float
-    object_masks: Tensor | None  # [N, gh, gw] bool
-    artifact_masks: Tensor | None
-    object_full: Tensor | None  # [N, H, W] bool
-    artifact_full: Tensor | None
-    logits: Tensor | None
-    can_localise: bool
-
-
 class _Fmt(string.Formatter):
     """``{name:pct}`` -> ``"42%"`` (clamped to [0, 100] %); ``NaN`` -> ``"n/a"`` for any spec."""
 
@@ -218,20 +197,6 @@ def _fmt_list(idx: Sequence[int], limit: int = 8) -> str:
     shown = ", ".join(str(i) for i in idx[:limit])
     more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
     return f"{shown}{more}"
-
-
-def _nanmean(x: Tensor) -> Tensor:
-    """``nanmean`` that stays NaN (without a warning) for an all-NaN or empty input."""
-    ok = ~torch.isnan(x)
-    return torch.where(ok.any(), torch.nan_to_num(x).sum() / ok.sum().clamp_min(1), torch.nan)
-
-
-def _group_mean(values: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-group ``nanmean`` and count of non-NaN values: ``[M, N] @ [N, G] -> [M, G]`` twice."""
-    ok = (~torch.isnan(values)).float()
-    cnt = ok @ onehot
-    mean = (torch.nan_to_num(values) @ onehot) / cnt.clamp_min(1)
-    return torch.where(cnt > 0, mean, torch.nan), cnt
 
 
 class ShortcutMonitor:
@@ -431,19 +396,19 @@ class ShortcutMonitor:
             :class:`Analysis`.
         """
         del labels, scores  # rules group by the explained class
-        x = self._prepare(maps, images, targets, logits, object_masks, artifact_masks, map_size)
+        x = E.prepare(self, maps, images, targets, logits, object_masks, artifact_masks, map_size)
         if self.baseline_maps is not None and self.baseline_maps.shape != x.maps.shape:
             if self.baseline_maps.shape[0] != x.maps.shape[0]:
                 self.reset()  # a different probe set: start over
             else:  # references saved at another resolution (an older checkpoint): resize
-                self.baseline_maps = _resize_maps(self.baseline_maps, x.maps.shape[-2:])
+                self.baseline_maps = E.resize_maps(self.baseline_maps, x.maps.shape[-2:])
                 if self.previous_maps is not None:
-                    self.previous_maps = _resize_maps(self.previous_maps, x.maps.shape[-2:])
+                    self.previous_maps = E.resize_maps(self.previous_maps, x.maps.shape[-2:])
         first = self.baseline_maps is None
         if baseline or first:
             self.baseline_maps = x.maps.clone()
-        per, group, hot = self._measure(x, drift_vs_baseline=not (baseline or first))
-        stats, counts = self._class_stats(x, per, group, hot.size)
+        per, group, hot = E.measure(self, x, drift_vs_baseline=not (baseline or first))
+        stats, counts = E.class_stats(x, per, group, hot.size)
         decisions = evaluate(
             self.rules,
             stats,
@@ -463,11 +428,11 @@ class ShortcutMonitor:
         tested: dict[str, int] = {}
         if causal:
             assert score_fn is not None
-            tested = self._confirm(x, decisions, hot, per, score_fn, multilabel)
-            cstats, ccounts = self._causal_class_stats(x, per)
+            tested = E.confirm(self, x, decisions, hot, per, score_fn, multilabel)
+            cstats, ccounts = E.causal_class_stats(x, per)
             stats.update(cstats)
             counts.update(ccounts)
-        out = self._summarize(x, per, stats, group, decisions)
+        out = Analysis(*E.summarize(self, x, per, stats, group, decisions))
         out.hotspot = hot.footprint.cpu()
         out.tested = tested
         out.skipped = {d.rule.name: d.why_not for d in decisions if not d.evaluated}
@@ -486,211 +451,6 @@ class ShortcutMonitor:
         scale = min(1.0, self.analysis_size / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def _prepare(
-        self,
-        maps: Tensor,
-        images: Tensor,
-        targets: Tensor,
-        logits: Tensor | None,
-        object_masks: Tensor | None,
-        artifact_masks: Tensor | None,
-        map_size: tuple[int, int] | None,
-    ) -> _Inputs:
-        if maps.dim() != 3 or images.dim() != 4 or maps.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"expected maps [N, h, w] and images [N, C, H, W] with the same N, got "
-                f"{tuple(maps.shape)} and {tuple(images.shape)}"
-            )
-        _, _, height, width = images.shape
-        dev = maps.device
-        grid = self.grid_size(int(height), int(width))
-        if map_size is None:
-            small = maps.shape[-2] < height or maps.shape[-1] < width
-            map_size = tuple(maps.shape[-2:]) if small else (height, width)
-        can_localise = min(map_size) >= self.min_map_cells
-        g_maps = _resize_maps(maps.detach().float(), grid).clamp_min(0)
-        images = images.detach()
-        g_images = images.float()
-        if tuple(images.shape[-2:]) != grid:
-            g_images = F.adaptive_avg_pool2d(g_images, grid)
-        targets = targets.detach().to(dev, torch.long)
-        uniq, inv = torch.unique(targets, return_inverse=True)
-        onehot = F.one_hot(inv, int(uniq.numel())).float()
-
-        def full(m: Tensor | None) -> Tensor | None:
-            return None if m is None else m.to(dev, torch.bool)
-
-        obj, art = full(object_masks), full(artifact_masks)
-        return _Inputs(
-            maps=g_maps,
-            images=images.to(dev),
-            images_grid=g_images.to(dev),
-            targets=targets,
-            groups=inv,
-            classes=[int(c) for c in uniq.tolist()],
-            onehot=onehot,
-            object_masks=None if obj is None else _resize_mask(obj, grid),
-            artifact_masks=None if art is None else _resize_mask(art, grid),
-            object_full=obj,
-            artifact_full=art,
-            logits=None if logits is None else logits.detach().float().to(dev),
-            can_localise=can_localise,
-        )
-
-    # ------------------------------------------------------------------ 2. measure
-    def _measure(
-        self, x: _Inputs, drift_vs_baseline: bool
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], M.Hotspot]:
-        maps, dev = x.maps, x.maps.device
-        per: dict[str, Tensor] = {}
-        refs = (("baseline", self.baseline_maps if drift_vs_baseline else None),)
-        refs += (("previous", self.previous_maps),)
-        for name, ref in refs:
-            if ref is None:
-                continue
-            ref = ref.to(dev)
-            per[f"drift/pearson_{name}"] = M.pearson(maps, ref)
-            per[f"drift/spearman_{name}"] = M.spearman(maps, ref)
-            per[f"drift/js_{name}"] = M.js_divergence(maps, ref)
-            per[f"drift/iou_{name}"] = M.topk_iou(maps, ref)
-            per[f"drift/com_shift_{name}"] = M.com_shift(maps, ref)
-        entropy = M.focus_entropy(maps)
-        per["attention/entropy"] = entropy
-        per["attention/focus"] = 1.0 - entropy
-        per["attention/border_enrichment"] = M.border_enrichment(maps, self.border_width)
-        per["attention/corner_enrichment"] = M.corner_enrichment(maps)
-        for name, mask in (("object", x.object_masks), ("artifact", x.artifact_masks)):
-            if mask is None:
-                continue
-            has = mask.flatten(1).any(1)
-            per[f"attention/{name}_share"] = torch.where(has, M.mass_share(maps, mask), torch.nan)
-            per[f"attention/{name}_enrichment"] = M.enrichment(maps, mask)
-            if name == "object":
-                per["attention/object_pointing"] = torch.where(
-                    has, M.pointing_game(maps, mask), torch.nan
-                )
-        hot = M.anchored_hotspot(
-            maps,
-            x.images_grid,
-            x.groups,
-            num_groups=len(x.classes),
-            frac=self.hotspot_frac,
-            min_group=self.min_probes,
-        )
-        per["attention/hotspot_share"] = hot.share
-        per["attention/hotspot_enrichment"] = hot.enrichment
-        group = {
-            "attention/hotspot_consistency": hot.consistency,
-            "attention/hotspot_offset": hot.offset,
-            "attention/hotspot_stability": hot.stability,
-            "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
-        }
-        return per, group, hot
-
-    def _class_stats(
-        self, x: _Inputs, per: dict[str, Tensor], group: dict[str, Tensor], size: Tensor
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Class statistics ``[G]`` (and ``"@set"`` values ``[1]``) with their usable counts."""
-        names = list(per)
-        stacked = torch.stack([per[k] for k in names])  # [M, N]
-        means, cnt = _group_mean(stacked, x.onehot)
-        whole = torch.ones(x.onehot.shape[0], 1, device=x.onehot.device)
-        smeans, scnt = _group_mean(stacked, whole)
-        stats, counts = {}, {}
-        for i, k in enumerate(names):
-            stats[k], counts[k] = means[i], cnt[i]
-            stats[k + "@set"], counts[k + "@set"] = smeans[i], scnt[i]
-        for k, v in group.items():
-            stats[k], counts[k] = v, size
-        return stats, counts
-
-    # ------------------------------------------------------------------ 3. confirm
-    def _regions(self, x: _Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tensor]]:
-        """Region name -> a function building its bool ``[N, H, W]`` erasure masks at image size."""
-        height, width = x.images.shape[-2:]
-        size = (int(height), int(width))
-
-        def up(mask: Tensor) -> Tensor:
-            return _dilate(_upsample_mask(mask, size), 1)
-
-        return {
-            "artifact": lambda: _dilate(x.artifact_full, 1),  # type: ignore[arg-type]
-            "object": lambda: _dilate(x.object_full, 1),  # type: ignore[arg-type]
-            "hotspot": lambda: up(hot.footprint),
-            "focus": lambda: up(M.top_region(x.maps, self.focus_frac)),
-            "border": lambda: M.border_mask(*size, self.border_width, x.images.device).expand(
-                x.images.shape[0], *size
-            ),
-        }
-
-    def _confirm(
-        self,
-        x: _Inputs,
-        decisions: list[RuleDecision],
-        hot: M.Hotspot,
-        per: dict[str, Tensor],
-        score_fn: Callable[[Tensor], Tensor],
-        multilabel: bool,
-    ) -> dict[str, int]:
-        """Erase, for each region, the probes of the classes whose rule is near its threshold;
-        all of them in one batched forward. Fills ``per["causal/<region>_*"]`` (NaN elsewhere)."""
-        n = x.maps.shape[0]
-        wanted: dict[str, Tensor] = {}
-        for d in decisions:
-            if not d.evaluated or d.rule.region is None or d.near is None:
-                continue
-            sel = d.near[x.groups] if d.rule.per_class else d.near.expand(n)
-            wanted[d.rule.region] = wanted.get(d.rule.region, torch.zeros_like(sel)) | sel
-        builders = self._regions(x, hot)
-        batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
-        for region, sel in wanted.items():
-            masks = builders[region]()
-            sel = sel & masks.flatten(1).any(1)
-            idx = torch.nonzero(sel).flatten()
-            if idx.numel():
-                batches.append((region, idx, masks[idx]))
-        nan = torch.full((n,), torch.nan, device=x.maps.device)
-        for region in _REGIONS:
-            for part in ("flip", "drop", "evidence", "depends"):
-                per[f"causal/{region}_{part}"] = nan.clone()
-        if not batches:
-            return {}
-        with torch.no_grad():
-            base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
-            erased = torch.cat([M.erase(x.images[idx], reg) for _, idx, reg in batches])
-            after = score_fn(erased).detach().float().to(base.device)
-        start = 0
-        tested: dict[str, int] = {}
-        for region, idx, _ in batches:
-            stop = start + idx.numel()
-            eff = M.erasure_effect_from_logits(
-                base[idx], after[start:stop], x.targets[idx], multilabel=multilabel
-            )
-            start = stop
-            depends = torch.where(
-                torch.isnan(eff.evidence_drop),
-                eff.evidence_drop,
-                (eff.evidence_drop >= self.evidence_drop).float(),
-            )
-            for part, value in (
-                ("flip", eff.flipped),
-                ("drop", eff.score_drop),
-                ("evidence", eff.evidence_drop),
-                ("depends", depends),
-            ):
-                per[f"causal/{region}_{part}"][idx] = value.to(nan.dtype)
-            tested[region] = int(idx.numel())
-        return tested
-
-    def _causal_class_stats(
-        self, x: _Inputs, per: dict[str, Tensor]
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        names = [k for k in per if k.startswith("causal/")]
-        if not names:
-            return {}, {}
-        means, cnt = _group_mean(torch.stack([per[k] for k in names]), x.onehot)
-        return dict(zip(names, means)), dict(zip(names, cnt))
-
     # ------------------------------------------------------------------ 4. decide
     def _confirmed(self, rule: Rule, stats: dict[str, Tensor], settings: dict) -> Tensor:
         """Bool ``[G]``: the class's causal evidence confirms ``rule`` (see :class:`Rule`)."""
@@ -707,7 +467,7 @@ class ShortcutMonitor:
 
     def _decide(
         self,
-        x: _Inputs,
+        x: E.Inputs,
         per: dict[str, Tensor],
         stats: dict[str, Tensor],
         decisions: list[RuleDecision],
@@ -728,102 +488,8 @@ class ShortcutMonitor:
                 fired.setdefault(d.rule.kind, []).append((d, groups))
         flags = []
         for kind, hits in fired.items():
-            flags.append(self._flag(kind, hits, x, per, stats, causal, epoch, step))
+            flags.append(_word_flag(self, kind, hits, x, per, stats, causal, epoch, step))
         return flags
-
-    def _flag(
-        self,
-        kind: FlagKind,
-        hits: list[tuple[RuleDecision, list[int]]],
-        x: _Inputs,
-        per: dict[str, Tensor],
-        stats: dict[str, Tensor],
-        causal: bool,
-        epoch: int,
-        step: int,
-    ) -> Flag:
-        """One flag for a kind: the first firing rule leads; every firing class is named."""
-        lead, groups = hits[0]
-        rule = lead.rule
-        thr = float(rule.threshold(self.settings))  # type: ignore[arg-type]
-        suffix = "" if rule.per_class else "@set"
-        head = stats[rule.headline.metric + suffix]
-        all_groups = sorted({g for _, gs in hits for g in gs})
-        # the class that shows it most leads the wording
-        vals = head[groups] if rule.per_class else head
-        best = groups[int(vals.argmax() if rule.headline.op == ">=" else vals.argmin())]
-        best = best if rule.per_class else 0
-        value = float(head[best])
-        fields = {
-            k.removesuffix(suffix): float(v[best])
-            for k, v in stats.items()
-            if (k.endswith("@set") if suffix else not k.endswith("@set"))
-        }
-        fields["value"] = value
-        text = _FMT.format(rule.summary, **fields)
-        if rule.per_class:
-            classes = tuple(x.classes[g] for g in all_groups)
-            sel = torch.zeros_like(x.groups, dtype=torch.bool)
-            for g in all_groups:
-                sel |= x.groups == g
-            listed = (
-                ", ".join(f"{x.classes[g]}: {float(head[g]):.2f}" for g in groups)
-                if len(groups) > 1
-                else ""
-            )
-            who = (
-                f"Probes explained as class {classes[0]}"
-                if len(classes) == 1
-                else f"Probes explained as classes {_fmt_list(list(classes))}"
-            )
-            text = f"{who}: {text}" + (f" (per class: {listed})" if listed else "")
-        else:
-            classes = ()
-            sel = torch.ones_like(x.groups, dtype=torch.bool)
-            text = text[0].upper() + text[1:]
-        if rule.confirm is not None and rule.per_class:
-            text += self._causal_words(rule, stats, best, causal)
-        others = [d.rule.name for d, _ in hits[1:]]
-        if others:
-            text += f"; also: {', '.join(others)}"
-        metric = _PROBE_METRIC.get(rule.headline.metric, rule.headline.metric)
-        values = per[metric]
-        desc = rule.headline.op == ">="
-        idx = torch.nonzero(sel & ~torch.isnan(values)).flatten()
-        order = values[idx].argsort(descending=desc, stable=True)
-        probes = [int(i) for i in idx[order].tolist()]
-        text += f". Probes: {_fmt_list(probes)}. {rule.advice}"
-        return Flag(
-            kind=kind,
-            epoch=int(epoch),
-            global_step=int(step),
-            probe=probes[0] if len(probes) == 1 else None,
-            value=value,
-            threshold=thr,
-            message=text,
-            probes=tuple(probes),
-            metric=rule.headline.metric,
-            classes=classes,
-        )
-
-    def _causal_words(self, rule: Rule, stats: dict[str, Tensor], g: int, causal: bool) -> str:
-        if not causal:
-            return " (not confirmed causally: no score_fn, or confirm=False)"
-        r = rule.region
-        if rule.confirm == "depends":
-            dep = float(stats[f"causal/{r}_depends"][g])
-            flip = float(stats[f"causal/{r}_flip"][g])
-            return (
-                f"; erasing it takes at least {_pct(self.evidence_drop)} of the target's evidence "
-                f"(log-odds) from {_pct(dep)} of them and flips {_pct(flip)} of their predictions"
-            )
-        ev = float(stats[f"causal/{r}_evidence"][g])
-        what = (
-            "the objects" if r == "object" else f"the hottest {_pct(self.focus_frac)} of each map"
-        )
-        if math.isnan(ev) or ev <= 0:
-            return f"; erasing {what} removes none of the target's evidence"
-        return f"; erasing {what} removes only {_pct(ev)} of the target's evidence"
 
     # ------------------------------------------------------------------ 5. remember
     def _remember_flags(self, flags: list[Flag], epoch: int, step: int) -> list[Flag]:
@@ -844,103 +510,99 @@ class ShortcutMonitor:
         return out
 
     # ------------------------------------------------------------------ summaries
-    def _summarize(
-        self,
-        x: _Inputs,
-        per: dict[str, Tensor],
-        stats: dict[str, Tensor],
-        group: dict[str, Tensor],
-        decisions: list[RuleDecision],
-    ) -> Analysis:
-        if "causal/hotspot_depends" in per:
-            for key, src in (
-                ("flip_rate", "flip"),
-                ("score_drop", "drop"),
-                ("evidence_drop", "evidence"),
-                ("dependence", "depends"),
-            ):
-                group[f"causal/hotspot_{key}"] = stats[f"causal/hotspot_{src}"]
-            src = "artifact" if x.artifact_masks is not None else "hotspot"
-            for alias, part in (
-                ("flip", "flip"),
-                ("score_drop", "drop"),
-                ("evidence_drop", "evidence"),
-                ("dependence", "depends"),
-            ):
-                per[f"causal/{alias}"] = per[f"causal/{src}_{part}"]
-        names = list(per)
-        stacked = torch.stack([per[k].float() for k in names])  # [M, N]
-        means = torch.stack([_nanmean(row) for row in stacked])
-        cmeans, _ = _group_mean(stacked, x.onehot)
-        gnames = list(group)
-        gstack = torch.stack([group[k].float() for k in gnames])  # [K, G]
-        # the hot-spot group reported at set level: one that fired, else the most anchored-looking
-        hs = (
-            next(d for d in decisions if d.rule.name == "artifact_hotspot")
-            if any(d.rule.name == "artifact_hotspot" for d in decisions)
-            else None
+
+
+def _word_flag(
+    mon: ShortcutMonitor,
+    kind: FlagKind,
+    hits: list[tuple[RuleDecision, list[int]]],
+    x: E.Inputs,
+    per: dict[str, Tensor],
+    stats: dict[str, Tensor],
+    causal: bool,
+    epoch: int,
+    step: int,
+) -> Flag:
+    """One flag for a kind: the first firing rule leads; every firing class is named."""
+    lead, groups = hits[0]
+    rule = lead.rule
+    thr = float(rule.threshold(mon.settings))  # type: ignore[arg-type]
+    suffix = "" if rule.per_class else "@set"
+    head = stats[rule.headline.metric + suffix]
+    all_groups = sorted({g for _, gs in hits for g in gs})
+    # the class that shows it most leads the wording
+    vals = head[groups] if rule.per_class else head
+    best = groups[int(vals.argmax() if rule.headline.op == ">=" else vals.argmin())]
+    best = best if rule.per_class else 0
+    value = float(head[best])
+    fields = {
+        k.removesuffix(suffix): float(v[best])
+        for k, v in stats.items()
+        if (k.endswith("@set") if suffix else not k.endswith("@set"))
+    }
+    fields["value"] = value
+    text = _FMT.format(rule.summary, **fields)
+    if rule.per_class:
+        classes = tuple(x.classes[g] for g in all_groups)
+        sel = torch.zeros_like(x.groups, dtype=torch.bool)
+        for g in all_groups:
+            sel |= x.groups == g
+        listed = (
+            ", ".join(f"{x.classes[g]}: {float(head[g]):.2f}" for g in groups)
+            if len(groups) > 1
+            else ""
         )
-        cons = torch.nan_to_num(group["attention/hotspot_consistency"], nan=-1.0)
-        off_ok = (group["attention/hotspot_offset"] >= self.hotspot_offset).float()
-        score = cons + 1e6 * off_ok
-        if hs is not None and hs.attention is not None:
-            score = score + 1e12 * hs.attention.float()
-        best = score.argmax()
-        host = {
-            "stacked": stacked,
-            "means": means,
-            "cmeans": cmeans,
-            "gstack": gstack,
-            "best": best,
-        }
-        host = {k: v.cpu() for k, v in host.items()}
-        out = Analysis()
-        out.per_probe = {k: host["stacked"][i] for i, k in enumerate(names)}
-        out.summary = {k: float(host["means"][i]) for i, k in enumerate(names)}
-        b = int(host["best"])
-        for i, k in enumerate(gnames):
-            out.summary[k] = float(host["gstack"][i, b])
-        if len(x.classes) <= self.max_classes:
-            for j, c in enumerate(x.classes):
-                for i, k in enumerate(names):
-                    out.summary[f"{k}/class_{c}"] = float(host["cmeans"][i, j])
-                for i, k in enumerate(gnames):
-                    out.summary[f"{k}/class_{c}"] = float(host["gstack"][i, j])
-        return out
+        who = (
+            f"Probes explained as class {classes[0]}"
+            if len(classes) == 1
+            else f"Probes explained as classes {_fmt_list(list(classes))}"
+        )
+        text = f"{who}: {text}" + (f" (per class: {listed})" if listed else "")
+    else:
+        classes = ()
+        sel = torch.ones_like(x.groups, dtype=torch.bool)
+        text = text[0].upper() + text[1:]
+    if rule.confirm is not None and rule.per_class:
+        text += _causal_words(mon, rule, stats, best, causal)
+    others = [d.rule.name for d, _ in hits[1:]]
+    if others:
+        text += f"; also: {', '.join(others)}"
+    metric = _PROBE_METRIC.get(rule.headline.metric, rule.headline.metric)
+    values = per[metric]
+    desc = rule.headline.op == ">="
+    idx = torch.nonzero(sel & ~torch.isnan(values)).flatten()
+    order = values[idx].argsort(descending=desc, stable=True)
+    probes = [int(i) for i in idx[order].tolist()]
+    text += f". Probes: {_fmt_list(probes)}. {rule.advice}"
+    return Flag(
+        kind=kind,
+        epoch=int(epoch),
+        global_step=int(step),
+        probe=probes[0] if len(probes) == 1 else None,
+        value=value,
+        threshold=thr,
+        message=text,
+        probes=tuple(probes),
+        metric=rule.headline.metric,
+        classes=classes,
+    )
 
 
-# ---------------------------------------------------------------------- grid helpers
-def _resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of float ``[N, h, w]`` to ``size`` (antialiased when shrinking)."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    shrink = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
-    return F.interpolate(
-        maps[:, None].float(), size=size, mode="bilinear", align_corners=False, antialias=shrink
-    )[:, 0]
-
-
-def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bool ``[N, H, W]`` -> ``[N, *size]``: cells at least half covered, and for masks that
-    would vanish, their best-covered cells."""
-    if tuple(mask.shape[-2:]) == size:
-        return mask
-    frac = F.adaptive_avg_pool2d(mask[:, None].float(), size)[:, 0]
-    top = frac.flatten(1).amax(1).view(-1, 1, 1)
-    return (frac >= 0.5) | ((frac >= top) & (frac > 0))
-
-
-def _upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of bool ``[N, h, w]`` to ``size``."""
-    if tuple(mask.shape[-2:]) == size:
-        return mask
-    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0
-
-
-def _dilate(mask: Tensor, px: int) -> Tensor:
-    """Grow bool ``[N, H, W]`` masks by ``px`` pixels (3x3-connected)."""
-    if px <= 0:
-        return mask
-    k = 2 * px + 1
-    return F.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0
+def _causal_words(
+    mon: ShortcutMonitor, rule: Rule, stats: dict[str, Tensor], g: int, causal: bool
+) -> str:
+    if not causal:
+        return " (not confirmed causally: no score_fn, or confirm=False)"
+    r = rule.region
+    if rule.confirm == "depends":
+        dep = float(stats[f"causal/{r}_depends"][g])
+        flip = float(stats[f"causal/{r}_flip"][g])
+        return (
+            f"; erasing it takes at least {_pct(mon.evidence_drop)} of the target's evidence "
+            f"(log-odds) from {_pct(dep)} of them and flips {_pct(flip)} of their predictions"
+        )
+    ev = float(stats[f"causal/{r}_evidence"][g])
+    what = "the objects" if r == "object" else f"the hottest {_pct(mon.focus_frac)} of each map"
+    if math.isnan(ev) or ev <= 0:
+        return f"; erasing {what} removes none of the target's evidence"
+    return f"; erasing {what} removes only {_pct(ev)} of the target's evidence"

@@ -40,7 +40,7 @@ from .render import (
 )
 from .sinks import SinkGroup, markdown_table
 
-__all__ = ["Reporter", "RunMedia", "flag_report", "shown_probes"]
+__all__ = ["Reporter", "RunMedia", "flag_report", "flag_warning", "run_media", "shown_probes"]
 
 
 @dataclass
@@ -84,6 +84,55 @@ def shown_probes(labels: Tensor | None, n: int, limit: int) -> list[int]:
             if q and len(order) < limit:
                 order.append(q.pop(0))
     return sorted(order)
+
+
+def run_media(
+    step: int,
+    probes: Any,
+    images: Tensor,
+    maps: Tensor,
+    logits: Tensor | None,
+    targets: Tensor | None,
+    per_probe: dict[str, Tensor],
+    max_images: int,
+) -> RunMedia:
+    """CPU copies of what a run's artefacts show, taken on the training thread.
+
+    Args:
+        step: the logging step.
+        probes: the :class:`~gradcam_callback.ProbeSet` (for the labels).
+        images: ``[N, C, H, W]`` probe images; maps: ``[N, h, w]`` raw maps.
+        logits: ``[N, K]`` outputs (softmax confidence and prediction), or ``None``.
+        targets: long ``[N]`` explained classes, or ``None``.
+        per_probe: metric name -> ``[N]`` values (the per-probe table).
+        max_images: probes drawn in the grid at most (``0``: no images).
+    """
+    n = images.shape[0]
+    shown = shown_probes(probes.labels, n, max_images) if max_images else []
+    conf = pred = None
+    if logits is not None and targets is not None:
+        conf = logits.softmax(1).gather(1, targets[:, None])[:, 0].tolist()
+        pred = logits.argmax(1).tolist()
+    return RunMedia(
+        step=step,
+        images=images[shown].cpu() if shown else None,
+        maps=maps[shown].float().cpu() if shown else None,
+        shown=shown,
+        labels=probes.labels.tolist() if probes.labels is not None else [None] * n,
+        preds=pred or [None] * n,
+        targets=targets.tolist() if targets is not None else [None] * n,
+        confs=conf or [math.nan] * n,
+        per_probe={k: v.tolist() for k, v in per_probe.items()},
+    )
+
+
+def flag_warning(flag: Any, prefix: str) -> str:
+    """The rank-zero warning of a new flag: kind, when, the message and where to look."""
+    return (
+        f"GradCAMCallback [{flag.kind}] at epoch {flag.epoch}, step {flag.global_step}: "
+        f"{flag.message} (see '{prefix}/overlays' and '{prefix}/flags' in TensorBoard / W&B / "
+        "MLflow)"
+    )
 
 
 def flag_report(flags: Sequence[Any]) -> str:
@@ -183,7 +232,10 @@ class Reporter:
             job()
         except Exception as err:  # kept, then warned about on the training thread
             with self._lock:
-                self._errors.append(f"{what}: {err!r}")
+                self._errors.append(
+                    f"could not render or write the {what} (its metrics and "
+                    f"flags are kept; training goes on): {err!r}"
+                )
 
     def _loop(self) -> None:
         assert self._queue is not None
@@ -290,7 +342,9 @@ class Reporter:
         """Queue a ``flags`` text entry outside a run (e.g. the sanity check's flag)."""
         if flags:
             text = flag_report(flags)
-            self._enqueue(lambda: sinks.log_text(f"{self.prefix}/flags", text, step), "flags")
+            self._enqueue(
+                lambda: sinks.log_text(f"{self.prefix}/flags", text, step), f"flags of step {step}"
+            )
 
     # ------------------------------------------------------------------ fit end
     def write_filmstrip(self, sinks: SinkGroup, step: int, out_dir: Path | None = None) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from gradcam_callback import GradCAMCallback, ProbeSet, ShortcutMonitor
-from gradcam_callback import callback as callback_module
+from gradcam_callback import reporting as reporting_module
 
 TinyModule = make_module_class(pl)
 
@@ -346,7 +346,7 @@ def _render_explodes(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("render exploded")
 
-    monkeypatch.setattr(callback_module, "grid_rows", boom)  # used by the runs only
+    monkeypatch.setattr(reporting_module, "grid_rows", boom)  # used by the runs only
 
 
 # (case, inject, expected warning, how many times, records kept) in a 3-epoch fit of 4 runs
@@ -523,24 +523,3 @@ def test_flag_messages_never_read_nan_or_negative_percentages(tmp_path):
         assert not re.search(r"-\d+(\.\d+)?%", flag.message), flag.message
 
 
-@pytest.mark.parametrize(
-    "message, tidy",
-    [
-        ("removes only nan% of the evidence", "removes only n/a of the evidence"),
-        ("removes only -1% of the evidence", "removes only 0% of the evidence"),
-        ("removes only 12% of the evidence", "removes only 12% of the evidence"),
-    ],
-)
-def test_flag_message_tidying(message, tidy):
-    from gradcam_callback.alarms import Flag
-
-    flag = Flag(
-        kind="background",
-        epoch=0,
-        global_step=0,
-        probe=None,
-        value=1.0,
-        threshold=2.0,
-        message=message,
-    )
-    assert callback_module._tidy_flag(flag).message == tidy

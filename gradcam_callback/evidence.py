@@ -1,0 +1,379 @@
+"""The evidence of one run: the analysis grid, the measures, and the causal checks.
+
+The steps of :meth:`~gradcam_callback.alarms.ShortcutMonitor.analyze` that measure (the rules
+then decide on what they return): :func:`prepare` brings maps, images and masks to one bounded
+analysis grid; :func:`measure` computes the per-probe measures and the class hot spots
+(:mod:`gradcam_callback.metrics`); :func:`class_stats` turns them into per-class statistics;
+:func:`confirm` erases, for the classes whose rule is near its threshold, the rule's region in one
+batched forward; :func:`summarize` gathers the values a run logs. Each takes the monitor (``mon``)
+for its settings and drift references; none keeps state of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import metrics as M
+from .rules import RuleDecision
+
+__all__ = [
+    "Inputs",
+    "causal_class_stats",
+    "class_stats",
+    "confirm",
+    "group_mean",
+    "measure",
+    "nanmean",
+    "prepare",
+    "resize_maps",
+    "summarize",
+]
+
+_REGIONS = ("artifact", "hotspot", "object", "focus", "border")
+
+
+@dataclass
+class Inputs:
+    """One run's tensors at the analysis grid (``g``) and at image size (for erasure)."""
+
+    maps: Tensor  # [N, gh, gw] float32 >= 0
+    images: Tensor  # [N, C, H, W] as fed to the model
+    images_grid: Tensor  # [N, C, gh, gw] float32
+    targets: Tensor  # [N] long
+    groups: Tensor  # [N] long in [0, G)
+    classes: list[int]  # class id of each group
+    onehot: Tensor  # [N, G] float
+    object_masks: Tensor | None  # [N, gh, gw] bool
+    artifact_masks: Tensor | None
+    object_full: Tensor | None  # [N, H, W] bool
+    artifact_full: Tensor | None
+    logits: Tensor | None
+    can_localise: bool
+
+
+def nanmean(x: Tensor) -> Tensor:
+    """``nanmean`` that stays NaN (without a warning) for an all-NaN or empty input."""
+    ok = ~torch.isnan(x)
+    return torch.where(ok.any(), torch.nan_to_num(x).sum() / ok.sum().clamp_min(1), torch.nan)
+
+
+def group_mean(values: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-group ``nanmean`` and count of non-NaN values: ``[M, N] @ [N, G] -> [M, G]`` twice."""
+    ok = (~torch.isnan(values)).float()
+    cnt = ok @ onehot
+    mean = (torch.nan_to_num(values) @ onehot) / cnt.clamp_min(1)
+    return torch.where(cnt > 0, mean, torch.nan), cnt
+
+
+def prepare(
+    mon: Any,
+    maps: Tensor,
+    images: Tensor,
+    targets: Tensor,
+    logits: Tensor | None,
+    object_masks: Tensor | None,
+    artifact_masks: Tensor | None,
+    map_size: tuple[int, int] | None,
+) -> Inputs:
+    if maps.dim() != 3 or images.dim() != 4 or maps.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"expected maps [N, h, w] and images [N, C, H, W] with the same N, got "
+            f"{tuple(maps.shape)} and {tuple(images.shape)}"
+        )
+    _, _, height, width = images.shape
+    dev = maps.device
+    grid = mon.grid_size(int(height), int(width))
+    if map_size is None:
+        small = maps.shape[-2] < height or maps.shape[-1] < width
+        map_size = tuple(maps.shape[-2:]) if small else (height, width)
+    can_localise = min(map_size) >= mon.min_map_cells
+    g_maps = resize_maps(maps.detach().float(), grid).clamp_min(0)
+    images = images.detach()
+    g_images = images.float()
+    if tuple(images.shape[-2:]) != grid:
+        g_images = F.adaptive_avg_pool2d(g_images, grid)
+    targets = targets.detach().to(dev, torch.long)
+    uniq, inv = torch.unique(targets, return_inverse=True)
+    onehot = F.one_hot(inv, int(uniq.numel())).float()
+
+    def full(m: Tensor | None) -> Tensor | None:
+        return None if m is None else m.to(dev, torch.bool)
+
+    obj, art = full(object_masks), full(artifact_masks)
+    return Inputs(
+        maps=g_maps,
+        images=images.to(dev),
+        images_grid=g_images.to(dev),
+        targets=targets,
+        groups=inv,
+        classes=[int(c) for c in uniq.tolist()],
+        onehot=onehot,
+        object_masks=None if obj is None else _resize_mask(obj, grid),
+        artifact_masks=None if art is None else _resize_mask(art, grid),
+        object_full=obj,
+        artifact_full=art,
+        logits=None if logits is None else logits.detach().float().to(dev),
+        can_localise=can_localise,
+    )
+
+
+def measure(
+    mon: Any, x: Inputs, drift_vs_baseline: bool
+) -> tuple[dict[str, Tensor], dict[str, Tensor], M.Hotspot]:
+    maps, dev = x.maps, x.maps.device
+    per: dict[str, Tensor] = {}
+    refs = (("baseline", mon.baseline_maps if drift_vs_baseline else None),)
+    refs += (("previous", mon.previous_maps),)
+    for name, ref in refs:
+        if ref is None:
+            continue
+        ref = ref.to(dev)
+        per[f"drift/pearson_{name}"] = M.pearson(maps, ref)
+        per[f"drift/spearman_{name}"] = M.spearman(maps, ref)
+        per[f"drift/js_{name}"] = M.js_divergence(maps, ref)
+        per[f"drift/iou_{name}"] = M.topk_iou(maps, ref)
+        per[f"drift/com_shift_{name}"] = M.com_shift(maps, ref)
+    entropy = M.focus_entropy(maps)
+    per["attention/entropy"] = entropy
+    per["attention/focus"] = 1.0 - entropy
+    per["attention/border_enrichment"] = M.border_enrichment(maps, mon.border_width)
+    per["attention/corner_enrichment"] = M.corner_enrichment(maps)
+    for name, mask in (("object", x.object_masks), ("artifact", x.artifact_masks)):
+        if mask is None:
+            continue
+        has = mask.flatten(1).any(1)
+        per[f"attention/{name}_share"] = torch.where(has, M.mass_share(maps, mask), torch.nan)
+        per[f"attention/{name}_enrichment"] = M.enrichment(maps, mask)
+        if name == "object":
+            per["attention/object_pointing"] = torch.where(
+                has, M.pointing_game(maps, mask), torch.nan
+            )
+    hot = M.anchored_hotspot(
+        maps,
+        x.images_grid,
+        x.groups,
+        num_groups=len(x.classes),
+        frac=mon.hotspot_frac,
+        min_group=mon.min_probes,
+    )
+    per["attention/hotspot_share"] = hot.share
+    per["attention/hotspot_enrichment"] = hot.enrichment
+    group = {
+        "attention/hotspot_consistency": hot.consistency,
+        "attention/hotspot_offset": hot.offset,
+        "attention/hotspot_stability": hot.stability,
+        "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
+    }
+    return per, group, hot
+
+
+def class_stats(
+    x: Inputs, per: dict[str, Tensor], group: dict[str, Tensor], size: Tensor
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Class statistics ``[G]`` (and ``"@set"`` values ``[1]``) with their usable counts."""
+    names = list(per)
+    stacked = torch.stack([per[k] for k in names])  # [M, N]
+    means, cnt = group_mean(stacked, x.onehot)
+    whole = torch.ones(x.onehot.shape[0], 1, device=x.onehot.device)
+    smeans, scnt = group_mean(stacked, whole)
+    stats, counts = {}, {}
+    for i, k in enumerate(names):
+        stats[k], counts[k] = means[i], cnt[i]
+        stats[k + "@set"], counts[k + "@set"] = smeans[i], scnt[i]
+    for k, v in group.items():
+        stats[k], counts[k] = v, size
+    return stats, counts
+
+
+def regions(mon: Any, x: Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tensor]]:
+    """Region name -> a function building its bool ``[N, H, W]`` erasure masks at image size."""
+    height, width = x.images.shape[-2:]
+    size = (int(height), int(width))
+
+    def up(mask: Tensor) -> Tensor:
+        return _dilate(_upsample_mask(mask, size), 1)
+
+    return {
+        "artifact": lambda: _dilate(x.artifact_full, 1),  # type: ignore[arg-type]
+        "object": lambda: _dilate(x.object_full, 1),  # type: ignore[arg-type]
+        "hotspot": lambda: up(hot.footprint),
+        "focus": lambda: up(M.top_region(x.maps, mon.focus_frac)),
+        "border": lambda: M.border_mask(*size, mon.border_width, x.images.device).expand(
+            x.images.shape[0], *size
+        ),
+    }
+
+
+def confirm(
+    mon: Any,
+    x: Inputs,
+    decisions: list[RuleDecision],
+    hot: M.Hotspot,
+    per: dict[str, Tensor],
+    score_fn: Callable[[Tensor], Tensor],
+    multilabel: bool,
+) -> dict[str, int]:
+    """Erase, for each region, the probes of the classes whose rule is near its threshold;
+    all of them in one batched forward. Fills ``per["causal/<region>_*"]`` (NaN elsewhere)."""
+    n = x.maps.shape[0]
+    wanted: dict[str, Tensor] = {}
+    for d in decisions:
+        if not d.evaluated or d.rule.region is None or d.near is None:
+            continue
+        sel = d.near[x.groups] if d.rule.per_class else d.near.expand(n)
+        wanted[d.rule.region] = wanted.get(d.rule.region, torch.zeros_like(sel)) | sel
+    builders = regions(mon, x, hot)
+    batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
+    for region, sel in wanted.items():
+        masks = builders[region]()
+        sel = sel & masks.flatten(1).any(1)
+        idx = torch.nonzero(sel).flatten()
+        if idx.numel():
+            batches.append((region, idx, masks[idx]))
+    nan = torch.full((n,), torch.nan, device=x.maps.device)
+    for region in _REGIONS:
+        for part in ("flip", "drop", "evidence", "depends"):
+            per[f"causal/{region}_{part}"] = nan.clone()
+    if not batches:
+        return {}
+    with torch.no_grad():
+        base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
+        erased = torch.cat([M.erase(x.images[idx], reg) for _, idx, reg in batches])
+        after = score_fn(erased).detach().float().to(base.device)
+    start = 0
+    tested: dict[str, int] = {}
+    for region, idx, _ in batches:
+        stop = start + idx.numel()
+        eff = M.erasure_effect_from_logits(
+            base[idx], after[start:stop], x.targets[idx], multilabel=multilabel
+        )
+        start = stop
+        depends = torch.where(
+            torch.isnan(eff.evidence_drop),
+            eff.evidence_drop,
+            (eff.evidence_drop >= mon.evidence_drop).float(),
+        )
+        for part, value in (
+            ("flip", eff.flipped),
+            ("drop", eff.score_drop),
+            ("evidence", eff.evidence_drop),
+            ("depends", depends),
+        ):
+            per[f"causal/{region}_{part}"][idx] = value.to(nan.dtype)
+        tested[region] = int(idx.numel())
+    return tested
+
+
+def causal_class_stats(
+    x: Inputs, per: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    names = [k for k in per if k.startswith("causal/")]
+    if not names:
+        return {}, {}
+    means, cnt = group_mean(torch.stack([per[k] for k in names]), x.onehot)
+    return dict(zip(names, means)), dict(zip(names, cnt))
+
+
+def summarize(
+    mon: Any,
+    x: Inputs,
+    per: dict[str, Tensor],
+    stats: dict[str, Tensor],
+    group: dict[str, Tensor],
+    decisions: list[RuleDecision],
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """What a run logs: ``(per_probe, summary)`` on the host (see
+    :class:`~gradcam_callback.alarms.Analysis`), in one transfer."""
+    if "causal/hotspot_depends" in per:
+        for key, src in (
+            ("flip_rate", "flip"),
+            ("score_drop", "drop"),
+            ("evidence_drop", "evidence"),
+            ("dependence", "depends"),
+        ):
+            group[f"causal/hotspot_{key}"] = stats[f"causal/hotspot_{src}"]
+        src = "artifact" if x.artifact_masks is not None else "hotspot"
+        for alias, part in (
+            ("flip", "flip"),
+            ("score_drop", "drop"),
+            ("evidence_drop", "evidence"),
+            ("dependence", "depends"),
+        ):
+            per[f"causal/{alias}"] = per[f"causal/{src}_{part}"]
+    names = list(per)
+    stacked = torch.stack([per[k].float() for k in names])  # [M, N]
+    means = torch.stack([nanmean(row) for row in stacked])
+    cmeans, _ = group_mean(stacked, x.onehot)
+    gnames = list(group)
+    gstack = torch.stack([group[k].float() for k in gnames])  # [K, G]
+    # the hot-spot group reported at set level: one that fired, else the most anchored-looking
+    hs = next((d for d in decisions if d.rule.name == "artifact_hotspot"), None)
+    cons = torch.nan_to_num(group["attention/hotspot_consistency"], nan=-1.0)
+    off_ok = (group["attention/hotspot_offset"] >= mon.hotspot_offset).float()
+    score = cons + 1e6 * off_ok
+    if hs is not None and hs.attention is not None:
+        score = score + 1e12 * hs.attention.float()
+    best = score.argmax()
+    host = {
+        "stacked": stacked,
+        "means": means,
+        "cmeans": cmeans,
+        "gstack": gstack,
+        "best": best,
+    }
+    host = {k: v.cpu() for k, v in host.items()}
+    per_probe = {k: host["stacked"][i] for i, k in enumerate(names)}
+    summary = {k: float(host["means"][i]) for i, k in enumerate(names)}
+    b = int(host["best"])
+    for i, k in enumerate(gnames):
+        summary[k] = float(host["gstack"][i, b])
+    if len(x.classes) <= mon.max_classes:
+        for j, c in enumerate(x.classes):
+            for i, k in enumerate(names):
+                summary[f"{k}/class_{c}"] = float(host["cmeans"][i, j])
+            for i, k in enumerate(gnames):
+                summary[f"{k}/class_{c}"] = float(host["gstack"][i, j])
+    return per_probe, summary
+
+
+# ---------------------------------------------------------------------- grid helpers
+def resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of float ``[N, h, w]`` to ``size`` (antialiased when shrinking)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    shrink = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
+    return F.interpolate(
+        maps[:, None].float(), size=size, mode="bilinear", align_corners=False, antialias=shrink
+    )[:, 0]
+
+
+def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bool ``[N, H, W]`` -> ``[N, *size]``: cells at least half covered, and for masks that
+    would vanish, their best-covered cells."""
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    frac = F.adaptive_avg_pool2d(mask[:, None].float(), size)[:, 0]
+    top = frac.flatten(1).amax(1).view(-1, 1, 1)
+    return (frac >= 0.5) | ((frac >= top) & (frac > 0))
+
+
+def _upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of bool ``[N, h, w]`` to ``size``."""
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0
+
+
+def _dilate(mask: Tensor, px: int) -> Tensor:
+    """Grow bool ``[N, H, W]`` masks by ``px`` pixels (3x3-connected)."""
+    if px <= 0:
+        return mask
+    k = 2 * px + 1
+    return F.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0
