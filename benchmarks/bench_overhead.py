@@ -121,7 +121,8 @@ class FitClock(pl.Callback):
 COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ("engine: GradCAM.explain", "gradcam_callback.engine", "GradCAM.explain"),
     ("monitor: ShortcutMonitor.analyze", "gradcam_callback.alarms", "ShortcutMonitor.analyze"),
-    ("  causal check: metrics.erasure_effect", "gradcam_callback.metrics", "erasure_effect"),
+    ("  causal check: metrics.erasure_effect_from_logits", "gradcam_callback.metrics",
+     "erasure_effect_from_logits"),
     ("    inpainting: metrics.erase", "gradcam_callback.metrics", "erase"),
     ("media (worker thread): Reporter._write_run", "gradcam_callback.reporting",
      "Reporter._write_run"),

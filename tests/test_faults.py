@@ -521,5 +521,3 @@ def test_flag_messages_never_read_nan_or_negative_percentages(tmp_path):
     for flag in cb.flags:
         assert "nan" not in flag.message.lower(), flag.message
         assert not re.search(r"-\d+(\.\d+)?%", flag.message), flag.message
-
-
