@@ -12,6 +12,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+sys.path.insert(0, str(Path(__file__).parent))
+import pytorch_lightning as pl
+from lit_helpers import loaders, make_module_class, trainer_kwargs
+
+from gradcam_callback import GradCAMCallback, ProbeSet
+
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_ddp_two_cpu_processes(tmp_path):
@@ -42,3 +48,21 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert [e.step for e in acc.Scalars("gradcam/probe/confidence")] == steps
     event_files = list((tmp_path / "tb").rglob("events.out.tfevents*"))
     assert len(event_files) == 1
+
+    # the probes are sharded: each rank explains 2 of the 4 probes per run (after the 2-probe
+    # set-up check), and gathers the other rank's maps
+    for r in ranks:
+        assert r["explained"] == [2] + [2] * len(r["history"]), r["explained"]
+
+    # ... and the last run's measures equal a single-process run of the same model and probes
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    model = make_module_class(pl)()
+    model.load_state_dict(final["model"])
+    single = GradCAMCallback(probes=ProbeSet.from_state_dict(final["probes"]), verbose=False)
+    _, val = loaders()
+    pl.Trainer(**trainer_kwargs(tmp_path / "single", callbacks=[single])).validate(model, val)
+    ddp_metrics, one = ranks[0]["history"][-1]["metrics"], single.history[-1]["metrics"]
+    compared = [k for k in one if k.startswith(("attention/", "probe/")) and "/class_" not in k]
+    assert len(compared) > 10
+    for k in compared:
+        assert ddp_metrics[k] == pytest.approx(one[k], abs=1e-4, nan_ok=True), k
