@@ -8,15 +8,17 @@ from .callback import GradCAMCallback
 from .engine import METHODS, CAMResult, GradCAM, normalize_maps
 from .guided import guided_backprop, guided_gradcam  # also installs GradCAM.guided
 from .layers import LayerInfo
-from .probes import BatchKeys, ProbeSet, select_probes
+from .probes import BatchKeys, ProbeSet, choose_probes, select_probes
+from .rules import FlagKind
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "METHODS",
     "BatchKeys",
     "CAMResult",
     "Flag",
+    "FlagKind",
     "GradCAM",
     "GradCAMCallback",
     "LayerInfo",
@@ -24,6 +26,7 @@ __all__ = [
     "ShortcutDetected",
     "ShortcutMonitor",
     "__version__",
+    "choose_probes",
     "guided_backprop",
     "guided_gradcam",
     "normalize_maps",
