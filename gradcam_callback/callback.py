@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import METHODS, GradCAM, normalize_maps
 from .layers import eval_mode
+from .multilabel import Task, check_task, plan_task, scan_multilabel, sigmoid_outputs
 from .probes import BatchKeys, ProbeSet, choose_probes, label_problem, peek_batch, preserve_rng
 from .quality import deletion_curve, occlusion_agreement, occlusion_map, randomization_check
 from .render import (
@@ -147,6 +148,10 @@ class GradCAMCallback(Callback):
         monitor: a :class:`~gradcam_callback.ShortcutMonitor` carrying every threshold (the
             threshold arguments above are shorthand for its most used ones; giving both is an
             error).
+        task: ``"multiclass"`` (softmax class logits), ``"multilabel"`` (independent sigmoid
+            outputs: each probe is explained once per positive label, confidence is the label's
+            sigmoid, flags name the label; see :mod:`~gradcam_callback.multilabel`) or
+            ``"auto"`` (multi-label when the probe labels are multi-hot, said at set-up).
     """
 
     def __init__(
@@ -195,8 +200,10 @@ class GradCAMCallback(Callback):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         min_map_size: int = 7,
         monitor: ShortcutMonitor | None = None,
+        task: Task = "auto",
     ) -> None:
         super().__init__()
+        check_task(task)  # multi-label
         if num_probes is not None and num_probes < 1:
             raise ValueError(f"num_probes must be >= 1 (or None: per class), got {num_probes}")
         if probes_per_class < 1 or max_probes < probes_per_class:
@@ -293,6 +300,10 @@ class GradCAMCallback(Callback):
         self.probe_choice: Any = None
 
         self._probes: ProbeSet | None = probes
+        self.task = task  # multi-label: the task, decided at set-up (multilabel.plan_task)
+        self._multilabel = False
+        self._explained: ProbeSet | None = None
+        self.explained_index: Tensor | None = None
         self._explicit_probes = probes is not None
         self.history: list[dict[str, Any]] = []
         self.flags: list[Flag] = []
@@ -312,6 +323,12 @@ class GradCAMCallback(Callback):
     def probes(self) -> ProbeSet | None:
         """The :class:`ProbeSet` in use (chosen at set-up, or given)."""
         return self._probes
+
+    @property
+    def explained_probes(self) -> ProbeSet | None:
+        """The probes the runs explain: :attr:`probes`, or for multi-label probes one row per
+        (probe, positive label), with ``explained_index`` naming each row's probe."""
+        return self._explained if self._explained is not None else self._probes
 
     @property
     def state_key(self) -> str:
@@ -349,10 +366,17 @@ class GradCAMCallback(Callback):
                 max_probes=self.max_probes,
                 classes=self.classes,
                 keys=self.keys,
+                multilabel=scan_multilabel(self.task),  # multi-label
             )
             self._probes = self.probe_choice.probes
             self._check_labels(trainer, loader)
         probes = self._probes
+        # multi-label (multilabel.py): the task and the explained set (a row per positive label)
+        plan = plan_task(self.task, probes, target=self.target, classes=self.classes)
+        self._multilabel = plan.multilabel
+        self._explained, self.explained_index = plan.explained, plan.index
+        if plan.message:
+            _warn(trainer, plan.message)
         model = self._model(pl_module)
         if self._engine is None:
             self._engine = GradCAM(
@@ -378,7 +402,7 @@ class GradCAMCallback(Callback):
             if self.target == "label":
                 probes.check_num_classes(out.shape[1])
         self._check_display(probes)
-        self._report_setup(trainer, probes)
+        self._report_setup(trainer, plan.explained)  # multi-label: the explained rows
 
     def _report_setup(self, trainer: Any, probes: ProbeSet) -> None:
         """Say at set-up what is explained, with which probes, and what cannot be watched."""
@@ -455,6 +479,8 @@ class GradCAMCallback(Callback):
         """Warn when the batches carry labels that cannot be read as class indices."""
         if self.target != "label" or self._probes is None or self._probes.labels is not None:
             return
+        if self._probes.is_multilabel:  # multi-label: label sets are usable labels
+            return
         problem = label_problem(peek_batch(loader), self.keys)
         if problem:
             _warn(
@@ -517,10 +543,12 @@ class GradCAMCallback(Callback):
         assert self._probes is not None and self._engine is not None
         model = self._model(pl_module)
         device = _module_device(model)
-        images = self._probes.images.to(device)
+        probes = self.explained_probes  # multi-label: the explained rows
+        assert probes is not None
+        images = probes.images.to(device)
         targets = None
-        if self.target == "label" and self._probes.labels is not None:
-            targets = self._probes.labels.to(device)
+        if self.target == "label" and probes.labels is not None:
+            targets = probes.labels.to(device)
         with _eager_forward(pl_module):
             report = randomization_check(
                 model, images, targets, target_layer=self._engine.target_layers, method=self.method
@@ -610,7 +638,8 @@ class GradCAMCallback(Callback):
         self, trainer: Any, pl_module: Any, stage: str, step: int
     ) -> tuple[dict[str, Any], list[Flag], dict[str, Any]]:
         assert self._probes is not None and self._engine is not None
-        probes = self._probes
+        probes = self.explained_probes  # multi-label: a row per (probe, positive label)
+        assert probes is not None
         model = self._model(pl_module)
         device = _module_device(model)
         plugin = _precision_plugin(trainer)
@@ -653,7 +682,13 @@ class GradCAMCallback(Callback):
             self._check_zero_maps(trainer, maps, stage)
         metrics: dict[str, float] = {}
         pred = conf = None
-        if logits is not None and targets_t is not None:
+        if logits is not None and targets_t is not None and self._multilabel:
+            # multi-label: sigmoid confidence; pred = 1 where the explained label's logit > 0
+            pred, conf = sigmoid_outputs(logits, targets_t)
+            metrics["probe/confidence"] = float(conf.mean())
+            if labels is not None:
+                metrics["probe/accuracy"] = float(pred.float().mean())
+        elif logits is not None and targets_t is not None:
             probs = logits.softmax(dim=1)
             pred = logits.argmax(dim=1)
             conf = probs.gather(1, targets_t[:, None])[:, 0]
@@ -678,6 +713,7 @@ class GradCAMCallback(Callback):
             global_step=step,
             baseline=is_baseline,
             map_size=self._map_size(),
+            multilabel=self._multilabel,  # multi-label: evidence = the target logit
         )
 
         metrics.update({k: float(v) for k, v in analysis.summary.items()})
@@ -742,7 +778,8 @@ class GradCAMCallback(Callback):
                 maps,
                 targets,
                 steps=self.faithfulness_steps,
-                softmax=self.target_fn is None,  # a target_fn score is used as it is
+                # a target_fn score is used as it is; multi-label: the target logit (log-odds)
+                softmax=self.target_fn is None and not self._multilabel,
             )
             out["faithfulness/deletion_auc"] = float(report.auc.mean())
         if every_occ and run % every_occ == 0:
@@ -785,7 +822,7 @@ class GradCAMCallback(Callback):
         return self._sink_group
 
     def _log_media(self, trainer: Any, sinks: SinkGroup, media: dict[str, Any], step: int) -> None:
-        probes = self._probes
+        probes = self.explained_probes  # multi-label: the explained rows
         assert probes is not None
         pred, conf, targets = media["pred"], media["conf"], media["targets"]
         n = len(probes)

@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"guided"},
     {"render"},
     {"probes"},
+    {"multilabel"},
     {"metrics"},
     {"rules"},
     {"alarms"},
