@@ -21,6 +21,7 @@ from . import checks
 from . import trainer_utils as tu
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import GradCAM
+from .multilabel import Task, plan_task, scan_multilabel, sigmoid_outputs
 from .probes import BatchKeys, ProbeChoice, ProbeSet, choose_probes, preserve_rng
 from .probing import Shard, explain_probes, quality_metrics, sanity_check, score_function
 from .reporting import Reporter, RunMedia, flag_warning, run_media
@@ -78,6 +79,9 @@ class GradCAMCallback(Callback):
         min_map_size: fewest map cells per side for the automatic layer and spatial rules.
         monitor: a :class:`~gradcam_callback.ShortcutMonitor` with every threshold (not
             together with the shorthands).
+        task: ``"multiclass"`` (softmax logits), ``"multilabel"`` (sigmoid outputs: a probe is
+            explained once per positive label, flags name the label) or ``"auto"`` (multi-label
+            when the probe labels are multi-hot, said at set-up).
 
     Example::
 
@@ -133,6 +137,7 @@ class GradCAMCallback(Callback):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         min_map_size: int = 7,
         monitor: ShortcutMonitor | None = None,
+        task: Task = "auto",
     ) -> None:
         super().__init__()
         settings = dict(locals())
@@ -167,11 +172,20 @@ class GradCAMCallback(Callback):
         self._sink_group: SinkGroup | None = None
         self._model_ref: weakref.ref[nn.Module] | None = None  # the model of the last set-up
         self._warned: set[str] = set()  # once-per-set-up warnings already given
+        self._multilabel = False  # decided at set-up (multilabel.plan_task)
+        self._explained: ProbeSet | None = None  # a row per (probe, positive label)
+        self.explained_index: Tensor | None = None  # the probe of each explained row
 
     @property
     def probes(self) -> ProbeSet | None:
         """The :class:`ProbeSet` in use (chosen at set-up, or given)."""
         return self._probes
+
+    @property
+    def explained_probes(self) -> ProbeSet | None:
+        """The probes the runs explain: :attr:`probes`, or for multi-label probes one row per
+        (probe, positive label), with ``explained_index`` naming each row's probe."""
+        return self._explained if self._explained is not None else self._probes
 
     @property
     def state_key(self) -> str:
@@ -205,10 +219,18 @@ class GradCAMCallback(Callback):
             self.layer_info = self._engine.resolve(sample)
             out = self._engine.explain(sample, self.target_fn, upsample=False).output
         checks.check_output(out, probes, self.target, self.target_fn is not None)
+        plan = plan_task(self.task, probes, target=self.target, classes=self.classes)
+        self._multilabel, self._explained, self.explained_index = (
+            plan.multilabel,
+            plan.explained,
+            plan.index,
+        )
+        if plan.message:
+            tu.warn(trainer, plan.message)
         if self.log_images:
             checks.check_display(self.reporter, probes)
         lines, notes = checks.setup_notes(
-            choice=self.probe_choice, probes=probes, layer_info=self.layer_info,
+            choice=self.probe_choice, probes=plan.explained, layer_info=self.layer_info,
             monitor=self.monitor, target=self.target, max_probes=self.max_probes,
             probes_per_class=self.probes_per_class,
         )  # fmt: skip
@@ -231,6 +253,7 @@ class GradCAMCallback(Callback):
         self.probe_choice = choose_probes(
             loader, self.num_probes, per_class=self.probes_per_class,
             max_probes=self.max_probes, classes=self.classes, keys=self.keys,
+            multilabel=scan_multilabel(self.task),
         )  # fmt: skip
         self._probes = self.probe_choice.probes
         note = checks.label_warning(self._probes, loader, self.keys, self.target)
@@ -251,6 +274,7 @@ class GradCAMCallback(Callback):
                 "to keep them, or use one callback per model.",
             )
             self._engine, self.history, self.flags, self.layer_info = None, [], [], []
+            self._explained = self.explained_index = None
             self.reporter.reset()
             self.monitor.reset()
             if not self._explicit_probes:
@@ -350,8 +374,8 @@ class GradCAMCallback(Callback):
         self, trainer: Any, pl_module: Any, stage: str, step: int
     ) -> tuple[dict[str, Any], list[Flag], RunMedia]:
         """Explain the probes, measure, decide: ``(record, flags, media)``."""
-        assert self._probes is not None and self._engine is not None
-        probes, model = self._probes, pl_module
+        probes, model = self.explained_probes, pl_module
+        assert probes is not None and self._engine is not None
         device = tu.module_device(model)
         images = probes.images.to(device)
         labels = probes.labels.to(device) if probes.labels is not None else None
@@ -377,7 +401,7 @@ class GradCAMCallback(Callback):
             tu.warn(trainer, note)  # zero-initialised head legitimately has no gradient)
         logits = res.logits if self.target_fn is None else None  # target_fn: read its score
         targets = res.targets if res.targets is not None else torch.zeros_like(res.scores).long()
-        metrics = _probe_metrics(logits, res.targets, labels, res.scores)
+        metrics = _probe_metrics(logits, res.targets, labels, res.scores, self._multilabel)
         score_fn = self._score_fn(trainer, pl_module, images.dtype)
         analysis = self.monitor.analyze(
             maps=maps, images=images.float(), targets=targets, logits=logits,
@@ -385,13 +409,14 @@ class GradCAMCallback(Callback):
             artifact_masks=_to(probes.artifact_masks, device) if self.use_masks else None,
             score_fn=score_fn if self.confirm else None, epoch=int(trainer.current_epoch),
             global_step=step, baseline=stage == "baseline" or not self.history,
-            map_size=checks.finest_map(self.layer_info),
+            map_size=checks.finest_map(self.layer_info), multilabel=self._multilabel,
         )  # fmt: skip
         metrics.update(analysis.summary)
         run = len(self.history) + 1
         metrics.update(
             quality_metrics(
-                score_fn, images, maps, targets, softmax=self.target_fn is None,
+                score_fn, images, maps, targets,
+                softmax=self.target_fn is None and not self._multilabel,  # else the raw logit
                 deletion_steps=self.faithfulness_steps if _due(run, self.faithfulness_every_n_runs) else 0,
                 occlusion=_due(run, self.occlusion_every_n_runs),
             )
@@ -403,7 +428,7 @@ class GradCAMCallback(Callback):
         }  # fmt: skip
         media = run_media(
             step, probes, images, maps, logits, res.targets, analysis.per_probe,
-            self.max_images if self.log_images else 0,
+            self.max_images if self.log_images else 0, multilabel=self._multilabel,
         )  # fmt: skip
         return record, flags, media
 
@@ -433,7 +458,7 @@ class GradCAMCallback(Callback):
         assert self._probes is not None and self._engine is not None
         step, epoch = tu.log_step(trainer), int(trainer.current_epoch)
         summary, flag = sanity_check(
-            pl_module, self._probes, self._engine.target_layers, self.method,
+            pl_module, self.explained_probes, self._engine.target_layers, self.method,
             use_labels=self.target == "label", epoch=epoch, step=step, prefix=self.prefix,
         )  # fmt: skip
         flags = [flag] if flag is not None else []
@@ -496,11 +521,21 @@ class GradCAMCallback(Callback):
 
 
 def _probe_metrics(
-    logits: Tensor | None, targets: Tensor | None, labels: Tensor | None, scores: Tensor
+    logits: Tensor | None,
+    targets: Tensor | None,
+    labels: Tensor | None,
+    scores: Tensor,
+    multilabel: bool = False,
 ) -> dict[str, float]:
-    """``probe/confidence`` (softmax of the target), ``probe/accuracy``, ``probe/target_score``."""
+    """``probe/confidence`` (softmax of the target; multi-label: its sigmoid), ``probe/accuracy``
+    (multi-label: share of explained labels predicted present), ``probe/target_score``."""
     out: dict[str, float] = {}
-    if logits is not None and targets is not None:
+    if logits is not None and targets is not None and multilabel:
+        pred, conf = sigmoid_outputs(logits, targets)
+        out["probe/confidence"] = float(conf.mean())
+        if labels is not None:
+            out["probe/accuracy"] = float(pred.float().mean())
+    elif logits is not None and targets is not None:
         out["probe/confidence"] = float(logits.softmax(1).gather(1, targets[:, None]).mean())
         if labels is not None:
             out["probe/accuracy"] = float((logits.argmax(1) == labels).float().mean())

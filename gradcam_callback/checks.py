@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .alarms import ShortcutMonitor
 from .engine import METHODS
+from .multilabel import check_task
 from .probes import BatchKeys, ProbeChoice, ProbeSet, label_problem, peek_batch
 from .render import check_colormap
 from .reporting import Reporter
@@ -82,6 +83,7 @@ def check_settings(
     faithfulness_steps: int,
     occlusion_every_n_runs: int,
     min_map_size: int,
+    task: str,
 ) -> None:
     """Validate the callback's constructor arguments.
 
@@ -111,6 +113,7 @@ def check_settings(
     check_mean_std(mean, std)
     if probes is not None and not isinstance(probes, ProbeSet):
         raise TypeError(f"probes must be a ProbeSet, got {type(probes).__name__}")
+    check_task(task)
 
 
 def check_mean_std(mean: Any, std: Any) -> None:
@@ -221,7 +224,7 @@ def check_display(reporter: Reporter, probes: ProbeSet) -> None:
 
 def label_warning(probes: ProbeSet, loader: Any, keys: BatchKeys, target: str) -> str | None:
     """A warning when the batches carry labels that cannot be read as class indices."""
-    if target != "label" or probes.labels is not None:
+    if target != "label" or probes.labels is not None or probes.is_multilabel:
         return None
     problem = label_problem(peek_batch(loader), keys)
     if not problem:

@@ -21,6 +21,7 @@ __all__ = [
     "ProbeChoice",
     "ProbeSet",
     "choose_probes",
+    "is_multi_hot",
     "label_problem",
     "peek_batch",
     "preserve_rng",
@@ -66,9 +67,14 @@ class ProbeSet:
         images: ``[N, C, H, W]``, as the model takes them: float (normalised; stored as float32,
             every pixel finite) or ``uint8`` (for models that scale inside; kept as uint8).
         labels: long ``[N]`` class indices (one-hot ``[N, K]`` rows are read as their argmax),
-            or ``None`` (targets are then the predictions).
+            or ``None`` (targets are then the predictions). Multi-hot ``[N, K]`` rows (0/1 or
+            bool, some row with other than one 1) are read as ``label_sets``.
         object_masks: bool ``[N, H, W]``, True on the object (enables object-attention metrics).
         artifact_masks: bool ``[N, H, W]``, True on known label artifacts (watermark, tag, ...).
+        label_sets: multi-label probes: bool ``[N, K]`` (or 0/1), True for every label present
+            in the image. The callback explains each probe once per positive label (see
+            :func:`gradcam_callback.multilabel.expand_positive_labels`). With ``labels`` as well,
+            ``labels[i]`` is the label row ``i`` explains and must be positive in its set.
 
     Every tensor is cloned to CPU memory (never an inference tensor, never a view of a batch).
 
@@ -80,6 +86,7 @@ class ProbeSet:
     labels: Tensor | None = None
     object_masks: Tensor | None = None
     artifact_masks: Tensor | None = None
+    label_sets: Tensor | None = None
 
     def __post_init__(self) -> None:
         with torch.inference_mode(False):
@@ -110,6 +117,12 @@ class ProbeSet:
                     )
                 images = images.detach().to("cpu", torch.float32)
             self.images = images.detach().to("cpu").clone().contiguous()
+            if self.labels is not None and self.label_sets is None:
+                given = torch.as_tensor(self.labels)
+                if is_multi_hot(given):  # multi-label rows: the label sets, nothing explained yet
+                    self.labels, self.label_sets = None, given
+            if self.label_sets is not None:
+                self.label_sets = _as_label_sets(torch.as_tensor(self.label_sets), n)
             if self.labels is not None:
                 labels = _one_hot_to_index(torch.as_tensor(self.labels))
                 if labels.dim() != 1 or labels.shape[0] != n:
@@ -124,6 +137,18 @@ class ProbeSet:
                 if labels.numel() and int(labels.min()) < 0:
                     raise ValueError(f"probe labels must be >= 0, got {int(labels.min())}")
                 self.labels = labels.detach().to("cpu", torch.long).clone()
+                sets = self.label_sets
+                if sets is not None:
+                    if int(self.labels.max()) >= sets.shape[1]:
+                        raise ValueError(
+                            f"probe label {int(self.labels.max())} is outside the label sets' "
+                            f"{sets.shape[1]} labels"
+                        )
+                    if not bool(sets[torch.arange(n), self.labels].all()):
+                        raise ValueError(
+                            "every probe label must be positive in its probe's label set "
+                            "(labels[i] is the label row i explains)"
+                        )
             for name in ("object_masks", "artifact_masks"):
                 mask = getattr(self, name)
                 if mask is not None:
@@ -145,11 +170,21 @@ class ProbeSet:
                 f"probe label {int(self.labels.max())} is out of range for a model with "
                 f"{num_classes} outputs; labels must lie in [0, {num_classes})"
             )
+        if self.label_sets is not None and self.label_sets.shape[1] != num_classes:
+            raise ValueError(
+                f"the probes' label sets have {self.label_sets.shape[1]} labels, the model "
+                f"{num_classes} outputs; give one column per output (multi-hot [N, {num_classes}])"
+            )
+
+    @property
+    def is_multilabel(self) -> bool:
+        """``True`` when the probes carry multi-label ``label_sets``."""
+        return self.label_sets is not None
 
     def state_dict(self) -> dict[str, Tensor]:
         """Tensors only (loads with ``torch.load(weights_only=True)``)."""
         state = {"images": self.images}
-        for name in ("labels", "object_masks", "artifact_masks"):
+        for name in ("labels", "object_masks", "artifact_masks", "label_sets"):
             value = getattr(self, name)
             if value is not None:
                 state[name] = value
@@ -163,6 +198,7 @@ class ProbeSet:
             state.get("labels"),
             state.get("object_masks"),
             state.get("artifact_masks"),
+            state.get("label_sets"),
         )
 
 
@@ -229,7 +265,7 @@ def preserve_rng() -> Iterator[None]:
 def _iter_samples(
     dataloader: Any, limit: int, keys: BatchKeys, spread: bool = False
 ) -> Iterator[tuple[int, tuple[Any, ...]]]:
-    """Yield ``(position, (x, y, om, am))`` single samples from a dataloader, at most ``limit``.
+    """Yield ``(position, (x, y, om, am, row))`` single samples from a dataloader, at most ``limit``.
 
     Map-style datasets are read by index through the loader's ``collate_fn`` (no sampler, no
     workers): the first ``limit`` in order, or with ``spread`` (when it holds more) ``limit``
@@ -283,6 +319,7 @@ def _split(batch: Any, keys: BatchKeys) -> Iterator[tuple[Any, ...]]:
             _item(y, i),
             om[i] if isinstance(om, Tensor) else None,
             am[i] if isinstance(am, Tensor) else None,
+            y[i] if isinstance(y, Tensor) and y.dim() == 2 else None,  # a multi-hot row?
         )
 
 
@@ -310,6 +347,34 @@ def _is_one_hot(rows: Tensor) -> bool:
 
 def _one_hot_to_index(labels: Tensor) -> Tensor:
     return labels.argmax(1) if _is_one_hot(labels) else labels
+
+
+def _is_binary_rows(rows: Tensor) -> bool:
+    """``[N, K]`` (K >= 2) of bool or 0/1 values."""
+    if rows.dim() != 2 or rows.shape[1] < 2 or rows.shape[0] == 0 or rows.is_complex():
+        return False
+    return rows.dtype == torch.bool or bool(((rows == 0) | (rows == 1)).all())
+
+
+def is_multi_hot(rows: Tensor) -> bool:
+    """``True`` for multi-label targets: ``[N, K]`` rows (K >= 2) of bool or 0/1 values where
+    some row has other than exactly one 1 (all rows one-hot read as class indices instead)."""
+    return _is_binary_rows(rows) and not bool((rows.long().sum(1) == 1).all())
+
+
+def _as_label_sets(sets: Tensor, n: int) -> Tensor:
+    if sets.dim() != 2 or sets.shape[0] != n or sets.shape[1] < 1:
+        raise ValueError(
+            f"probe label_sets must have shape [N, K] = [{n}, K] (multi-hot), got {_shape(sets)}"
+        )
+    if sets.dtype != torch.bool:
+        if sets.is_complex() or not bool(((sets == 0) | (sets == 1)).all()):
+            raise ValueError(
+                "probe label_sets must be bool or 0/1 valued (True = the label is present); "
+                "soft or probabilistic labels are not label sets"
+            )
+        sets = sets != 0
+    return sets.detach().to("cpu").clone().contiguous()
 
 
 def peek_batch(dataloader: Any, size: int = 8) -> Any:
@@ -355,15 +420,13 @@ def label_problem(batch: Any, keys: BatchKeys = BatchKeys()) -> str | None:
             f"the labels are a {type(y).__name__}, not a Tensor of class indices; return "
             "torch.long labels [N] from the dataset"
         )
-    if y.dim() == 2 and y.shape[1] >= 2 and y.is_floating_point():
-        binary = bool(((y == 0) | (y == 1)).all())
-        if binary and not bool((y.sum(1) == 1).all()):
-            return (
-                f"the labels look multi-hot (float {list(y.shape)} of 0/1 with other than one "
-                "1 per row): multi-label targets are not supported yet. The callback reads the "
-                "model's output as softmax class logits and explains the predicted class; pass "
-                "GradCAMCallback(target_fn=lambda output: output[:, k]) to explain output k"
-            )
+    if is_multi_hot(y):
+        return (
+            f"the labels look multi-hot ({y.dtype} {list(y.shape)} of 0/1 with other than one "
+            "1 per row), but task='multiclass' reads the model's output as softmax class logits "
+            "and explains the predicted class; pass GradCAMCallback(task='multilabel') (or "
+            "task='auto') to explain each positive label with sigmoid outputs"
+        )
     if _item(y, 0) is None:
         return (
             f"the labels ({y.dtype}, shape {list(y.shape)}) are not class indices [N] or one-hot "
@@ -401,6 +464,7 @@ def choose_probes(
     keys: BatchKeys = BatchKeys(),
     scan: int | None = None,
     unlabeled: int = 32,
+    multilabel: bool | None = False,
 ) -> ProbeChoice:
     """Choose a fixed probe set from ``dataloader`` (deterministic; the global RNGs are untouched).
 
@@ -416,6 +480,14 @@ def choose_probes(
       ``unwatched``. A class with fewer samples than ``per_class`` gets all it has.
     * without integer labels: the first ``unlabeled`` samples (maps then explain the predicted
       class, and rules group by it).
+    * **multi-label** (``multilabel=True``, or ``None`` and multi-hot label rows found, see
+      :func:`is_multi_hot`): the probes carry ``label_sets`` and every positive label of a probe
+      is one explanation. Per label (in label order; with too many labels the most frequent, or
+      ``classes``), images where it is positive are added until it has ``per_class``
+      explanations (an image chosen for one label also counts for its other positive labels);
+      an image is skipped when its explanations would pass ``max_probes`` in all. With
+      ``num_probes``: that many images, taken round-robin across the labels. Samples with no
+      positive label are never chosen; ``counts`` are explanations per label.
 
     The scan reads ``scan`` samples (default: ``max(2048, 8 * max_probes)``; spread evenly over a
     map-style dataset that is larger), under :func:`preserve_rng`, so a shuffled loader or a random
@@ -430,6 +502,9 @@ def choose_probes(
         keys: dict-batch key names.
         scan: how many samples to read at most.
         unlabeled: probes taken when the samples carry no integer labels.
+        multilabel: ``False``: class indices only (multi-hot rows count as no label); ``True``:
+            ``[N, K]`` 0/1 label rows are label sets (integer class indices fall back to the
+            per-class policy); ``None``: multi-label when the rows are multi-hot.
 
     Raises:
         ValueError: bad arguments, a batch layout that cannot be read, masks or labels of the
@@ -448,6 +523,9 @@ def choose_probes(
         samples = list(_iter_samples(dataloader, scan, keys, spread=num_probes is None))
     if not samples:
         raise ValueError("the dataloader yielded no samples to choose probes from")
+    sets = _scanned_label_sets(samples) if multilabel is not False else None
+    if sets is not None and (multilabel or not bool((sets.long().sum(1) == 1).all())):
+        return _choose_multilabel(samples, sets, num_probes, per_class, max_probes, classes)
     labels_known = all(s[1] is not None for _, s in samples)
     if not labels_known and any(s[1] is not None for _, s in samples):
         warnings.warn(
@@ -507,6 +585,99 @@ def choose_probes(
     return ProbeChoice(probes, dict(sorted(counts.items())), unwatched, len(samples), policy)
 
 
+def _scanned_label_sets(samples: Sequence[tuple[int, tuple[Any, ...]]]) -> Tensor | None:
+    """Bool ``[S, K]`` label rows of the scanned samples, or ``None`` unless every sample has a
+    0/1 (or bool) row of the same length ``K >= 2``."""
+    rows = [s[4] for _, s in samples]
+    if not all(isinstance(r, Tensor) and r.dim() == 1 for r in rows):
+        return None
+    if len({int(r.shape[0]) for r in rows}) != 1:
+        return None
+    stacked = torch.stack(rows)
+    return (stacked != 0) if _is_binary_rows(stacked) else None
+
+
+def _choose_multilabel(
+    samples: Sequence[tuple[int, tuple[Any, ...]]],
+    sets: Tensor,
+    num_probes: int | None,
+    per_class: int,
+    max_probes: int,
+    classes: Sequence[int] | None,
+) -> ProbeChoice:
+    """The multi-label policy of :func:`choose_probes` (see there)."""
+    k = int(sets.shape[1])
+    freq = sets.long().sum(0)
+    seen = [c for c in range(k) if int(freq[c]) > 0]
+    if not seen:
+        raise ValueError(
+            f"none of the {len(samples)} samples scanned has a positive label (multi-hot rows "
+            "are all zero): there is no label to explain"
+        )
+    watch = seen
+    explained = sets
+    if classes is not None:
+        wanted = [int(c) for c in classes]
+        watch = [c for c in wanted if c in seen]
+        if not watch:
+            raise ValueError(
+                f"none of classes={wanted} is positive in the {len(samples)} samples scanned; "
+                f"labels seen: {seen[:20]}"
+            )
+        missing = [c for c in wanted if c not in seen]
+        if missing:
+            warnings.warn(
+                f"labels {missing} are positive in none of the {len(samples)} scanned samples "
+                "and get no probe",
+                stacklevel=3,
+            )
+        keep = torch.zeros(k, dtype=torch.bool)
+        keep[[c for c in wanted if 0 <= c < k]] = True
+        explained = sets & keep
+    queues = {c: torch.nonzero(sets[:, c]).flatten().tolist() for c in watch}
+    chosen: list[int] = []
+    taken: set[int] = set()
+    count = torch.zeros(k, dtype=torch.long)
+    if num_probes is not None:
+        while len(chosen) < num_probes and any(queues.values()):
+            for c in watch:
+                while queues[c] and queues[c][0] in taken:
+                    queues[c].pop(0)
+                if queues[c] and len(chosen) < num_probes:
+                    i = queues[c].pop(0)
+                    chosen.append(i)
+                    taken.add(i)
+                    count += explained[i].long()
+        policy = f"{num_probes} multi-label probes, round-robin across labels"
+    else:
+        room = max_probes // per_class
+        if len(watch) > room:
+            if classes is None:  # the most frequent labels, ties broken by label order
+                watch = sorted(watch, key=lambda c: -int(freq[c]))
+            watch = watch[:room]
+        total = 0
+        for c in watch:
+            for i in queues[c]:
+                if int(count[c]) >= per_class:
+                    break
+                cost = int(explained[i].sum())
+                if i in taken or total + cost > max_probes:
+                    continue
+                chosen.append(i)
+                taken.add(i)
+                total += cost
+                count += explained[i].long()
+        policy = (
+            f"{per_class} explanations per label for {len(watch)} labels, one per positive label "
+            f"of a probe (multi-label; cap {max_probes} explanations)"
+        )
+    chosen.sort()
+    probes = _probe_set([samples[i][1] for i in chosen], multilabel=True)
+    counts = {c: int(count[c]) for c in range(k) if int(count[c]) > 0}
+    unwatched = [c for c in seen if int(count[c]) == 0]
+    return ProbeChoice(probes, counts, unwatched, len(samples), policy)
+
+
 def select_probes(
     dataloader: Any,
     num_probes: int | None = 16,
@@ -541,15 +712,18 @@ def select_probes(
     ).probes
 
 
-def _probe_set(pick: Sequence[tuple[Any, ...]]) -> ProbeSet:
-    """A :class:`ProbeSet` of ``(x, y, object_mask, artifact_mask)`` samples (labels and masks
-    only when every sample has them)."""
+def _probe_set(pick: Sequence[tuple[Any, ...]], multilabel: bool = False) -> ProbeSet:
+    """A :class:`ProbeSet` of ``(x, y, object_mask, artifact_mask, label_row)`` samples (labels
+    and masks only when every sample has them; ``multilabel``: the rows are the label sets)."""
 
     def stack(j: int) -> Tensor | None:
         items = [s[j] for s in pick]
         return torch.stack(items) if all(isinstance(m, Tensor) for m in items) else None
 
-    return ProbeSet(torch.stack([s[0] for s in pick]), stack(1), stack(2), stack(3))
+    images = torch.stack([s[0] for s in pick])
+    if multilabel:
+        return ProbeSet(images, None, stack(2), stack(3), label_sets=stack(4))
+    return ProbeSet(images, stack(1), stack(2), stack(3))
 
 
 def subset(probes: ProbeSet, index: Sequence[int]) -> ProbeSet:
@@ -560,4 +734,5 @@ def subset(probes: ProbeSet, index: Sequence[int]) -> ProbeSet:
         None if probes.labels is None else probes.labels[idx],
         None if probes.object_masks is None else probes.object_masks[idx],
         None if probes.artifact_masks is None else probes.artifact_masks[idx],
+        None if probes.label_sets is None else probes.label_sets[idx],
     )

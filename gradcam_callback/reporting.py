@@ -95,6 +95,8 @@ def run_media(
     targets: Tensor | None,
     per_probe: dict[str, Tensor],
     max_images: int,
+    *,
+    multilabel: bool = False,
 ) -> RunMedia:
     """CPU copies of what a run's artefacts show, taken on the training thread.
 
@@ -106,11 +108,16 @@ def run_media(
         targets: long ``[N]`` explained classes, or ``None``.
         per_probe: metric name -> ``[N]`` values (the per-probe table).
         max_images: probes drawn in the grid at most (``0``: no images).
+        multilabel: sigmoid outputs: confidence is the target's sigmoid, and the prediction is
+            1 where the explained label is predicted present.
     """
     n = images.shape[0]
     shown = shown_probes(probes.labels, n, max_images) if max_images else []
     conf = pred = None
-    if logits is not None and targets is not None:
+    if logits is not None and targets is not None and multilabel:
+        z = logits.float().gather(1, targets[:, None])[:, 0]
+        conf, pred = z.sigmoid().tolist(), (z > 0).long().tolist()
+    elif logits is not None and targets is not None:
         conf = logits.softmax(1).gather(1, targets[:, None])[:, 0].tolist()
         pred = logits.argmax(1).tolist()
     return RunMedia(

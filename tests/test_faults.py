@@ -304,7 +304,7 @@ def test_bad_setting_fails_before_any_training_step(
 # predicted class is explained, and the warning names the fix.
 SETUP_WARNINGS = [
     ("labels under an unknown dict key", "dict_key", r"no label key 'label'.*label_key="),
-    ("multi-hot labels (multi-label data)", "multi_hot", r"multi-hot.*softmax class logits"),
+    ("multi-hot labels, task='multiclass'", "multi_hot", r"multi-hot.*task='multilabel'"),
     ("float class labels", "float", r"torch.float32.*not class indices"),
 ]
 
@@ -314,7 +314,8 @@ SETUP_WARNINGS = [
 )
 def test_unusable_labels_warn_at_setup(tmp_path, kind, message):
     train, val = label_loaders(kind)
-    cb = GradCAMCallback(num_probes=4, verbose=False, baseline=False)
+    task = "multiclass" if kind == "multi_hot" else "auto"  # auto: multi-hot is multi-label
+    cb = GradCAMCallback(num_probes=4, verbose=False, baseline=False, task=task)
     trainer, _, caught = run_fit(tmp_path, cb, SoftTargets(), train, val, max_epochs=1)
     assert cb.probes.labels is None
     hits = [m for m in caught if re.search(message, m)]

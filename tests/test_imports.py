@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"guided"},
     {"render"},
     {"probes"},
-    {"trainer_utils"},
+    {"trainer_utils", "multilabel"},
     {"metrics"},
     {"rules"},
     {"evidence"},
