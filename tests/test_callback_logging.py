@@ -229,3 +229,35 @@ def test_lightning_namespace_cli_needs_its_own_class(tmp_path, monkeypatch):
     # the pytorch_lightning class is refused by lightning.pytorch's CLI type check
     with pytest.raises((SystemExit, ValueError, TypeError)):
         run("gradcam_callback.GradCAMCallback")
+
+
+def test_media_are_written_off_the_training_thread_and_none_is_lost(tmp_path, monkeypatch):
+    """Overlays are rendered and written by the reporter's worker thread; every run's image is in
+    the event file when fit() (and a validate() right after it) returns."""
+    import threading
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from gradcam_callback import GradCAMCallback, sinks
+
+    threads: list[str] = []
+    original = sinks.TensorBoardSink.log_probe_images
+
+    def recording(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sinks.TensorBoardSink, "log_probe_images", recording)
+    cb = GradCAMCallback(num_probes=4, verbose=False)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    pl.seed_everything(0)
+    train, val = loaders()
+    model = make_module_class(pl)()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=2))
+    trainer.fit(model, train, val)
+    trainer.validate(model, val, verbose=False)
+    assert threads and set(threads) == {"gradcam-reporter"}
+    runs = [r for r in cb.history if r["stage"] in ("baseline", "fit", "validate")]
+    images = _events(Path(logger.log_dir)).Images("gradcam/overlays")
+    assert len(images) == len(runs) == 4  # baseline, 2 epochs, validate
