@@ -230,7 +230,10 @@ class ShortcutMonitor:
         focus_drop: ... and erasing each map's hottest ``focus_frac`` removes on average less
             than this share of the target's evidence: no compact evidence.
         hotspot_frac: hot-spot area as a fraction of the image.
-        focus_frac: the hottest fraction of each map that the focus erasure removes.
+        focus_frac: the hottest area fraction of each map that the focus erasure removes, when
+            ``focus_mass`` is ``None``.
+        focus_mass: the focus erasure removes each map's hottest pixels holding this share of
+            its mass (the region the map itself points at; ``None``: a fixed ``focus_frac``).
         border_width: width of the image-frame band (fraction of each side).
         border_enrichment: optional frame rule (``None`` = off): the frame's enrichment is at
             least this, confirmed by ``dependence`` on it. Catches frames, rulers and scanner
@@ -267,6 +270,7 @@ class ShortcutMonitor:
         focus_drop: float = 0.5,
         hotspot_frac: float = 0.05,
         focus_frac: float = 0.1,
+        focus_mass: float | None = None,
         border_width: float = 0.125,
         border_enrichment: float | None = None,
         flip_rate: float | None = None,
@@ -295,6 +299,7 @@ class ShortcutMonitor:
         self.focus_drop = float(focus_drop)
         self.hotspot_frac = float(hotspot_frac)
         self.focus_frac = float(focus_frac)
+        self.focus_mass = opt(focus_mass)
         self.border_width = float(border_width)
         self.border_enrichment = opt(border_enrichment)
         self.flip_rate = opt(flip_rate)
@@ -439,7 +444,7 @@ class ShortcutMonitor:
         if baseline:
             self.active = {}
         else:
-            flags = self._decide(x, per, stats, decisions, causal, epoch, global_step)
+            flags = self._decide(x, per, stats, counts, decisions, causal, epoch, global_step)
             out.flags = self._remember_flags(flags, epoch, global_step)
         self.previous_maps = x.maps.clone()
         self.previous_is_baseline = baseline or first
@@ -452,8 +457,22 @@ class ShortcutMonitor:
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     # ------------------------------------------------------------------ 4. decide
-    def _confirmed(self, rule: Rule, stats: dict[str, Tensor], settings: dict) -> Tensor:
-        """Bool ``[G]``: the class's causal evidence confirms ``rule`` (see :class:`Rule`)."""
+    def _confirmed(
+        self, rule: Rule, stats: dict[str, Tensor], counts: dict[str, Tensor], settings: dict
+    ) -> Tensor:
+        """Bool ``[G]``: the class's causal evidence confirms ``rule`` (see :class:`Rule`).
+
+        Only measured evidence counts: at least ``min_probes`` of the class's probes must have a
+        defined evidence drop (a positive target log-odds before the erasure: a model that does
+        not yet predict the class has no evidence to lose, and says nothing about shortcuts).
+        """
+        r = rule.region
+        measured = counts[f"causal/{r}_evidence"] >= self.min_probes
+        return measured & self._confirmed_where_measured(rule, stats, settings)
+
+    def _confirmed_where_measured(
+        self, rule: Rule, stats: dict[str, Tensor], settings: dict
+    ) -> Tensor:
         r = rule.region
         if rule.confirm == "depends":
             ok = stats[f"causal/{r}_depends"] >= self.dependence  # NaN fails
@@ -463,13 +482,14 @@ class ShortcutMonitor:
                 ok |= stats[f"causal/{r}_drop"] >= self.score_drop
             return ok
         drop = float(settings[rule.drop_setting])
-        return ~(stats[f"causal/{r}_evidence"] >= drop)  # NaN (nothing to lose) passes
+        return stats[f"causal/{r}_evidence"] < drop
 
     def _decide(
         self,
         x: E.Inputs,
         per: dict[str, Tensor],
         stats: dict[str, Tensor],
+        counts: dict[str, Tensor],
         decisions: list[RuleDecision],
         causal: bool,
         epoch: int,
@@ -482,7 +502,7 @@ class ShortcutMonitor:
                 continue
             ok = d.attention
             if causal and d.rule.confirm is not None and d.rule.per_class:
-                ok = ok & self._confirmed(d.rule, stats, settings)
+                ok = ok & self._confirmed(d.rule, stats, counts, settings)
             groups = [int(g) for g in torch.nonzero(ok).flatten().tolist()]
             if groups:
                 fired.setdefault(d.rule.kind, []).append((d, groups))
@@ -602,7 +622,12 @@ def _causal_words(
             f"(log-odds) from {_pct(dep)} of them and flips {_pct(flip)} of their predictions"
         )
     ev = float(stats[f"causal/{r}_evidence"][g])
-    what = "the objects" if r == "object" else f"the hottest {_pct(mon.focus_frac)} of each map"
+    if r == "object":
+        what = "the objects"
+    elif mon.focus_mass is not None:
+        what = f"the part of each map holding {_pct(mon.focus_mass)} of its attention"
+    else:
+        what = f"the hottest {_pct(mon.focus_frac)} of each map"
     if math.isnan(ev) or ev <= 0:
         return f"; erasing {what} removes none of the target's evidence"
     return f"; erasing {what} removes only {_pct(ev)} of the target's evidence"

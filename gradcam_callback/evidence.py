@@ -203,7 +203,11 @@ def regions(mon: Any, x: Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tenso
         "artifact": lambda: _dilate(x.artifact_full, 1),  # type: ignore[arg-type]
         "object": lambda: _dilate(x.object_full, 1),  # type: ignore[arg-type]
         "hotspot": lambda: up(hot.footprint),
-        "focus": lambda: up(M.top_region(x.maps, mon.focus_frac)),
+        "focus": lambda: up(
+            M.top_region(x.maps, mon.focus_frac)
+            if mon.focus_mass is None
+            else M.mass_region(x.maps, mon.focus_mass)
+        ),
         "border": lambda: M.border_mask(*size, mon.border_width, x.images.device).expand(
             x.images.shape[0], *size
         ),

@@ -48,6 +48,7 @@ __all__ = [
     "grow_region",
     "js_divergence",
     "log_odds",
+    "mass_region",
     "mass_share",
     "pearson",
     "pointing_game",
@@ -179,6 +180,29 @@ def top_region(maps: Tensor, frac: float = 0.1) -> Tensor:
             ``ceil(frac * H * W)``-th hottest one, and ``> 0``.
     """
     return _top_region(_flat(maps), frac).view(maps.shape)
+
+
+def mass_region(maps: Tensor, share: float = 0.5) -> Tensor:
+    """Bool ``[N, H, W]``: each map's hottest pixels that together hold ``share`` of its mass.
+
+    Where :func:`top_region` takes a fixed area, this takes the area the map itself says the
+    evidence lies in: a compact map gives a small region, a diffuse map a large one.
+
+    Args:
+        maps: float ``[N, H, W]``, ``>= 0``.
+        share: mass fraction in ``(0, 1]``.
+
+    Returns:
+        bool ``[N, H, W]`` (ties at the threshold included, zeros never; empty for a map
+        without mass).
+    """
+    flat = _flat(maps).clamp_min(0)
+    vals, _ = flat.sort(dim=1, descending=True)
+    total = vals.sum(1, keepdim=True)
+    cum = vals.cumsum(1) / total.clamp_min(torch.finfo(vals.dtype).tiny)
+    k = (cum < share).sum(1, keepdim=True).clamp_max(flat.shape[1] - 1)
+    kth = vals.gather(1, k)
+    return ((flat >= kth) & (flat > 0) & (total > 0)).view(maps.shape)
 
 
 def topk_iou(a: Tensor, b: Tensor, frac: float = 0.1) -> Tensor:

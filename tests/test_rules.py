@@ -99,6 +99,8 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
     n = targets.numel()
     objects, centres = _objects(n, seed=3)
     images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    # class 0's objects are dim, class 1's bright
+    images = torch.where(objects[:, None] & (targets == 0)[:, None, None, None], 0.3, images)
     on_object = torch.stack([_bump(float(y), float(x)) for y, x in centres])
     off_object = (~objects).float()
     maps = torch.where((targets == 0)[:, None, None], off_object, on_object)
@@ -107,7 +109,7 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
         # class 0's logit reads the background brightness, class 1's the object
         bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
         fg = torch.where(objects[:, None], x, torch.zeros(())).amax((1, 2, 3))
-        return torch.stack([40 * bg, 4 * fg], 1) + torch.tensor([0.0, 0.0])
+        return torch.stack([80 * bg, 20 * fg], 1)
 
     mon = ShortcutMonitor()
     a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=model)
