@@ -16,8 +16,8 @@ Ground truth (a small callback of this script, after every validation epoch): va
 on the ``present``, ``removed`` and ``swapped`` variants. Epochs are 0-based, as
 ``Trainer.current_epoch`` and ``Flag.epoch`` are.
 
-* A shortcut world is VALID when at the final epoch ``acc_present >= 0.8`` and
-  ``acc_present - acc_swapped >= 0.3``. Its first reliance epoch is the first epoch where
+* A shortcut world is VALID when at the final epoch ``acc_present >= chance + 0.7 * (1 -
+  chance)`` (0.85 for 2 classes, 0.73 for 10) and ``acc_present - acc_swapped >= 0.3``. Its first reliance epoch is the first epoch where
   ``acc_present - acc_swapped >= 0.3``.
 * A clean control is VALID when at the final epoch ``|acc_present - acc_swapped| <= 0.1`` and
   ``acc_present >= chance + 0.5 * (1 - chance)`` (the model learned the digits).
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -52,6 +53,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,7 +63,7 @@ from gradcam_callback import GradCAMCallback
 
 ALARM_KINDS = ("artifact", "background")
 RELIANCE_DROP = 0.3
-SHORTCUT_MIN_ACC = 0.8
+SHORTCUT_MIN_ACC = 0.7  # of the way from chance to 1: 0.85 for 2 classes, 0.73 for 10
 CLEAN_MAX_GAP = 0.1
 MODES = {"masks": "gc_masks", "nomask": "gc_nomask"}
 
@@ -89,8 +91,10 @@ class LitClassifier(pl.LightningModule):
         acc = (self(x).argmax(1) == y).float().mean()
         self.log("val_acc", acc, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        return {"optimizer": opt, "lr_scheduler": CosineAnnealingLR(opt, T_max=epochs)}
 
 
 @torch.no_grad()
@@ -190,7 +194,8 @@ def judge_truth(records: list[dict[str, Any]], shortcut: bool, num_classes: int)
     if not records:
         valid, why = False, "no validation epoch ran"
     elif shortcut:
-        valid = present >= SHORTCUT_MIN_ACC and gap >= RELIANCE_DROP
+        high = chance + SHORTCUT_MIN_ACC * (1 - chance)
+        valid = present >= high and gap >= RELIANCE_DROP
         why = "" if valid else f"acc_present {present:.2f}, drop on swapped {gap:.2f}"
     else:
         learned = present >= chance + 0.5 * (1 - chance)
@@ -404,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--json", default=None, help="write the raw results here")
     p.add_argument("--out-md", default=None, help="write the markdown report here")
     args = p.parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no "GPU available" lines
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = dw.select_worlds(args.worlds, args.split)

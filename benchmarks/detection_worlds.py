@@ -81,6 +81,7 @@ class WorldSpec:
         lr: Adam learning rate.
         batch_size: training batch size.
         masks_only: score only the run that uses masks (the nomask run is reported, not counted).
+        digit_contrast: opacity of the digit's ink in (0, 1] (lower: digits harder to read).
     """
 
     name: str
@@ -99,6 +100,7 @@ class WorldSpec:
     lr: float = 2e-3
     batch_size: int = 64
     masks_only: bool = False
+    digit_contrast: float = 1.0
 
     @property
     def num_classes(self) -> int:
@@ -117,7 +119,7 @@ WORLDS: dict[str, WorldSpec] = {
             ALL_DIGITS,
             "token",
             n_train=1500,
-            epochs=6,
+            epochs=10,
         ),
         WorldSpec("W3", "background stripe texture per class", "calibration", (1, 7), "texture"),
         WorldSpec(
@@ -135,6 +137,7 @@ WORLDS: dict[str, WorldSpec] = {
             (4, 9),
             "tag",
             correlation=0.9,
+            digit_contrast=0.5,
         ),
         WorldSpec(
             "W6",
@@ -261,7 +264,7 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
     if spec.artifact == "token":
         return (0, s - 9, 9, s)
     if spec.artifact == "tag":
-        return (s - 7, s - 10, s, s)
+        return (s - 8, s - 10, s, s)
     if spec.artifact == "border":
         return (0, 0, s, 6)
     if spec.artifact == "text":
@@ -320,7 +323,7 @@ def apply_artifact(
         if design == 1:  # a ring: dark inside
             patch[:, y + 2 : y + 4, x + 2 : x + 4] = 0.05
     elif kind == "tag":
-        mask[h - 5 : h - 1, w - 8 : w - 1] = True
+        mask[h - 7 : h - 1, w - 9 : w - 1] = True
         patch[:] = torch.tensor(TAG_COLOURS[design]).view(3, 1, 1)
     elif kind == "border":
         mask[:, 0:4] = True
@@ -420,12 +423,12 @@ class DigitWorld:
         for i in range(n):
             y0, x0 = self._place(g, s, d, reserved)
             box = (y0, x0, y0 + d, x0 + d)
-            alpha = ink[i]
+            alpha = ink[i] * spec.digit_contrast
             region = base[i, :, y0 : y0 + d, x0 : x0 + d]
             base[i, :, y0 : y0 + d, x0 : x0 + d] = (
                 region * (1 - alpha) + colours[i].view(3, 1, 1) * alpha
             )
-            object_masks[i, y0 : y0 + d, x0 : x0 + d] = alpha > 0.3
+            object_masks[i, y0 : y0 + d, x0 : x0 + d] = ink[i] > 0.3
             boxes.append(box)
             marks.append(self._place_mark(g, s, box) if spec.artifact == "moving" else (0, 0))
         # Artifact assignment: its own generator, so the clean control keeps the same images.
@@ -537,14 +540,16 @@ class SmallCNN(nn.Module):
         super().__init__()
         chans = [3, width, 2 * width, 2 * width]
         layers: list[nn.Module] = []
-        for i, stride in enumerate((2, 2, 1)):
-            layers += [
-                nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(chans[i + 1]),
-                nn.ReLU(inplace=False),
-            ]
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(chans[-1], num_classes)
+        # torch's default initialisation draws from the global RNG: fork it, re-init locally.
+        with torch.random.fork_rng(devices=[]):
+            for i, stride in enumerate((2, 2, 1)):
+                layers += [
+                    nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm2d(chans[i + 1]),
+                    nn.ReLU(inplace=False),
+                ]
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(chans[-1], num_classes)
         init_weights(self, seed)
 
     def forward(self, x: Tensor) -> Tensor:
