@@ -148,7 +148,9 @@ WORLDS: dict[str, WorldSpec] = {
             arch="resnet18",
             image_size=64,
             digit_size=32,
-            n_val=300,
+            n_train=600,
+            n_val=200,
+            epochs=3,
         ),
         WorldSpec(
             "W7",
@@ -158,10 +160,10 @@ WORLDS: dict[str, WorldSpec] = {
             "text",
             arch="resnet18",
             image_size=64,
-            digit_size=32,
-            n_train=1500,
-            n_val=300,
-            epochs=5,
+            digit_size=40,
+            n_train=1000,
+            n_val=200,
+            epochs=4,
         ),
         WorldSpec(
             "W8",
@@ -172,7 +174,9 @@ WORLDS: dict[str, WorldSpec] = {
             arch="resnet18",
             image_size=64,
             digit_size=32,
-            n_val=300,
+            n_train=800,
+            n_val=200,
+            epochs=3,
         ),
     )
 }

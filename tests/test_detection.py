@@ -168,7 +168,7 @@ def test_end_to_end_w1_ground_truth_and_report(tmp_path: Path) -> None:
                 "--epochs",
                 "3",
                 "--n-train",
-                "500",
+                "800",
                 "--n-val",
                 "160",
                 "--threads",
@@ -201,7 +201,7 @@ def test_end_to_end_w1_ground_truth_and_report(tmp_path: Path) -> None:
     assert len(raw["results"]) == 2 and "runtime" in raw["meta"]
     text = md_path.read_text()
     assert "## Calibration split" in text and "## Held-out split" not in text
-    rows = [ln for ln in text.splitlines() if ln.startswith("| W1 |")]
+    rows = [ln for ln in text.splitlines() if re.match(r"\| W1 \| (shortcut|clean) \|", ln)]
     assert len(rows) == 4  # {shortcut, clean} x {masks, nomask}
     assert all(len(r.strip("|").split("|")) == 12 for r in rows)
     summary = re.findall(
@@ -209,4 +209,5 @@ def test_end_to_end_w1_ground_truth_and_report(tmp_path: Path) -> None:
         r"false alarms on clean controls: (\d+)/(\d+)",
         text,
     )
+    assert "| W1 | cnn | 48 | 3 |" in text  # the runtime table
     assert summary and summary[0][1] == "1" and summary[0][3] == "1" and summary[0][5] == "2"
