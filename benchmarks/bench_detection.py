@@ -204,11 +204,22 @@ def judge_truth(records: list[dict[str, Any]], shortcut: bool, num_classes: int)
     return {"valid": bool(valid), "invalid_reason": why, "first_reliance_epoch": reliance}
 
 
+def _kind(flag: Any) -> str:
+    """A flag's kind as a plain string (``Flag.kind`` may be a str or a str-valued enum)."""
+    return str(getattr(flag.kind, "value", flag.kind))
+
+
+def _detail(flag: Any) -> str:
+    """``kind`` or ``kind(c1,c2)`` when the flag names its classes (``Flag.classes``)."""
+    classes = [int(c) for c in getattr(flag, "classes", None) or ()]
+    return _kind(flag) + (f"({','.join(map(str, classes))})" if classes else "")
+
+
 def score_callback(cb: GradCAMCallback) -> dict[str, Any]:
     """What one callback said: flags at its last run, first flag epoch, kinds, all flags."""
     runs = [h for h in cb.history if h.get("stage") != "baseline"]
     last = cb.history[-1] if cb.history else None
-    alarms = [f for f in cb.flags if f.kind in ALARM_KINDS and f.global_step > 0]
+    alarms = [f for f in cb.flags if _kind(f) in ALARM_KINDS and f.global_step > 0]
     final = [
         f
         for f in alarms
@@ -218,17 +229,18 @@ def score_callback(cb: GradCAMCallback) -> dict[str, Any]:
         "runs": len(runs),
         "last_run_epoch": None if last is None else int(last["epoch"]),
         "flagged_final": bool(final),
-        "final_kinds": sorted({f.kind for f in final}),
-        "kinds": sorted({f.kind for f in cb.flags}),
+        "final_kinds": sorted({_kind(f) for f in final}),
+        "final_detail": sorted({_detail(f) for f in final}),
+        "kinds": sorted({_kind(f) for f in cb.flags}),
         "first_flag_epoch": min((int(f.epoch) for f in alarms), default=None),
         "any_alarm": bool(alarms),
         "flags": [
             {
-                "kind": f.kind,
+                "kind": _kind(f),
                 "epoch": int(f.epoch),
                 "global_step": int(f.global_step),
                 "persistent": bool(f.persistent),
-                "classes": list(getattr(f, "classes", None) or []),
+                "classes": [int(c) for c in getattr(f, "classes", None) or ()],
                 "message": f.message,
             }
             for f in cb.flags
@@ -316,7 +328,7 @@ def _fmt(v: Any) -> str:
 
 
 HEADER = (
-    "| world | case | mode | valid | flagged final | final kinds | first flag | first reliance "
+    "| world | case | mode | valid | flagged final | final flags | first flag | first reliance "
     "| false alarm | acc present | acc removed | acc swapped |"
 )
 
@@ -341,7 +353,7 @@ def case_rows(results: list[dict[str, Any]]) -> list[str]:
                         mode,
                         valid,
                         "-" if clean else _fmt(m["flagged_final"]),
-                        _fmt(m["final_kinds"]),
+                        _fmt(m["final_detail"]),
                         _fmt(m["first_flag_epoch"]),
                         "-" if clean else _fmt(r["first_reliance_epoch"]),
                         _fmt(m["any_alarm"]) if clean else "-",
@@ -362,7 +374,8 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [
         "",
         "Epochs are 0-based (`Trainer.current_epoch`, as `Flag.epoch`). 'flagged final': an "
-        "artifact/background flag at the callback's last run. 'first reliance': first epoch with "
+        "artifact/background flag at the callback's last run; 'final flags': their kinds (and "
+        "`Flag.classes` where given, as label indices). 'first reliance': first epoch with "
         f"acc_present - acc_swapped >= {RELIANCE_DROP}. 'false alarm': any artifact/background "
         "flag at a trained epoch of a clean control.",
         "",
