@@ -233,6 +233,7 @@ def score_callback(cb: GradCAMCallback) -> dict[str, Any]:
         "final_detail": sorted({_detail(f) for f in final}),
         "kinds": sorted({_kind(f) for f in cb.flags}),
         "first_flag_epoch": min((int(f.epoch) for f in alarms), default=None),
+        "alarm_epochs": sorted({int(f.epoch) for f in alarms}),
         "any_alarm": bool(alarms),
         "flags": [
             {
@@ -327,6 +328,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _alarm_cell(m: dict[str, Any]) -> str:
+    """``no``, or ``yes (epochs ...)`` with the epochs at which artifact/background flags fired."""
+    if not m["any_alarm"]:
+        return "no"
+    return f"yes (epochs {','.join(map(str, m['alarm_epochs']))})"
+
+
 HEADER = (
     "| world | case | mode | valid | flagged final | final flags | first flag | first reliance "
     "| false alarm | acc present | acc removed | acc swapped |"
@@ -356,7 +364,7 @@ def case_rows(results: list[dict[str, Any]]) -> list[str]:
                         _fmt(m["final_detail"]),
                         _fmt(m["first_flag_epoch"]),
                         "-" if clean else _fmt(r["first_reliance_epoch"]),
-                        _fmt(m["any_alarm"]) if clean else "-",
+                        _alarm_cell(m) if clean else "-",
                         _fmt(t.get("acc_present")),
                         _fmt(t.get("acc_removed")),
                         _fmt(t.get("acc_swapped")),
