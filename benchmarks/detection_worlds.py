@@ -1,0 +1,593 @@
+"""Held-out planted-shortcut worlds on real handwritten digits, for the shortcut-detection benchmark.
+
+Every world pastes scikit-learn's ``load_digits()`` images (1797 real 8x8 handwritten digits,
+upscaled bilinearly to ``digit_size``) at a random position on a larger RGB canvas with a mild
+random blob-and-noise background, and plants a label artifact. The digits of the training and
+validation sets come from disjoint halves of the 1797 images, so validation accuracy measures
+generalisation to unseen handwriting.
+
+Worlds (``WORLDS``; split in brackets):
+
+====  =============================================================  ========  =====  ============
+name  artifact                                                        classes   model  split
+====  =============================================================  ========  =====  ============
+W1    corner watermark glyph (top left, one glyph per class)          3 vs 8    cnn    calibration
+W2    "hospital token": a red square, top right, on ONE class only    10        cnn    held-out
+W3    background stripe texture (orientation per class)               1 vs 7    cnn    calibration
+W4    moving mark: random position per image, colour+shape per class  2 vs 5    cnn    held-out
+W5    corner tag (bottom right, colour per class), 90/10 correlation  4 vs 9    cnn    calibration
+W6    border band along the left edge (colour per class)              0 vs 6    rn18   held-out
+W7    text-like tag, top left (dark "characters" per class on white)  10        rn18   held-out
+W8    corner watermark glyph ("coarse maps": layer4 is 2x2 at 64 px)  3 vs 8    rn18   calibration
+====  =============================================================  ========  =====  ============
+
+So CALIBRATION = W1, W3, W5, W8 and HELD-OUT = W2, W4, W6, W7: both splits have small-CNN and
+ResNet-18 worlds; the held-out split has the two 10-class worlds, the one-class artifact and the
+moving artifact. W4 is scored with object/artifact masks only (without masks nothing tells the
+callback where a moving mark is).
+
+Every world comes as a shortcut world (the artifact follows the label with probability
+``correlation``, otherwise another class's artifact) and as its clean control
+(``shortcut=False``: the same images, the artifact class drawn independently of the label).
+Ground truth comes from the validation set in three variants (:meth:`DigitWorld.variant`):
+``"present"`` (as generated), ``"removed"`` (no artifact: the pixels inside the artifact mask
+restored to the background) and ``"swapped"`` (each image carries the artifact of a class whose
+artifact differs from its own class's one).
+
+A sample is ``(image [3, H, W] float32 normalised with MEAN/STD, label long, object_mask [H, W]
+bool, artifact_mask [H, W] bool)``; the masks are disjoint. Everything is drawn from local
+``torch.Generator`` objects (never the global RNG) and is deterministic from the seed; generated
+tensors are cached in memory per world object.
+
+Nothing here imports ``gradcam_callback``: the worlds are independent of the code they judge.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+MODES = ("present", "removed", "swapped")
+Mode = Literal["present", "removed", "swapped"]
+ArtifactKind = Literal["watermark", "token", "texture", "moving", "tag", "border", "text"]
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """One planted-shortcut world.
+
+    Attributes:
+        name: short id (``"W1"``).
+        title: one line: what the artifact is.
+        split: ``"calibration"`` or ``"heldout"``.
+        digits: the digit classes used; label ``k`` is ``digits[k]``.
+        artifact: the artifact kind (see :func:`apply_artifact`).
+        arch: ``"cnn"`` (:class:`SmallCNN`) or ``"resnet18"`` (torchvision, random init).
+        image_size: canvas side in pixels.
+        digit_size: side of the upscaled digit.
+        correlation: probability that a shortcut-world image carries its own class's artifact.
+        token_class: the one class that carries the artifact (``artifact="token"`` only).
+        n_train, n_val: number of generated images.
+        epochs: training epochs.
+        lr: Adam learning rate.
+        batch_size: training batch size.
+        masks_only: score only the run that uses masks (the nomask run is reported, not counted).
+        digit_contrast: opacity of the digit's ink in (0, 1] (lower: digits harder to read).
+    """
+
+    name: str
+    title: str
+    split: Literal["calibration", "heldout"]
+    digits: tuple[int, ...]
+    artifact: ArtifactKind
+    arch: Literal["cnn", "resnet18"] = "cnn"
+    image_size: int = 48
+    digit_size: int = 24
+    correlation: float = 1.0
+    token_class: int = 0
+    n_train: int = 1200
+    n_val: int = 400
+    epochs: int = 4
+    lr: float = 2e-3
+    batch_size: int = 64
+    masks_only: bool = False
+    digit_contrast: float = 1.0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.digits)
+
+
+ALL_DIGITS = tuple(range(10))
+WORLDS: dict[str, WorldSpec] = {
+    s.name: s
+    for s in (
+        WorldSpec("W1", "corner watermark glyph, top left", "calibration", (3, 8), "watermark"),
+        WorldSpec(
+            "W2",
+            "hospital token (red square, top right) on class 0 only",
+            "heldout",
+            ALL_DIGITS,
+            "token",
+            n_train=1500,
+            epochs=10,
+        ),
+        WorldSpec("W3", "background stripe texture per class", "calibration", (1, 7), "texture"),
+        WorldSpec(
+            "W4",
+            "moving mark (random position, colour+shape per class)",
+            "heldout",
+            (2, 5),
+            "moving",
+            masks_only=True,
+        ),
+        WorldSpec(
+            "W5",
+            "corner tag, bottom right, 90/10 correlation",
+            "calibration",
+            (4, 9),
+            "tag",
+            correlation=0.9,
+            digit_contrast=0.5,
+        ),
+        WorldSpec(
+            "W6",
+            "border band along the left edge, colour per class",
+            "heldout",
+            (0, 6),
+            "border",
+            arch="resnet18",
+            image_size=64,
+            digit_size=32,
+            n_train=600,
+            n_val=200,
+            epochs=3,
+        ),
+        WorldSpec(
+            "W7",
+            "text-like tag per class, top left",
+            "heldout",
+            ALL_DIGITS,
+            "text",
+            arch="resnet18",
+            image_size=64,
+            digit_size=40,
+            n_train=1000,
+            n_val=200,
+            epochs=4,
+        ),
+        WorldSpec(
+            "W8",
+            "corner watermark glyph, ResNet-18 (layer4 2x2)",
+            "calibration",
+            (3, 8),
+            "watermark",
+            arch="resnet18",
+            image_size=64,
+            digit_size=32,
+            n_train=800,
+            n_val=200,
+            epochs=3,
+        ),
+    )
+}
+
+
+def select_worlds(names: str | None = None, split: str = "all") -> list[WorldSpec]:
+    """Worlds by comma-separated names (``"W1,W3"``) or by split (``calibration|heldout|all``)."""
+    if names:
+        wanted = [n.strip().upper() for n in names.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in WORLDS]
+        if unknown:
+            raise ValueError(f"unknown world(s) {unknown}; choose from {', '.join(WORLDS)}")
+        return [WORLDS[n] for n in wanted]
+    if split not in ("calibration", "heldout", "all"):
+        raise ValueError(f"split must be calibration, heldout or all, got {split!r}")
+    return [s for s in WORLDS.values() if split in ("all", s.split)]
+
+
+# ----------------------------------------------------------------------------------- the digits
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits: images float32 ``[1797, 8, 8]`` in [0, 1], labels long ``[1797]``."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the detection benchmark needs scikit-learn (it ships the digits): "
+            "pip install 'scikit-learn>=1.3' (or pip install -e '.[dev]')"
+        ) from err
+    data = load_digits()
+    images = torch.as_tensor(data.images, dtype=torch.float32) / 16.0
+    return images, torch.as_tensor(data.target, dtype=torch.long)
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------- the artifacts
+def _glyphs() -> list[Tensor]:
+    n = torch.zeros(7, 7)
+    n[:, 0] = n[:, 6] = 1
+    for i in range(7):
+        n[i, i] = 1
+    z = torch.zeros(7, 7)
+    z[0, :] = z[6, :] = 1
+    for i in range(7):
+        z[i, 6 - i] = 1
+    return [n, z]
+
+
+def _text_chars(num_classes: int) -> list[Tensor]:
+    """Per class a ``[5, 11]`` bitmap: three 3x5 "characters" (a fixed one, two per class)."""
+    g = torch.Generator().manual_seed(1234)
+    fixed = torch.tensor([[1, 1, 1], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=torch.float)
+    seen: set[bytes] = set()
+    out = []
+    while len(out) < num_classes:
+        chars = (torch.rand(2, 5, 3, generator=g) < 0.55).float()
+        key = chars.numpy().tobytes()
+        if key in seen or chars.sum() < 10:
+            continue
+        seen.add(key)
+        bitmap = torch.zeros(5, 11)
+        bitmap[:, 0:3] = fixed
+        bitmap[:, 4:7] = chars[0]
+        bitmap[:, 8:11] = chars[1]
+        out.append(bitmap)
+    return out
+
+
+BORDER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.85, 0.3))
+TAG_COLOURS = ((1.0, 0.8, 0.0), (0.0, 0.75, 1.0))
+MOVING_COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.4, 1.0))
+
+
+def design_of(spec: WorldSpec, cls: int) -> int | None:
+    """The artifact design of class ``cls``; ``None``: the class carries no artifact."""
+    if spec.artifact == "token":
+        return 0 if cls == spec.token_class else None
+    return cls
+
+
+def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
+    """The fixed artifact zone ``(y0, x0, y1, x1)`` (exclusive ends) the digit must avoid."""
+    s = spec.image_size
+    if spec.artifact == "watermark":
+        return (0, 0, 10, 10)
+    if spec.artifact == "token":
+        return (0, s - 9, 9, s)
+    if spec.artifact == "tag":
+        return (s - 8, s - 10, s, s)
+    if spec.artifact == "border":
+        return (0, 0, s, 6)
+    if spec.artifact == "text":
+        return (0, 0, 10, 16)
+    return None
+
+
+def apply_artifact(
+    spec: WorldSpec,
+    base: Tensor,
+    design: int | None,
+    digit_box: tuple[int, int, int, int],
+    mark_pos: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """Draw one artifact design onto one image.
+
+    Args:
+        spec: the world.
+        base: the image without artifact, ``[3, H, W]`` float in [0, 1] (not modified).
+        design: the design index (``None``: no artifact).
+        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture avoids it).
+        mark_pos: ``(y, x)`` top-left corner of the moving mark (``artifact="moving"`` only).
+
+    Returns:
+        ``(image [3, H, W] float in [0, 1], artifact_mask [H, W] bool)``; the image equals
+        ``base`` outside the mask.
+    """
+    _, h, w = base.shape
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    if design is None:
+        return base.clone(), mask
+    patch = base.clone()
+    kind = spec.artifact
+    if kind == "watermark":
+        glyph = _glyphs()[design].bool()
+        mask[2 : 2 + 7, 2 : 2 + 7] = glyph
+        patch[:] = 0.95
+    elif kind == "token":
+        mask[2:7, w - 7 : w - 2] = True
+        patch[:] = torch.tensor([1.0, 0.15, 0.15]).view(3, 1, 1)
+    elif kind == "texture":
+        y0, x0, y1, x1 = digit_box
+        mask[:] = True
+        mask[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        ramp = torch.arange(h if design == 0 else w)
+        stripes = ((ramp // 2) % 2).float() - 0.5
+        stripes = (
+            stripes.view(h, 1).expand(h, w) if design == 0 else stripes.view(1, w).expand(h, w)
+        )
+        patch = (base + 0.35 * stripes).clamp(0, 1)
+    elif kind == "moving":
+        y, x = mark_pos
+        mask[y : y + 6, x : x + 6] = True
+        colour = torch.tensor(MOVING_COLOURS[design]).view(3, 1, 1)
+        patch[:] = colour
+        if design == 1:  # a ring: dark inside
+            patch[:, y + 2 : y + 4, x + 2 : x + 4] = 0.05
+    elif kind == "tag":
+        mask[h - 7 : h - 1, w - 9 : w - 1] = True
+        patch[:] = torch.tensor(TAG_COLOURS[design]).view(3, 1, 1)
+    elif kind == "border":
+        mask[:, 0:4] = True
+        patch[:] = torch.tensor(BORDER_COLOURS[design]).view(3, 1, 1)
+    elif kind == "text":
+        bitmap = _text_chars(spec.num_classes)[design]
+        mask[1:8, 1:14] = True
+        patch[:] = 0.97
+        patch[:, 2:7, 2:13] = torch.where(bitmap.bool(), 0.05, 0.97)
+    else:  # pragma: no cover - WorldSpec's Literal keeps this out
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    return torch.where(mask, patch, base), mask
+
+
+# ------------------------------------------------------------------------------------ the world
+@dataclass
+class _Split:
+    base: Tensor  # [N, 3, H, W] float in [0, 1], no artifact
+    labels: Tensor  # [N] long
+    object_masks: Tensor  # [N, H, W] bool
+    boxes: list[tuple[int, int, int, int]]
+    marks: list[tuple[int, int]]
+    assigned: Tensor  # [N] long: whose class's artifact each image carries ("present")
+    swapped: Tensor  # [N] long: the class whose artifact "swapped" shows
+
+
+class DigitWorld:
+    """One world (shortcut or clean control) with its train and validation sets.
+
+    Args:
+        spec: the world (see :data:`WORLDS`).
+        shortcut: ``True``: the artifact follows the label with ``spec.correlation``;
+            ``False``: the clean control, artifact class drawn independently of the label.
+        seed: base seed; the shortcut world and its clean control share the images (digits,
+            positions, backgrounds) and differ only in which artifact each image carries.
+        n_train, n_val: override the spec's sizes.
+    """
+
+    def __init__(
+        self,
+        spec: WorldSpec,
+        shortcut: bool = True,
+        seed: int = 0,
+        n_train: int | None = None,
+        n_val: int | None = None,
+    ) -> None:
+        self.spec = replace(
+            spec,
+            n_train=spec.n_train if n_train is None else n_train,
+            n_val=spec.n_val if n_val is None else n_val,
+        )
+        self.shortcut = shortcut
+        self.seed = seed
+        self._splits: dict[str, _Split] = {}
+        self._cache: dict[tuple[str, str], TensorDataset] = {}
+
+    @property
+    def correlation(self) -> float | None:
+        """The label-artifact correlation of this world (``None`` for the clean control)."""
+        return self.spec.correlation if self.shortcut else None
+
+    # ------------------------------------------------------------------ generation
+    def _split(self, split: str) -> _Split:
+        if split not in self._splits:
+            self._splits[split] = self._generate(split)
+        return self._splits[split]
+
+    def _pool(self, split: str) -> Tensor:
+        """Indices into the 1797 digits of this split's classes (train and val disjoint)."""
+        _, targets = _digits()
+        g = torch.Generator().manual_seed(_seed("pool", self.seed))
+        order = torch.randperm(len(targets), generator=g)
+        half = order[: len(order) * 6 // 10] if split == "train" else order[len(order) * 6 // 10 :]
+        keep = torch.isin(targets[half], torch.tensor(self.spec.digits))
+        return half[keep]
+
+    def _generate(self, split: str) -> _Split:
+        spec = self.spec
+        n = spec.n_train if split == "train" else spec.n_val
+        s, d, k = spec.image_size, spec.digit_size, spec.num_classes
+        images, targets = _digits()
+        pool = self._pool(split)
+        digit_to_label = {digit: i for i, digit in enumerate(spec.digits)}
+        g = torch.Generator().manual_seed(_seed("images", spec.name, split, self.seed))
+        pick = pool[torch.randint(len(pool), (n,), generator=g)]
+        labels = torch.tensor([digit_to_label[int(t)] for t in targets[pick]], dtype=torch.long)
+        ink = F.interpolate(images[pick].unsqueeze(1), size=(d, d), mode="bilinear")
+        ink = ink.squeeze(1).clamp(0, 1)  # [n, d, d]
+        blobs = torch.rand(n, 3, 5, 5, generator=g) * 0.35 + 0.1
+        background = F.interpolate(blobs, size=(s, s), mode="bilinear", align_corners=False)
+        background = background + 0.03 * torch.randn(n, 3, s, s, generator=g)
+        colours = torch.rand(n, 3, generator=g) * 0.35 + 0.65
+        reserved = reserved_box(spec)
+        base = background.clamp(0, 1)
+        object_masks = torch.zeros(n, s, s, dtype=torch.bool)
+        boxes, marks = [], []
+        for i in range(n):
+            y0, x0 = self._place(g, s, d, reserved)
+            box = (y0, x0, y0 + d, x0 + d)
+            alpha = ink[i] * spec.digit_contrast
+            region = base[i, :, y0 : y0 + d, x0 : x0 + d]
+            base[i, :, y0 : y0 + d, x0 : x0 + d] = (
+                region * (1 - alpha) + colours[i].view(3, 1, 1) * alpha
+            )
+            object_masks[i, y0 : y0 + d, x0 : x0 + d] = ink[i] > 0.3
+            boxes.append(box)
+            marks.append(self._place_mark(g, s, box) if spec.artifact == "moving" else (0, 0))
+        # Artifact assignment: its own generator, so the clean control keeps the same images.
+        ga = torch.Generator().manual_seed(
+            _seed("assign", spec.name, split, self.seed, self.shortcut)
+        )
+        if self.shortcut:
+            other = self._other(labels, ga)
+            follow = torch.rand(n, generator=ga) < spec.correlation
+            assigned = torch.where(follow, labels, other)
+        else:
+            assigned = torch.randint(k, (n,), generator=ga)
+        swapped = self._other(labels, ga)
+        return _Split(base, labels, object_masks, boxes, marks, assigned, swapped)
+
+    @staticmethod
+    def _place(
+        g: torch.Generator, s: int, d: int, reserved: tuple[int, int, int, int] | None
+    ) -> tuple[int, int]:
+        for _ in range(200):
+            y0, x0 = (int(v) for v in torch.randint(s - d + 1, (2,), generator=g))
+            if reserved is None:
+                return y0, x0
+            ry0, rx0, ry1, rx1 = reserved
+            if y0 >= ry1 or y0 + d <= ry0 or x0 >= rx1 or x0 + d <= rx0:
+                return y0, x0
+        raise RuntimeError("no digit position avoids the artifact zone: enlarge the canvas")
+
+    @staticmethod
+    def _place_mark(g: torch.Generator, s: int, box: tuple[int, int, int, int]) -> tuple[int, int]:
+        y0, x0, y1, x1 = box
+        for _ in range(500):
+            y, x = (int(v) for v in torch.randint(1, s - 6, (2,), generator=g))
+            if y >= y1 + 1 or y + 6 <= y0 - 1 or x >= x1 + 1 or x + 6 <= x0 - 1:
+                return y, x
+        raise RuntimeError("no mark position outside the digit: enlarge the canvas")
+
+    def _other(self, labels: Tensor, g: torch.Generator) -> Tensor:
+        """Per image a class whose artifact design differs from its own class's design."""
+        k = self.spec.num_classes
+        designs = [design_of(self.spec, c) for c in range(k)]
+        out = torch.empty_like(labels)
+        draws = torch.rand(len(labels), generator=g)
+        for i, y in enumerate(labels.tolist()):
+            choices = [c for c in range(k) if designs[c] != designs[y]]
+            out[i] = choices[min(int(draws[i] * len(choices)), len(choices) - 1)]
+        return out
+
+    # ------------------------------------------------------------------ access
+    def variant(self, mode: Mode = "present", split: str = "val") -> TensorDataset:
+        """The ``split`` set (``"train"`` or ``"val"``) in one ground-truth variant.
+
+        Args:
+            mode: ``"present"`` (as generated), ``"removed"`` (no artifact) or ``"swapped"``
+                (each image carries the artifact of a class with a different design).
+            split: ``"train"`` or ``"val"``.
+
+        Returns:
+            A ``TensorDataset`` of ``(image [3, H, W] float32 normalised, label long,
+            object_mask [H, W] bool, artifact_mask [H, W] bool)``; cached.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        key = (split, mode)
+        if key not in self._cache:
+            self._cache[key] = self._render(self._split(split), mode)
+        return self._cache[key]
+
+    def _render(self, sp: _Split, mode: str) -> TensorDataset:
+        n = len(sp.labels)
+        images = torch.empty_like(sp.base)
+        artifact_masks = torch.zeros(sp.object_masks.shape, dtype=torch.bool)
+        for i in range(n):
+            if mode == "removed":
+                design = None
+            else:
+                cls = int(sp.assigned[i] if mode == "present" else sp.swapped[i])
+                design = design_of(self.spec, cls)
+            images[i], artifact_masks[i] = apply_artifact(
+                self.spec, sp.base[i], design, sp.boxes[i], sp.marks[i]
+            )
+        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(STD).view(1, 3, 1, 1)
+        normalised = ((images - mean) / std).float()
+        return TensorDataset(normalised, sp.labels.clone(), sp.object_masks.clone(), artifact_masks)
+
+    @property
+    def train(self) -> TensorDataset:
+        """The training set (``"present"`` variant)."""
+        return self.variant("present", "train")
+
+    @property
+    def val(self) -> TensorDataset:
+        """The validation set (``"present"`` variant): what the callback's probes come from."""
+        return self.variant("present", "val")
+
+
+# ----------------------------------------------------------------------------------- the models
+class SmallCNN(nn.Module):
+    """3 conv-BN-ReLU blocks (stride 2, 2, 1) -> global average pool -> linear.
+
+    Input ``[N, 3, H, W]``, output logits ``[N, num_classes]``; the last block's maps are
+    ``H/4 x W/4``. Parameters are initialised from a local generator seeded with ``seed``.
+    """
+
+    def __init__(self, num_classes: int, width: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        chans = [3, width, 2 * width, 2 * width]
+        layers: list[nn.Module] = []
+        # torch's default initialisation draws from the global RNG: fork it, re-init locally.
+        with torch.random.fork_rng(devices=[]):
+            for i, stride in enumerate((2, 2, 1)):
+                layers += [
+                    nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm2d(chans[i + 1]),
+                    nn.ReLU(inplace=False),
+                ]
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(chans[-1], num_classes)
+        init_weights(self, seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def init_weights(model: nn.Module, seed: int) -> nn.Module:
+    """Re-initialise conv/linear/BN parameters from a local generator (torchvision's scheme)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / m.in_features**0.5
+                m.weight.uniform_(-bound, bound, generator=g)
+                m.bias.uniform_(-bound, bound, generator=g)
+    return model
+
+
+def build_model(spec: WorldSpec, seed: int = 0) -> nn.Module:
+    """The world's classifier, randomly initialised from ``seed`` (no global RNG)."""
+    if spec.arch == "cnn":
+        return SmallCNN(spec.num_classes, seed=seed)
+    if spec.arch == "resnet18":
+        from torchvision.models import resnet18
+
+        # torchvision initialises from the global RNG: fork it, then re-initialise locally.
+        with torch.random.fork_rng(devices=[]):
+            model = resnet18(weights=None, num_classes=spec.num_classes)
+        return init_weights(model, seed)
+    raise ValueError(f"unknown arch {spec.arch!r}")

@@ -1,0 +1,213 @@
+"""The held-out shortcut-detection benchmark: its worlds (exact) and one tiny end-to-end case.
+
+No assertion here is about whether the alarm fires (the monitor's rules are being rewritten):
+only the worlds, their ground truth and the report's structure are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+dw = _load("detection_worlds")
+SMALL = {"n_train": 24, "n_val": 40}
+
+
+def _world(name: str, shortcut: bool = True, seed: int = 0):
+    return dw.DigitWorld(dw.WORLDS[name], shortcut=shortcut, seed=seed, **SMALL)
+
+
+def test_splits_cover_what_the_benchmark_promises() -> None:
+    cal = dw.select_worlds(split="calibration")
+    held = dw.select_worlds(split="heldout")
+    assert {s.name for s in cal} | {s.name for s in held} == set(dw.WORLDS)
+    assert not {s.name for s in cal} & {s.name for s in held}
+    assert len(dw.WORLDS) >= 8
+    for part in (cal, held):
+        assert {s.arch for s in part} == {"cnn", "resnet18"}
+    assert any(s.num_classes == 10 for s in held)
+    assert {"token", "moving"} <= {s.artifact for s in held}
+    assert [s.name for s in dw.select_worlds("w3,W1")] == ["W3", "W1"]
+    with pytest.raises(ValueError, match="unknown world"):
+        dw.select_worlds("W99")
+
+
+@pytest.mark.parametrize("name", list(dw.WORLDS))
+def test_world_is_deterministic_and_well_formed(name: str) -> None:
+    rng = torch.random.get_rng_state()
+    a, b = _world(name), _world(name)
+    spec = a.spec
+    s = spec.image_size
+    for mode in dw.MODES:
+        for split, n in (("train", SMALL["n_train"]), ("val", SMALL["n_val"])):
+            ta, tb = a.variant(mode, split).tensors, b.variant(mode, split).tensors
+            for x, y in zip(ta, tb):
+                assert torch.equal(x, y)
+            image, label, obj, art = ta
+            assert image.shape == (n, 3, s, s) and image.dtype == torch.float32
+            assert label.shape == (n,) and label.dtype == torch.long
+            assert int(label.min()) >= 0 and int(label.max()) < spec.num_classes
+            assert obj.shape == art.shape == (n, s, s)
+            assert obj.dtype == art.dtype == torch.bool
+            assert not (obj & art).any(), "object and artifact masks overlap"
+            assert obj.flatten(1).any(1).all(), "every image has a digit"
+    assert torch.equal(torch.random.get_rng_state(), rng), "the global RNG was used"
+    # Another seed: other images.
+    assert not torch.equal(_world(name, seed=1).val.tensors[0], a.val.tensors[0])
+
+
+@pytest.mark.parametrize("name", list(dw.WORLDS))
+def test_variants_differ_only_in_the_artifact(name: str) -> None:
+    world = _world(name)
+    present, removed, swapped = (world.variant(m).tensors for m in dw.MODES)
+    for other in (removed, swapped):
+        assert torch.equal(other[1], present[1]) and torch.equal(other[2], present[2])
+    assert not removed[3].any(), "the removed variant still has artifact pixels"
+    for i in range(len(present[1])):
+        changed = (present[0][i] != removed[0][i]).any(0)
+        assert not (changed & ~present[3][i]).any(), f"image {i}: changes outside the mask"
+        changed = (swapped[0][i] != removed[0][i]).any(0)
+        assert not (changed & ~swapped[3][i]).any()
+    # Swapped: each image carries the artifact of a class whose design differs from its own.
+    split = world._split("val")
+    spec = world.spec
+    for i, (y, c) in enumerate(zip(split.labels.tolist(), split.swapped.tolist())):
+        assert dw.design_of(spec, c) != dw.design_of(spec, y)
+        base = (removed[0][i] * torch.tensor(dw.STD).view(3, 1, 1)) + torch.tensor(dw.MEAN).view(
+            3, 1, 1
+        )
+        drawn, mask = dw.apply_artifact(
+            spec, base, dw.design_of(spec, c), split.boxes[i], split.marks[i]
+        )
+        assert torch.equal(mask, swapped[3][i])
+        expected = (drawn - torch.tensor(dw.MEAN).view(3, 1, 1)) / torch.tensor(dw.STD).view(
+            3, 1, 1
+        )
+        assert torch.allclose(expected, swapped[0][i], atol=1e-5)
+
+
+def test_shortcut_world_and_clean_control() -> None:
+    spec = dw.WORLDS["W1"]
+    short = dw.DigitWorld(spec, shortcut=True, n_train=200, n_val=200)
+    clean = dw.DigitWorld(spec, shortcut=False, n_train=200, n_val=200)
+    assert short.correlation == 1.0 and clean.correlation is None
+    # Same images, different artifact assignment.
+    assert torch.equal(short.variant("removed").tensors[0], clean.variant("removed").tensors[0])
+    s, c = short._split("val"), clean._split("val")
+    assert torch.equal(s.assigned, s.labels)
+    agree = (c.assigned == c.labels).float().mean().item()
+    assert 0.3 < agree < 0.7, "the clean control's artifact should be independent of the label"
+    # The glyph (the artifact mask) tells the class apart in the shortcut world only.
+    for world, expect in ((short, True), (clean, False)):
+        _, labels, _, art = world.val.tensors
+        glyph0 = art[labels == 0][0]
+        same = torch.tensor([torch.equal(m, glyph0) for m in art])
+        assert bool((same == (labels == 0)).all()) is expect
+    # Imperfect correlation (W5: 0.9).
+    w5 = dw.DigitWorld(dw.WORLDS["W5"], n_train=10, n_val=400)._split("val")
+    follow = (w5.assigned == w5.labels).float().mean().item()
+    assert 0.82 < follow < 0.97
+
+
+def test_token_world_marks_one_class_only() -> None:
+    world = _world("W2")
+    _, labels, _, art = world.val.tensors
+    has = art.flatten(1).any(1)
+    assert torch.equal(has, labels == world.spec.token_class)
+    _, labels, _, art = world.variant("swapped").tensors
+    assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
+
+
+@pytest.mark.parametrize("name", ["W1", "W6"])
+def test_models_are_deterministic_without_the_global_rng(name: str) -> None:
+    spec = dw.WORLDS[name]
+    rng = torch.random.get_rng_state()
+    a, b = dw.build_model(spec, seed=3), dw.build_model(spec, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    c = dw.build_model(spec, seed=4)
+    assert not torch.equal(next(iter(a.parameters())), next(iter(c.parameters())))
+    x = torch.zeros(2, 3, spec.image_size, spec.image_size)
+    assert a.eval()(x).shape == (2, spec.num_classes)
+
+
+@pytest.mark.slow
+def test_end_to_end_w1_ground_truth_and_report(tmp_path: Path) -> None:
+    bench = _load("bench_detection")
+    before = torch.get_num_threads()
+    json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
+    try:
+        results = bench.main(
+            [
+                "--worlds",
+                "W1",
+                "--epochs",
+                "3",
+                "--n-train",
+                "800",
+                "--n-val",
+                "160",
+                "--threads",
+                "1",
+                "--json",
+                str(json_path),
+                "--out-md",
+                str(md_path),
+            ]
+        )
+    finally:
+        torch.set_num_threads(before)
+    by_case = {r["case"]: r for r in results}
+    assert set(by_case) == {"shortcut", "clean"}
+    short, clean = by_case["shortcut"]["final_truth"], by_case["clean"]["final_truth"]
+    # Ground truth: the shortcut model fails when the watermark is swapped, the clean one does not.
+    assert short["acc_present"] >= 0.85 and short["acc_present"] - short["acc_swapped"] >= 0.3
+    assert clean["acc_present"] >= 0.75 and abs(clean["acc_present"] - clean["acc_swapped"]) <= 0.1
+    assert by_case["shortcut"]["valid"] and by_case["clean"]["valid"]
+    assert by_case["shortcut"]["first_reliance_epoch"] is not None
+    assert [r["epoch"] for r in by_case["shortcut"]["truth_per_epoch"]] == [0, 1, 2]
+    # The scoring path: both callbacks ran every epoch (plus the baseline), structure of results.
+    for r in results:
+        assert set(r["modes"]) == {"masks", "nomask"}
+        for m in r["modes"].values():
+            assert m["runs"] == 3 and m["last_run_epoch"] == 2
+            assert isinstance(m["flagged_final"], bool) and isinstance(m["any_alarm"], bool)
+            assert set(m["final_kinds"]) <= {"artifact", "background"}
+    raw = json.loads(json_path.read_text())
+    assert len(raw["results"]) == 2 and "runtime" in raw["meta"]
+    text = md_path.read_text()
+    assert "## Calibration split" in text and "## Held-out split" not in text
+    rows = [ln for ln in text.splitlines() if re.match(r"\| W1 \| (shortcut|clean) \|", ln)]
+    assert len(rows) == 4  # {shortcut, clean} x {masks, nomask}
+    assert all(len(r.strip("|").split("|")) == 12 for r in rows)
+    summary = re.findall(
+        r"shortcuts flagged at final epoch: (\d+)/(\d+) \(masks\), (\d+)/(\d+) \(no masks\); "
+        r"false alarms on clean controls: (\d+)/(\d+)",
+        text,
+    )
+    assert "| W1 | cnn | 48 | 3 |" in text  # the runtime table
+    assert summary and summary[0][1] == "1" and summary[0][3] == "1" and summary[0][5] == "2"
