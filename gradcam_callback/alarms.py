@@ -245,6 +245,10 @@ class ShortcutMonitor:
         drift_pearson: drift flag when the mean Pearson correlation of the maps with the previous
             run's maps falls below this (never right after the baseline).
         min_probes: the fewest usable probes of a class a rule needs.
+        learned_share: rules decide only about classes the model has learned on the probes:
+            the share of the class's probes it predicts as the class, minus the share of the other
+            probes it predicts as the class (Youden's index), is at least this (``None``: every
+            class).
         confirm: run the causal checks when :meth:`analyze` gets a ``score_fn``.
         confirm_margin: a rule is tested causally for a class when its attention statistics are
             within this factor of their thresholds (``1`` = only when over them); the causal
@@ -277,6 +281,7 @@ class ShortcutMonitor:
         score_drop: float | None = None,
         drift_pearson: float | None = 0.5,
         min_probes: int = 4,
+        learned_share: float | None = 0.5,
         confirm: bool = True,
         confirm_margin: float = 0.8,
         analysis_size: int = 64,
@@ -306,6 +311,7 @@ class ShortcutMonitor:
         self.score_drop = opt(score_drop)
         self.drift_pearson = opt(drift_pearson)
         self.min_probes = int(min_probes)
+        self.learned_share = opt(learned_share)
         self.confirm = bool(confirm)
         self.confirm_margin = float(confirm_margin)
         self.analysis_size = int(analysis_size)
@@ -414,6 +420,7 @@ class ShortcutMonitor:
             self.baseline_maps = x.maps.clone()
         per, group, hot = E.measure(self, x, drift_vs_baseline=not (baseline or first))
         stats, counts = E.class_stats(x, per, group, hot.size)
+        learned = E.learned_classes(x, self.learned_share, multilabel)
         decisions = evaluate(
             self.rules,
             stats,
@@ -428,6 +435,7 @@ class ShortcutMonitor:
             after_trained_run=not self.previous_is_baseline and self.previous_maps is not None,
             min_probes=self.min_probes,
             margin=self.confirm_margin,
+            learned=learned,
         )
         causal = self.confirm and score_fn is not None and not baseline
         tested: dict[str, int] = {}
@@ -438,6 +446,7 @@ class ShortcutMonitor:
             stats.update(cstats)
             counts.update(ccounts)
         out = Analysis(*E.summarize(self, x, per, stats, group, decisions))
+        out.summary["probe/learned_classes"] = float(learned.sum())
         out.hotspot = hot.footprint.cpu()
         out.tested = tested
         out.skipped = {d.rule.name: d.why_not for d in decisions if not d.evaluated}

@@ -28,6 +28,7 @@ __all__ = [
     "class_stats",
     "confirm",
     "group_mean",
+    "learned_classes",
     "measure",
     "nanmean",
     "prepare",
@@ -171,6 +172,30 @@ def measure(
         "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
     }
     return per, group, hot
+
+
+def learned_classes(x: Inputs, share: float | None, multilabel: bool = False) -> Tensor:
+    """Bool ``[G]``: the classes the model has learned on the probes.
+
+    A class is learned when its Youden index on the probes, the share of its probes predicted
+    as the class minus the share of the other probes predicted as it, is at least ``share``
+    (multi-label: the share of its probes whose label logit is positive). A model that predicts
+    one class for everything, or is still at chance, scores 0: it has learned nothing a rule could
+    call a shortcut. All ``True`` without logits (``target_fn``) or with ``share=None``.
+    """
+    g = len(x.classes)
+    if share is None or x.logits is None or x.logits.dim() != 2:
+        return torch.ones(g, dtype=torch.bool, device=x.maps.device)
+    if multilabel:
+        z = x.logits.gather(1, x.targets[:, None])[:, 0]
+        recall = ((z > 0).float() @ x.onehot) / x.onehot.sum(0).clamp_min(1)
+        return recall >= share
+    cls = torch.tensor(x.classes, device=x.maps.device)
+    hit = (x.logits.argmax(1)[:, None] == cls[None, :]).float()  # [N, G]: predicted as g
+    own, other = x.onehot, 1.0 - x.onehot
+    recall = (hit * own).sum(0) / own.sum(0).clamp_min(1)
+    false_rate = (hit * other).sum(0) / other.sum(0).clamp_min(1)
+    return recall - false_rate >= share
 
 
 def class_stats(

@@ -279,6 +279,7 @@ def evaluate(
     after_trained_run: bool,
     min_probes: int,
     margin: float,
+    learned: Tensor | None = None,
 ) -> list[RuleDecision]:
     """Apply every rule's conditions to every class group (the attention half of a decision).
 
@@ -293,6 +294,8 @@ def evaluate(
         after_trained_run: the previous run was a trained run (drift is evaluated only then).
         min_probes: the fewest usable probes a group needs.
         margin: see :meth:`Condition.near`.
+        learned: bool ``[G]``, the classes the model has learned (per-class rules skip the
+            others); ``None``: all.
 
     Returns:
         One :class:`RuleDecision` per rule, in order.
@@ -317,6 +320,8 @@ def evaluate(
             out.append(RuleDecision(rule, False, "metric not measured"))
             continue
         usable = counts[head] >= min_probes
+        if rule.per_class and learned is not None:
+            usable = usable & learned
         attention = usable.clone()
         near = usable.clone()
         for cond in rule.conditions:
