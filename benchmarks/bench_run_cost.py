@@ -323,6 +323,11 @@ def summarize(fit: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _validation(fit: dict[str, Any]) -> dict[str, Any]:
+    """The fit with its validation runs only (the baseline has no causal checks)."""
+    return {**fit, "runs": [r for r in fit["runs"] if r["stage"] == "validation"]}
+
+
 def _f(x: float, digits: int = 1) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
@@ -330,13 +335,13 @@ def _f(x: float, digits: int = 1) -> str:
 def report(results: dict[str, Any]) -> str:
     """The scaling table, the per-stage table, the breakdown, the worst case and the target."""
     fits = results["fits"]
-    out = ["", "## Per-run cost (median over the runs of a fit)", ""]
+    out = ["", "## Per-run cost (median over the validation runs of a fit)", ""]
     header = ["workload", "probes", "runs", "engine calls/run", "hook ms", "engine ms",
               "analyze ms", "rest ms", "independent engine ms", "cost (inside)",
               "cost (independent)"]  # fmt: skip
     rows = []
     for fit in fits:
-        s = summarize(fit)
+        s = summarize(_validation(fit))
         label = f"{fit['model']} {fit['size']}px"
         probes = f"{fit['probes']}" + (" (default)" if fit["num_probes"] == "default" else "")
         rows.append([label, probes, s["runs"], _f(s["calls"], 0), _f(s["hook_ms"]),
@@ -344,7 +349,8 @@ def report(results: dict[str, Any]) -> str:
                      _f(s["independent_ms"]), _f(s["cost_inside"], 2),
                      _f(s["cost_independent"], 2)])  # fmt: skip
     out.append(md_table(header, rows))
-    out += ["", "cost = hook time / engine time of the same run (paired, median over runs); "
+    out += ["", "cost = hook time / engine time of the same run (paired, median over the "
+            "validation runs; the baseline run is in the next table); "
             "rest = hook - engine - analyze (media, logging, bookkeeping)."]  # fmt: skip
 
     out += ["", "## Cost by stage (median ms)", ""]
@@ -363,13 +369,13 @@ def report(results: dict[str, Any]) -> str:
               "causal ms", "cost (inside)", "cost (independent)"]  # fmt: skip
     out.append(md_table(header, rows))
 
-    out += ["", "## Where a run's time goes (median ms per run)", ""]
+    out += ["", "## Where a run's time goes (median ms per validation run)", ""]
     seen = {lab for f in fits for r in f["runs"] for lab in r["parts"]}
     labels = [lab for lab, _, _ in COMPONENTS if lab in seen]
     header = ["workload", "probes", "hook", *[lab.strip() for lab in labels]]
     rows = []
     for fit in fits:
-        runs = fit["runs"]
+        runs = _validation(fit)["runs"]
         cells = [_f(_med([r["parts"].get(lab, 0.0) * 1e3 for r in runs])) for lab in labels]
         rows.append([f"{fit['model']} {fit['size']}px", fit["probes"],
                      _f(_med([r["hook_s"] * 1e3 for r in runs])), *cells])  # fmt: skip
@@ -389,7 +395,7 @@ def report(results: dict[str, Any]) -> str:
         out += ["", "## Worst case: shortcut taken (causal checks) vs clean world", ""]
         rows = []
         for fit in worst:
-            s = summarize({**fit, "runs": [r for r in fit["runs"] if r["stage"] == "validation"]})
+            s = summarize(_validation(fit))
             world = "shortcut (correlation 1.0)" if fit["correlation"] else "clean (no shortcut)"
             rows.append([world, f"{fit['model']} {fit['size']}px", fit["probes"], s["runs"],
                          _f(s["hook_ms"]), _f(s["engine_ms"]), _f(s["analyze_ms"]),
@@ -410,7 +416,7 @@ def report(results: dict[str, Any]) -> str:
     for fit in fits:
         if fit["num_probes"] != "default":
             continue
-        s = summarize(fit)
+        s = summarize(_validation(fit))
         for kind, key in (("inside", "cost_inside"), ("independent", "cost_independent")):
             value = s[key]
             verdict = "n/a" if value != value else ("met" if value <= TARGET_CALLS else "MISSED")
@@ -461,6 +467,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny world (< 60 s)")
+    p.add_argument(
+        "--report-only",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the tables of earlier --json files (their fits together), measure nothing",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.workloads = [("smallcnn", 32)]
@@ -474,6 +488,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print markdown tables, return the raw results."""
     args = parse_args(argv)
+    if args.report_only:
+        merged: dict[str, Any] = {"fits": [], "worst_case": []}
+        for path in args.report_only:
+            part = json.loads(path.read_text())
+            merged["fits"] += part["fits"]
+            merged["worst_case"] += part.get("worst_case") or []
+        print(report(merged))
+        return merged
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -115,11 +115,12 @@ def test_bench_run_cost_quick(one_thread: None, capsys: pytest.CaptureFixture[st
     assert cost[0][-2:] == ["cost (inside)", "cost (independent)"]
     assert [r[:2] for r in cost[1:]] == [["smallcnn 32px", "16 (default)"], ["smallcnn 32px", "16"]]
     for row in cost[1:]:
-        assert int(row[2]) == 3  # the baseline and one run per epoch (2 epochs)
+        assert int(row[2]) == 2  # one validation run per epoch (2 epochs; baseline apart)
         assert int(row[3]) == 1  # 16 probes: one chunk of the callback's batch_size
         assert float(row[-1]) > 0 and float(row[-2]) > 0
     stages = _table(found, "Cost by stage")
     assert [r[2] for r in stages[1:]] == ["baseline", "validation"] * 2
+    assert [int(r[3]) for r in stages[1:]] == [1, 2] * 2
     parts = _table(found, "Where a run's time goes")
     assert "engine: GradCAM.explain" in parts[0]
     assert "monitor: ShortcutMonitor.analyze" in parts[0]
