@@ -461,6 +461,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3, help="fit epochs (runs = 1 + epochs)")
     p.add_argument("--train-batches", type=int, default=4, help="train batches per epoch")
     p.add_argument("--batch-size", type=int, default=16, help="train batch size")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed fits of the first workload before timing"
+    )
     p.add_argument("--independent-reps", type=int, default=2, help="passes per run (min kept)")
     p.add_argument("--worst-case", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
@@ -482,6 +485,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.epochs = 2
         args.train_batches = 2
         args.threads = args.threads or 1
+        args.warmup = 0
     return args
 
 
@@ -512,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["args"] = {k: str(v) for k, v in vars(args).items()}
     with tempfile.TemporaryDirectory(prefix="gcam-runcost-") as tmp:
         root = Path(tmp)
+        for _ in range(args.warmup):  # the first fits of a process run slower (allocator, caches)
+            fit_once(args, *args.workloads[0], args.probes[0], root)
         for model_name, size in args.workloads:
             for probes in args.probes:
                 fit = fit_once(args, model_name, size, probes, root)
