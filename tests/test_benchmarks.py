@@ -103,3 +103,31 @@ def test_bench_overhead_quick(one_thread: None, capsys: pytest.CaptureFixture[st
     targets = _table(found, "Targets")
     assert [r[2] in ("met", "MISSED") for r in targets[1:]] == [True, True]
     assert results["fits"]["on"][0]["runs"] >= 1
+
+
+def test_bench_run_cost_quick(one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_run_cost")
+    results = bench.main(["--quick", "--threads", "1"])
+    found = tables(capsys.readouterr().out)
+
+    cost = _table(found, "Per-run cost")
+    assert cost[0][:4] == ["workload", "probes", "runs", "engine calls/run"]
+    assert cost[0][-2:] == ["cost (inside)", "cost (independent)"]
+    assert [r[:2] for r in cost[1:]] == [["smallcnn 32px", "16 (default)"], ["smallcnn 32px", "16"]]
+    for row in cost[1:]:
+        assert int(row[2]) == 2  # one validation run per epoch (2 epochs; baseline apart)
+        assert int(row[3]) == 1  # 16 probes: one chunk of the callback's batch_size
+        assert float(row[-1]) > 0 and float(row[-2]) > 0
+    stages = _table(found, "Cost by stage")
+    assert [r[2] for r in stages[1:]] == ["baseline", "validation"] * 2
+    assert [int(r[3]) for r in stages[1:]] == [1, 2] * 2
+    parts = _table(found, "Where a run's time goes")
+    assert "engine: GradCAM.explain" in parts[0]
+    assert "monitor: ShortcutMonitor.analyze" in parts[0]
+    worst = _table(found, "Worst case")
+    assert [r[0] for r in worst[1:]] == ["shortcut (correlation 1.0)", "clean (no shortcut)"]
+    targets = _table(found, "Targets")
+    assert [r[1] for r in targets[1:]] == ["smallcnn 32px"] * 2
+    assert {r[3] for r in targets[1:]} <= {"met", "MISSED"}
+    fit = results["fits"][0]
+    assert fit["layers"] and all(r["independent_s"] > 0 for r in fit["runs"])
