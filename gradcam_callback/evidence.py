@@ -273,7 +273,10 @@ def confirm(
         return {}
     with torch.no_grad():
         base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
-        erased = torch.cat([M.erase(x.images[idx], reg) for _, idx, reg in batches])
+        erased = M.erase(  # every region in one inpainting pass and one forward
+            torch.cat([x.images[idx] for _, idx, _ in batches]),
+            torch.cat([reg for _, _, reg in batches]),
+        )
         after = score_fn(erased).detach().float().to(base.device)
     start = 0
     tested: dict[str, int] = {}

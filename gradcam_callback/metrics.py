@@ -587,7 +587,7 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
         ``[N, C, H, W]`` like ``images``. An empty region returns the images unchanged; an image
         whose region covers everything is filled with zeros (nothing to fill from).
     """
-    n, c, h, w = images.shape
+    n, _, h, w = images.shape
     reg = region.to(device=images.device, dtype=torch.bool).expand(n, h, w)[:, None]
     x = images.float()
     known = (~reg).float()  # [N, 1, H, W]
@@ -601,12 +601,17 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
         up = F.interpolate(est, size=v.shape[-2:], mode="bilinear", align_corners=False)
         est = v + (1.0 - k) * up  # v = k * (mean of the known pixels of the cell)
     out = torch.where(reg, est, x)
-    if smooth_iters > 0:
-        kernel = torch.full((c, 1, 3, 3), 1.0 / 9.0, device=x.device, dtype=x.dtype)
-        for _ in range(smooth_iters):
-            blurred = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
-            out = torch.where(reg, blurred, x)
+    for _ in range(smooth_iters):
+        out = torch.where(reg, _box3(out), x)
     return out.to(images.dtype)
+
+
+def _box3(x: Tensor) -> Tensor:
+    """3x3 box mean of ``[N, C, H, W]`` with replicated edges, as two shifted sums (several times
+    faster on a CPU than a depthwise convolution, and equal to it)."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    rows = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
+    return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) * (1.0 / 9.0)
 
 
 def log_odds(logits: Tensor, targets: Tensor, *, multilabel: bool = False) -> Tensor:

@@ -57,7 +57,7 @@ class Reader:
         logits = torch.zeros(images.shape[0], self.k)
         logits += 0.5 * obj[:, None]
         if self.shortcut_class is not None:
-            logits[:, self.shortcut_class] += 10 * corner
+            logits[:, self.shortcut_class] += 10 * (corner - 0.5)  # the mark is at 0.9
         return logits * 4
 
 
@@ -172,7 +172,7 @@ def test_causal_checks_run_only_where_a_rule_is_near_its_threshold_in_one_forwar
     assert math.isnan(a.summary["causal/hotspot_evidence"])  # honest: not measured
     assert not [f for f in a.flags if f.kind in ALARM_KINDS]
 
-    marked = torch.ones(n, dtype=torch.bool)
+    marked = targets == 1  # the mark comes with class 1 and is read for it
     images = _images(objects, marked)
     corner = torch.stack([_bump(2.5, 2.5)] * n)
     shortcut = Reader(k, shortcut_class=1)
@@ -182,7 +182,7 @@ def test_causal_checks_run_only_where_a_rule_is_near_its_threshold_in_one_forwar
         images,
         targets,
         object_masks=objects,
-        artifact_masks=CORNER.expand(n, H, W),
+        artifact_masks=CORNER.expand(n, H, W) & marked[:, None, None],
         score_fn=shortcut,
         logits=shortcut(images),
     )
