@@ -267,7 +267,7 @@ class ShortcutMonitor:
         dependence: float = 0.75,
         object_enrichment: float | None = 2.0,
         object_drop: float = 0.5,
-        hotspot_consistency: float | None = 3.0,
+        hotspot_consistency: float | None = 2.0,
         hotspot_offset: float = 0.3,
         hotspot_stability: float = 0.15,
         diffuse_entropy: float | None = 0.95,
