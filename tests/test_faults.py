@@ -509,14 +509,21 @@ class LooksAtTheCorner(pl.LightningModule):
 
 def test_flag_messages_never_read_nan_or_negative_percentages(tmp_path):
     # the target (label 0) is never the likely class: its evidence is undefined (NaN), and the
-    # attention sits on a corner patch, off the object masks: a "background" flag
+    # attention sits on a corner patch, off the object masks. By default such a class is not
+    # judged at all (the model has not learned it, and nothing was measured); with the learned
+    # gate and the causal check off, the attention alone gives a "background" flag whose values
+    # include undefined ones
     n = 8
     images = torch.zeros(n, 3, 32, 32)
     images[:, :, :8, :8] = 5.0
     objects = torch.zeros(n, 32, 32, dtype=torch.bool)
     objects[:, 20:30, 20:30] = True
     probes = ProbeSet(images, torch.zeros(n, dtype=torch.long), object_masks=objects)
-    cb = GradCAMCallback(probes=probes, verbose=False)
+    quiet = GradCAMCallback(probes=probes, verbose=False)
+    run_fit(tmp_path / "default", quiet, LooksAtTheCorner(), max_epochs=1)
+    assert not quiet.flags
+    monitor = ShortcutMonitor(learned_share=None, confirm=False)
+    cb = GradCAMCallback(probes=probes, verbose=False, monitor=monitor)
     run_fit(tmp_path, cb, LooksAtTheCorner(), max_epochs=1)
     assert cb.flags, "the planted case must raise a flag"
     for flag in cb.flags:
