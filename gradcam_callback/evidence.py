@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics as M
+from .render import resize
 from .rules import RuleDecision
 
 __all__ = [
@@ -377,13 +378,7 @@ def summarize(
 # ---------------------------------------------------------------------- grid helpers
 def resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
     """Bilinear resize of float ``[N, h, w]`` to ``size`` (antialiased when shrinking)."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    shrink = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
-    return F.interpolate(
-        maps[:, None].float(), size=size, mode="bilinear", align_corners=False, antialias=shrink
-    )[:, 0]
+    return resize(maps[:, None].float(), (int(size[0]), int(size[1])))[:, 0]
 
 
 def _resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:

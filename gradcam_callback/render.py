@@ -40,6 +40,7 @@ __all__ = [
     "overlay",
     "probe_grid",
     "probe_rows",
+    "resize",
     "tile",
     "to_uint8",
     "write_gif",
@@ -228,7 +229,7 @@ def to_uint8(images01: Tensor) -> Tensor:
     return (images01.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinearly resize float ``[N, C, h, w]`` to ``size`` (antialiased when shrinking)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -248,7 +249,7 @@ def _maps_like(maps: Tensor, images: Tensor) -> Tensor:
     if maps.shape[0] != images.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps for {images.shape[0]} images")
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    return _resize(maps[:, None], size)[:, 0].clamp(0.0, 1.0)
+    return resize(maps[:, None], size)[:, 0].clamp(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ def _thumb_size(
 def _resize_u8(images: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(images.shape[-2:]) == size:
         return images
-    return _resize(images.float(), size).round().clamp(0, 255).to(torch.uint8)
+    return resize(images.float(), size).round().clamp(0, 255).to(torch.uint8)
 
 
 def pick_columns(count: int, max_columns: int | None) -> list[int]:
