@@ -53,100 +53,19 @@ values, the group that fired (else the most anchored-looking one).
 from __future__ import annotations
 
 import math
-import string
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from . import evidence as E
-from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate
+from .causal import CausalMemory, regions_to_erase
+from .flags import FLAG_KINDS, Flag, ShortcutDetected, mark_persistent
+from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate, fired
+from .wording import word_flag
 
 __all__ = ["FLAG_KINDS", "Analysis", "Flag", "FlagKind", "ShortcutDetected", "ShortcutMonitor"]
-
-#: Every flag kind, as plain strings (``FlagKind`` members compare equal to them).
-FLAG_KINDS: tuple[str, ...] = tuple(k.value for k in FlagKind)
-
-# Regions a causal check can erase, and the per-probe measure that ranks a rule's probes.
-_PROBE_METRIC = {"attention/hotspot_consistency": "attention/hotspot_enrichment"}
-_GROUP_METRICS = (
-    "attention/hotspot_consistency",
-    "attention/hotspot_offset",
-    "attention/hotspot_stability",
-    "attention/hotspot_area",
-)
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One alarm.
-
-    Attributes:
-        kind: a :class:`~gradcam_callback.rules.FlagKind` (compares equal to its name:
-            ``"artifact"``, ``"background"``, ``"drift"``, ``"unfaithful"``).
-        epoch, global_step: when the analysis ran.
-        probe: the probe index when one probe is at fault, ``None`` for several.
-        value: the measured value that crossed ``threshold`` (see ``metric``), for the class
-            that shows it most.
-        threshold: the threshold it crossed.
-        message: what, which classes and probes, how much, what to do.
-        persistent: ``True`` when the same kind also fired for these classes at the previous run.
-        since_epoch, since_step: when this streak began (this run when new).
-        probes: indices of the probes that carry the finding (most affected first).
-        metric: the metric name (relative, e.g. ``"attention/artifact_enrichment"``) whose plot
-            shows it; the callback prefixes it (``gradcam/...``).
-        classes: the explained classes the flag is about (empty for set-level flags).
-    """
-
-    kind: FlagKind
-    epoch: int
-    global_step: int
-    probe: int | None
-    value: float
-    threshold: float
-    message: str
-    persistent: bool = False
-    since_epoch: int | None = None
-    since_step: int | None = None
-    probes: tuple[int, ...] = ()
-    metric: str = ""
-    classes: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kind, FlagKind):
-            try:
-                object.__setattr__(self, "kind", FlagKind(str(self.kind)))
-            except ValueError:
-                raise ValueError(
-                    f"unknown flag kind {self.kind!r}; one of {', '.join(FLAG_KINDS)}"
-                ) from None
-        object.__setattr__(self, "probes", tuple(int(p) for p in self.probes))
-        object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain Python values (``kind`` as a ``str``): safe for ``torch.load(weights_only=True)``."""
-        out = asdict(self)
-        out["kind"] = str(self.kind)
-        return out
-
-
-class ShortcutDetected(RuntimeError):
-    """Raised (with ``on_flag="raise"``) when a shortcut-learning flag fires.
-
-    Attributes:
-        flags: the flags that triggered it.
-    """
-
-    def __init__(self, flags: Sequence[Flag], message: str | None = None) -> None:
-        self.flags: list[Flag] = list(flags)
-        if message is None:
-            message = "shortcut learning detected: " + " | ".join(f.message for f in self.flags)
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
-        return (type(self), (self.flags, str(self)))
 
 
 @dataclass
@@ -171,32 +90,6 @@ class Analysis:
     hotspot: Tensor | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     tested: dict[str, int] = field(default_factory=dict)
-
-
-class _Fmt(string.Formatter):
-    """``{name:pct}`` -> ``"42%"`` (clamped to [0, 100] %); ``NaN`` -> ``"n/a"`` for any spec."""
-
-    def format_field(self, value: Any, format_spec: str) -> str:
-        if isinstance(value, float) and math.isnan(value):
-            return "n/a"
-        if format_spec == "pct":
-            return _pct(float(value))
-        return super().format_field(value, format_spec)
-
-
-_FMT = _Fmt()
-
-
-def _pct(x: float) -> str:
-    if math.isnan(x):
-        return "n/a"
-    return f"{min(max(x, 0.0), 1.0):.0%}"
-
-
-def _fmt_list(idx: Sequence[int], limit: int = 8) -> str:
-    shown = ", ".join(str(i) for i in idx[:limit])
-    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
-    return f"{shown}{more}"
 
 
 class ShortcutMonitor:
@@ -251,8 +144,13 @@ class ShortcutMonitor:
             class).
         confirm: run the causal checks when :meth:`analyze` gets a ``score_fn``.
         confirm_margin: a rule is tested causally for a class when its attention statistics are
-            within this factor of their thresholds (``1`` = only when over them); the causal
-            values of classes not tested are ``NaN`` (not logged).
+            within this factor of their thresholds (``1``, the default: only when over them, the
+            only tests a flag can depend on); the causal values of classes not tested are
+            ``NaN`` (not logged).
+        causal_budget: the most probes a run erases, as a multiple of the probe-set size (the
+            default ``0.5``: half a probe-set forward, so a run costs at most about two Grad-CAM
+            passes; ``None``: every probe of every rule that needs it). Tests are shared out and
+            findings carried between runs as :mod:`gradcam_callback.causal` describes.
         analysis_size: the analysis grid's longer side, in cells (maps, masks and images are
             resized to it; never larger than the images).
         min_map_cells: spatial rules need maps with at least this many cells per side.
@@ -283,43 +181,21 @@ class ShortcutMonitor:
         min_probes: int = 4,
         learned_share: float | None = 0.5,
         confirm: bool = True,
-        confirm_margin: float = 0.8,
+        confirm_margin: float = 1.0,
+        causal_budget: float | None = 0.5,
         analysis_size: int = 64,
         min_map_cells: int = 7,
         max_classes: int = 20,
         rules: Sequence[Rule] = RULES,
     ) -> None:
-        def opt(v: float | None) -> float | None:
-            return None if v is None else float(v)
-
-        self.artifact_enrichment = opt(artifact_enrichment)
-        self.evidence_drop = float(evidence_drop)
-        self.dependence = float(dependence)
-        self.object_enrichment = opt(object_enrichment)
-        self.object_drop = float(object_drop)
-        self.hotspot_consistency = opt(hotspot_consistency)
-        self.hotspot_offset = float(hotspot_offset)
-        self.hotspot_stability = float(hotspot_stability)
-        self.diffuse_entropy = opt(diffuse_entropy)
-        self.focus_drop = float(focus_drop)
-        self.hotspot_frac = float(hotspot_frac)
-        self.focus_frac = float(focus_frac)
-        self.focus_mass = opt(focus_mass)
-        self.border_width = float(border_width)
-        self.border_enrichment = opt(border_enrichment)
-        self.flip_rate = opt(flip_rate)
-        self.score_drop = opt(score_drop)
-        self.drift_pearson = opt(drift_pearson)
-        self.min_probes = int(min_probes)
-        self.learned_share = opt(learned_share)
-        self.confirm = bool(confirm)
-        self.confirm_margin = float(confirm_margin)
-        self.analysis_size = int(analysis_size)
-        self.min_map_cells = int(min_map_cells)
-        self.max_classes = int(max_classes)
+        given = {k: v for k, v in locals().items() if k not in ("self", "rules")}
+        for name, value in given.items():
+            setattr(self, name, _coerce(name, value))
         self.rules: tuple[Rule, ...] = tuple(rules)
         if not 0.0 < self.confirm_margin <= 1.0:
             raise ValueError(f"confirm_margin must lie in (0, 1], got {confirm_margin}")
+        if self.causal_budget is not None and self.causal_budget <= 0:
+            raise ValueError(f"causal_budget must be > 0 or None, got {causal_budget}")
         if self.min_probes < 1 or self.analysis_size < 2 or self.min_map_cells < 1:
             raise ValueError("min_probes and min_map_cells must be >= 1, analysis_size >= 2")
         self.baseline_maps: Tensor | None = None
@@ -327,6 +203,8 @@ class ShortcutMonitor:
         self.previous_is_baseline: bool = False
         # kind -> (since_epoch, since_step, classes)
         self.active: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        self.memory = CausalMemory()
+        self.ranks = E.RankCache()  # the reference maps' ranks, for drift/spearman_*
 
     # ------------------------------------------------------------------ settings and state
     @property
@@ -337,11 +215,12 @@ class ShortcutMonitor:
         return {n: getattr(self, n) for n in sorted(names)}
 
     def reset(self) -> None:
-        """Forget the baseline, the previous maps and the persistence state."""
+        """Forget the baseline, the previous maps, the persistence state and causal findings."""
         self.baseline_maps = None
         self.previous_maps = None
         self.previous_is_baseline = False
         self.active = {}
+        self.memory.reset()
 
     def state_dict(self) -> dict[str, Any]:
         """CPU tensors and plain Python only; loadable with ``torch.load(weights_only=True)``."""
@@ -352,6 +231,7 @@ class ShortcutMonitor:
             "active": {
                 k: [int(e), int(s), [int(c) for c in cl]] for k, (e, s, cl) in self.active.items()
             },
+            "causal": self.memory.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -363,6 +243,7 @@ class ShortcutMonitor:
             str(k): (int(v[0]), int(v[1]), tuple(int(c) for c in (v[2] if len(v) > 2 else ())))
             for k, v in state.get("active", {}).items()
         }
+        self.memory.load_state_dict(state.get("causal", {}))
 
     # ------------------------------------------------------------------ the pipeline
     def analyze(
@@ -390,253 +271,161 @@ class ShortcutMonitor:
                 resolution or upsampled to the image size; resized to the analysis grid.
             images: ``[N, C, H, W]`` probe images as fed to the model.
             targets: long ``[N]``, the class each map explains (rules group by it).
-            labels: unused by the rules (kept for API compatibility: rules group by the
-                explained class).
-            scores: float ``[N]`` target scores (kept for the record; unused by the rules).
+            labels, scores: unused (kept for API compatibility: rules group by ``targets``).
             logits: float ``[N, K]`` outputs for the unchanged probes (saves a forward).
             object_masks, artifact_masks: bool ``[N, H, W]`` or ``None``.
             score_fn: ``images -> logits [N, K]`` (eval mode, no grad) for causal confirmation.
             epoch, global_step: recorded in the flags.
             baseline: this run is the reference (step 0, untrained): store it, raise no flags.
-            map_size: ``(h, w)`` cells of the target layer's map; ``None`` reads it from
-                ``maps`` when they are smaller than the images (else: assumed fine enough).
-            multilabel: the outputs are independent sigmoid logits: evidence is the target
-                logit (its log-odds), a flip is a change of its sign.
-
-        Returns:
-            :class:`Analysis`.
+            map_size: ``(h, w)`` cells of the layer's map (``None``: read from ``maps``).
+            multilabel: sigmoid outputs: evidence is the target logit, a flip its sign change.
         """
-        del labels, scores  # rules group by the explained class
+        del labels, scores
         x = E.prepare(self, maps, images, targets, logits, object_masks, artifact_masks, map_size)
-        if self.baseline_maps is not None and self.baseline_maps.shape != x.maps.shape:
-            if self.baseline_maps.shape[0] != x.maps.shape[0]:
-                self.reset()  # a different probe set: start over
-            else:  # references saved at another resolution (an older checkpoint): resize
-                self.baseline_maps = E.resize_maps(self.baseline_maps, x.maps.shape[-2:])
-                if self.previous_maps is not None:
-                    self.previous_maps = E.resize_maps(self.previous_maps, x.maps.shape[-2:])
-        first = self.baseline_maps is None
-        if baseline or first:
-            self.baseline_maps = x.maps.clone()
-        per, group, hot = E.measure(self, x, drift_vs_baseline=not (baseline or first))
+        reference = self._align_references(x, baseline)
+        per, group, hot = E.measure(self, x, drift_vs_baseline=not reference)
         stats, counts = E.class_stats(x, per, group, hot.size)
         learned = E.learned_classes(x, self.learned_share, multilabel)
-        decisions = evaluate(
+        decisions = self._evaluate(x, stats, counts, learned)
+        causal = self.confirm and score_fn is not None and not baseline
+        tested: dict[str, dict[int, int]] = {}  # rule name -> {group: probes tested}
+        out = Analysis()
+        if causal and score_fn is not None:
+            tested, out.tested = self._test(x, decisions, hot, per, score_fn, multilabel)
+            stats, counts = _merged(E.causal_class_stats(x, per), stats, counts)
+        out.per_probe, out.summary = E.summarize(self, x, per, stats, group, decisions)
+        out.summary["probe/learned_classes"] = float(learned.sum())
+        out.summary["causal/tested_probes"] = float(sum(out.tested.values()))
+        out.hotspot = hot.footprint.cpu()
+        out.skipped = {d.rule.name: d.why_not for d in decisions if not d.evaluated}
+        if baseline:
+            self.active = {}
+            self.memory.reset()
+        else:
+            out.flags = self._decide(
+                x, decisions, per, stats, counts, tested, causal, epoch, global_step
+            )
+        self.previous_maps = x.maps  # owned by this run (a fresh tensor): kept as it is
+        self.previous_is_baseline = reference
+        return out
+
+    # ------------------------------------------------------------------ the steps
+    def _decide(
+        self,
+        x: E.Inputs,
+        decisions: list[RuleDecision],
+        per: dict[str, Tensor],
+        stats: dict[str, Tensor],
+        counts: dict[str, Tensor],
+        tested: dict[str, dict[int, int]],
+        causal: bool,
+        epoch: int,
+        step: int,
+    ) -> list[Flag]:
+        """Confirm (this run's tests, carried findings), fire, word and mark the flags."""
+        confirmed, words = {}, None
+        if causal:
+            confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
+            words = self.memory.words(x.classes, stats, tested)
+        flags = [
+            word_flag(self, kind, hits, x, per, stats, words, epoch, step)
+            for kind, hits in fired(decisions, confirmed).items()
+        ]
+        out, self.active = mark_persistent(flags, self.active, epoch, step)
+        return out
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The analysis grid for ``height x width`` images (never larger than the images)."""
+        scale = min(1.0, self.analysis_size / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def _align_references(self, x: E.Inputs, baseline: bool) -> bool:
+        """Bring the stored maps to this run's grid; store the baseline when this run is the
+        reference (``baseline``, or the first run). Returns whether it is."""
+        ref = self.baseline_maps
+        if ref is not None and ref.shape != x.maps.shape:
+            if ref.shape[0] != x.maps.shape[0]:
+                self.reset()  # a different probe set: start over
+            else:  # references saved at another resolution (an older checkpoint): resize
+                self.baseline_maps = E.resize_maps(ref, x.maps.shape[-2:])
+                if self.previous_maps is not None:
+                    self.previous_maps = E.resize_maps(self.previous_maps, x.maps.shape[-2:])
+        reference = baseline or self.baseline_maps is None
+        if reference:
+            self.baseline_maps = x.maps
+        return reference
+
+    def _evaluate(
+        self, x: E.Inputs, stats: dict[str, Tensor], counts: dict[str, Tensor], learned: Tensor
+    ) -> list[RuleDecision]:
+        """The attention half of every rule, per class (:func:`~.rules.evaluate`)."""
+        masks = (("object_masks", x.object_masks), ("artifact_masks", x.artifact_masks))
+        return evaluate(
             self.rules,
             stats,
             counts,
             self.settings,
-            available=frozenset(
-                n
-                for n, m in (("object_masks", x.object_masks), ("artifact_masks", x.artifact_masks))
-                if m is not None
-            ),
+            available=frozenset(n for n, m in masks if m is not None),
             can_localise=x.can_localise,
             after_trained_run=not self.previous_is_baseline and self.previous_maps is not None,
             min_probes=self.min_probes,
             margin=self.confirm_margin,
             learned=learned,
         )
-        causal = self.confirm and score_fn is not None and not baseline
-        tested: dict[str, int] = {}
-        if causal:
-            assert score_fn is not None
-            tested = E.confirm(self, x, decisions, hot, per, score_fn, multilabel)
-            cstats, ccounts = E.causal_class_stats(x, per)
-            stats.update(cstats)
-            counts.update(ccounts)
-        out = Analysis(*E.summarize(self, x, per, stats, group, decisions))
-        out.summary["probe/learned_classes"] = float(learned.sum())
-        out.hotspot = hot.footprint.cpu()
-        out.tested = tested
-        out.skipped = {d.rule.name: d.why_not for d in decisions if not d.evaluated}
-        if baseline:
-            self.active = {}
-        else:
-            flags = self._decide(x, per, stats, counts, decisions, causal, epoch, global_step)
-            out.flags = self._remember_flags(flags, epoch, global_step)
-        self.previous_maps = x.maps.clone()
-        self.previous_is_baseline = baseline or first
-        return out
 
-    # ------------------------------------------------------------------ 1. prepare
-    def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """The analysis grid for ``height x width`` images (never larger than the images)."""
-        scale = min(1.0, self.analysis_size / max(height, width))
-        return max(1, round(height * scale)), max(1, round(width * scale))
-
-    # ------------------------------------------------------------------ 4. decide
-    def _confirmed(
-        self, rule: Rule, stats: dict[str, Tensor], counts: dict[str, Tensor], settings: dict
-    ) -> Tensor:
-        """Bool ``[G]``: the class's causal evidence confirms ``rule`` (see :class:`Rule`).
-
-        Only measured evidence counts: at least ``min_probes`` of the class's probes must have a
-        defined evidence drop (a positive target log-odds before the erasure: a model that does
-        not yet predict the class has no evidence to lose, and says nothing about shortcuts).
-        """
-        r = rule.region
-        measured = counts[f"causal/{r}_evidence"] >= self.min_probes
-        return measured & self._confirmed_where_measured(rule, stats, settings)
-
-    def _confirmed_where_measured(
-        self, rule: Rule, stats: dict[str, Tensor], settings: dict
-    ) -> Tensor:
-        r = rule.region
-        if rule.confirm == "depends":
-            ok = stats[f"causal/{r}_depends"] >= self.dependence  # NaN fails
-            if self.flip_rate is not None:
-                ok |= stats[f"causal/{r}_flip"] >= self.flip_rate
-            if self.score_drop is not None:
-                ok |= stats[f"causal/{r}_drop"] >= self.score_drop
-            return ok
-        drop = float(settings[rule.drop_setting])
-        return stats[f"causal/{r}_evidence"] < drop
-
-    def _decide(
+    def _test(
         self,
         x: E.Inputs,
-        per: dict[str, Tensor],
-        stats: dict[str, Tensor],
-        counts: dict[str, Tensor],
         decisions: list[RuleDecision],
-        causal: bool,
-        epoch: int,
-        step: int,
-    ) -> list[Flag]:
-        settings = self.settings
-        fired: dict[FlagKind, list[tuple[RuleDecision, list[int]]]] = {}
-        for d in decisions:
-            if not d.evaluated or d.attention is None:
-                continue
-            ok = d.attention
-            if causal and d.rule.confirm is not None and d.rule.per_class:
-                ok = ok & self._confirmed(d.rule, stats, counts, settings)
-            groups = [int(g) for g in torch.nonzero(ok).flatten().tolist()]
-            if groups:
-                fired.setdefault(d.rule.kind, []).append((d, groups))
-        flags = []
-        for kind, hits in fired.items():
-            flags.append(_word_flag(self, kind, hits, x, per, stats, causal, epoch, step))
-        return flags
-
-    # ------------------------------------------------------------------ 5. remember
-    def _remember_flags(self, flags: list[Flag], epoch: int, step: int) -> list[Flag]:
-        """Mark flags whose kind (for the same classes) also fired at the previous run."""
-        out: list[Flag] = []
-        active: dict[str, tuple[int, int, tuple[int, ...]]] = {}
-        for f in flags:
-            prev = self.active.get(str(f.kind))
-            if prev is not None and set(f.classes) <= set(prev[2]):
-                since = (prev[0], prev[1])
-                f = replace(f, persistent=True, since_epoch=since[0], since_step=since[1])
-            else:
-                since = (epoch, step)
-                f = replace(f, since_epoch=epoch, since_step=step)
-            active[str(f.kind)] = (since[0], since[1], f.classes)
-            out.append(f)
-        self.active = active
-        return out
-
-    # ------------------------------------------------------------------ summaries
+        hot: Any,
+        per: dict[str, Tensor],
+        score_fn: Callable[[Tensor], Tensor],
+        multilabel: bool,
+    ) -> tuple[dict[str, dict[int, int]], dict[str, int]]:
+        """Plan this run's causal tests within the budget and run them in one forward.
+        Returns the plan (rule name -> groups) and region -> probes tested."""
+        n = x.maps.shape[0]
+        budget = None if self.causal_budget is None else max(1, math.ceil(self.causal_budget * n))
+        sizes = [int(s) for s in x.onehot.sum(0).tolist()]
+        plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
+        wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run)
+        return plan, E.confirm(self, x, wanted, hot, per, score_fn, multilabel)
 
 
-def _word_flag(
-    mon: ShortcutMonitor,
-    kind: FlagKind,
-    hits: list[tuple[RuleDecision, list[int]]],
-    x: E.Inputs,
-    per: dict[str, Tensor],
+def _merged(
+    extra: tuple[dict[str, Tensor], dict[str, Tensor]],
     stats: dict[str, Tensor],
-    causal: bool,
-    epoch: int,
-    step: int,
-) -> Flag:
-    """One flag for a kind: the first firing rule leads; every firing class is named."""
-    lead, groups = hits[0]
-    rule = lead.rule
-    thr = float(rule.threshold(mon.settings))  # type: ignore[arg-type]
-    suffix = "" if rule.per_class else "@set"
-    head = stats[rule.headline.metric + suffix]
-    all_groups = sorted({g for _, gs in hits for g in gs})
-    # the class that shows it most leads the wording
-    vals = head[groups] if rule.per_class else head
-    best = groups[int(vals.argmax() if rule.headline.op == ">=" else vals.argmin())]
-    best = best if rule.per_class else 0
-    value = float(head[best])
-    fields = {
-        k.removesuffix(suffix): float(v[best])
-        for k, v in stats.items()
-        if (k.endswith("@set") if suffix else not k.endswith("@set"))
+    counts: dict[str, Tensor],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``stats`` and ``counts`` with the ``(stats, counts)`` pair ``extra`` added."""
+    return {**stats, **extra[0]}, {**counts, **extra[1]}
+
+
+_INTS = frozenset({"min_probes", "analysis_size", "min_map_cells", "max_classes"})
+_OPTIONAL = frozenset(
+    {
+        "artifact_enrichment",
+        "object_enrichment",
+        "hotspot_consistency",
+        "diffuse_entropy",
+        "focus_mass",
+        "border_enrichment",
+        "flip_rate",
+        "score_drop",
+        "drift_pearson",
+        "learned_share",
+        "causal_budget",
     }
-    fields["value"] = value
-    text = _FMT.format(rule.summary, **fields)
-    if rule.per_class:
-        classes = tuple(x.classes[g] for g in all_groups)
-        sel = torch.zeros_like(x.groups, dtype=torch.bool)
-        for g in all_groups:
-            sel |= x.groups == g
-        listed = (
-            ", ".join(f"{x.classes[g]}: {float(head[g]):.2f}" for g in groups)
-            if len(groups) > 1
-            else ""
-        )
-        who = (
-            f"Probes explained as class {classes[0]}"
-            if len(classes) == 1
-            else f"Probes explained as classes {_fmt_list(list(classes))}"
-        )
-        text = f"{who}: {text}" + (f" (per class: {listed})" if listed else "")
-    else:
-        classes = ()
-        sel = torch.ones_like(x.groups, dtype=torch.bool)
-        text = text[0].upper() + text[1:]
-    if rule.confirm is not None and rule.per_class:
-        text += _causal_words(mon, rule, stats, best, causal)
-    others = [d.rule.name for d, _ in hits[1:]]
-    if others:
-        text += f"; also: {', '.join(others)}"
-    metric = _PROBE_METRIC.get(rule.headline.metric, rule.headline.metric)
-    values = per[metric]
-    desc = rule.headline.op == ">="
-    idx = torch.nonzero(sel & ~torch.isnan(values)).flatten()
-    order = values[idx].argsort(descending=desc, stable=True)
-    probes = [int(i) for i in idx[order].tolist()]
-    text += f". Probes: {_fmt_list(probes)}. {rule.advice}"
-    return Flag(
-        kind=kind,
-        epoch=int(epoch),
-        global_step=int(step),
-        probe=probes[0] if len(probes) == 1 else None,
-        value=value,
-        threshold=thr,
-        message=text,
-        probes=tuple(probes),
-        metric=rule.headline.metric,
-        classes=classes,
-    )
+)
 
 
-def _causal_words(
-    mon: ShortcutMonitor, rule: Rule, stats: dict[str, Tensor], g: int, causal: bool
-) -> str:
-    if not causal:
-        return " (not confirmed causally: no score_fn, or confirm=False)"
-    r = rule.region
-    if rule.confirm == "depends":
-        dep = float(stats[f"causal/{r}_depends"][g])
-        flip = float(stats[f"causal/{r}_flip"][g])
-        return (
-            f"; erasing it takes at least {_pct(mon.evidence_drop)} of the target's evidence "
-            f"(log-odds) from {_pct(dep)} of them and flips {_pct(flip)} of their predictions"
-        )
-    ev = float(stats[f"causal/{r}_evidence"][g])
-    if r == "object":
-        what = "the objects"
-    elif mon.focus_mass is not None:
-        what = f"the part of each map holding {_pct(mon.focus_mass)} of its attention"
-    else:
-        what = f"the hottest {_pct(mon.focus_frac)} of each map"
-    if math.isnan(ev) or ev <= 0:
-        return f"; erasing {what} removes none of the target's evidence"
-    return f"; erasing {what} removes only {_pct(ev)} of the target's evidence"
+def _coerce(name: str, value: Any) -> Any:
+    """A monitor setting as its type: ``bool`` (``confirm``), ``int``, or ``float`` (``None``
+    only where it switches something off)."""
+    if name == "confirm":
+        return bool(value)
+    if value is None:
+        if name in _OPTIONAL:
+            return None
+        raise TypeError(f"ShortcutMonitor({name}=None): {name} needs a number")
+    return int(value) if name in _INTS else float(value)

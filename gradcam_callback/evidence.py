@@ -25,6 +25,7 @@ from .rules import RuleDecision
 
 __all__ = [
     "Inputs",
+    "RankCache",
     "causal_class_stats",
     "class_stats",
     "confirm",
@@ -57,6 +58,28 @@ class Inputs:
     artifact_full: Tensor | None
     logits: Tensor | None
     can_localise: bool
+
+
+class RankCache:
+    """:func:`~.metrics.ranks` of the last few map tensors, by identity.
+
+    A run's maps are ranked once and become the next run's reference (the monitor keeps the
+    same tensor), so each run sorts one set of maps instead of one per comparison. The cache
+    holds the tensors it ranked, so an identity can never be reused for another tensor.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.size = size
+        self.items: list[tuple[Tensor, Tensor]] = []
+
+    def of(self, maps: Tensor) -> Tensor:
+        """Float32 ``[N, H * W]`` ranks of ``maps`` ``[N, H, W]`` (computed once per tensor)."""
+        for t, r in self.items:
+            if t is maps:
+                return r
+        r = M.ranks(maps)
+        self.items = [(maps, r), *self.items][: self.size]
+        return r
 
 
 def nanmean(x: Tensor) -> Tensor:
@@ -137,7 +160,7 @@ def measure(
             continue
         ref = ref.to(dev)
         per[f"drift/pearson_{name}"] = M.pearson(maps, ref)
-        per[f"drift/spearman_{name}"] = M.spearman(maps, ref)
+        per[f"drift/spearman_{name}"] = M.spearman_from_ranks(mon.ranks.of(maps), mon.ranks.of(ref))
         per[f"drift/js_{name}"] = M.js_divergence(maps, ref)
         per[f"drift/iou_{name}"] = M.topk_iou(maps, ref)
         per[f"drift/com_shift_{name}"] = M.com_shift(maps, ref)
@@ -243,33 +266,30 @@ def regions(mon: Any, x: Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tenso
 def confirm(
     mon: Any,
     x: Inputs,
-    decisions: list[RuleDecision],
+    wanted: dict[str, Tensor],
     hot: M.Hotspot,
     per: dict[str, Tensor],
     score_fn: Callable[[Tensor], Tensor],
     multilabel: bool,
 ) -> dict[str, int]:
-    """Erase, for each region, the probes of the classes whose rule is near its threshold;
-    all of them in one batched forward. Fills ``per["causal/<region>_*"]`` (NaN elsewhere)."""
+    """Erase each region in the probes ``wanted[region]`` (bool ``[N]``) that have some of it,
+    all in one inpainting pass at the analysis grid and one batched forward.
+
+    Fills ``per["causal/<region>_{flip,drop,evidence,depends}"]`` (``[N]``, NaN where a probe was
+    not tested) and returns region -> number of probes tested.
+    """
     n = x.maps.shape[0]
-    wanted: dict[str, Tensor] = {}
-    for d in decisions:
-        if not d.evaluated or d.rule.region is None or d.near is None:
-            continue
-        sel = d.near[x.groups] if d.rule.per_class else d.near.expand(n)
-        wanted[d.rule.region] = wanted.get(d.rule.region, torch.zeros_like(sel)) | sel
-    builders = regions(mon, x, hot)
-    batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
-    for region, sel in wanted.items():
-        masks = builders[region]()
-        sel = sel & masks.flatten(1).any(1)
-        idx = torch.nonzero(sel).flatten()
-        if idx.numel():
-            batches.append((region, idx, masks[idx]))
     nan = torch.full((n,), torch.nan, device=x.maps.device)
     for region in _REGIONS:
         for part in ("flip", "drop", "evidence", "depends"):
             per[f"causal/{region}_{part}"] = nan.clone()
+    builders = regions(mon, x, hot)
+    batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
+    for region, sel in wanted.items():
+        masks = builders[region]()
+        idx = torch.nonzero(sel & masks.flatten(1).any(1)).flatten()
+        if idx.numel():
+            batches.append((region, idx, masks[idx]))
     if not batches:
         return {}
     with torch.no_grad():
@@ -277,30 +297,34 @@ def confirm(
         erased = M.erase(  # every region in one inpainting pass and one forward
             torch.cat([x.images[idx] for _, idx, _ in batches]),
             torch.cat([reg for _, _, reg in batches]),
+            fill_size=tuple(x.maps.shape[-2:]),
         )
         after = score_fn(erased).detach().float().to(base.device)
     start = 0
-    tested: dict[str, int] = {}
     for region, idx, _ in batches:
         stop = start + idx.numel()
         eff = M.erasure_effect_from_logits(
             base[idx], after[start:stop], x.targets[idx], multilabel=multilabel
         )
         start = stop
-        depends = torch.where(
-            torch.isnan(eff.evidence_drop),
-            eff.evidence_drop,
-            (eff.evidence_drop >= mon.evidence_drop).float(),
-        )
-        for part, value in (
-            ("flip", eff.flipped),
-            ("drop", eff.score_drop),
-            ("evidence", eff.evidence_drop),
-            ("depends", depends),
-        ):
-            per[f"causal/{region}_{part}"][idx] = value.to(nan.dtype)
-        tested[region] = int(idx.numel())
-    return tested
+        _store(per, region, idx, eff, mon.evidence_drop)
+    return {region: int(idx.numel()) for region, idx, _ in batches}
+
+
+def _store(
+    per: dict[str, Tensor], region: str, idx: Tensor, eff: M.Erasure, evidence_drop: float
+) -> None:
+    """Write one region's erasure effect into the per-probe ``causal/<region>_*`` rows."""
+    drop = eff.evidence_drop
+    depends = torch.where(torch.isnan(drop), drop, (drop >= evidence_drop).float())
+    for part, value in (
+        ("flip", eff.flipped),
+        ("drop", eff.score_drop),
+        ("evidence", drop),
+        ("depends", depends),
+    ):
+        row = per[f"causal/{region}_{part}"]
+        row[idx] = value.to(row.dtype)
 
 
 def causal_class_stats(

@@ -140,8 +140,25 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     Returns:
         float32 ``[N]`` in ``[-1, 1]``; ``NaN`` when either map is constant.
     """
-    x, y = _flat(a), _flat(b)
-    return pearson(_rank(x)[:, None], _rank(y)[:, None])
+    return spearman_from_ranks(ranks(a), ranks(b))
+
+
+def ranks(maps: Tensor) -> Tensor:
+    """Average pixel ranks of each map (ties share their mean rank), 0-based.
+
+    Args:
+        maps: float ``[N, H, W]``.
+
+    Returns:
+        float32 ``[N, H * W]``: what :func:`spearman` correlates (compute once, reuse for a map
+        compared with several references).
+    """
+    return _rank(_flat(maps))
+
+
+def spearman_from_ranks(ra: Tensor, rb: Tensor) -> Tensor:
+    """:func:`spearman` from :func:`ranks` ``[N, P]`` of both sides: float32 ``[N]``."""
+    return pearson(ra[:, None], rb[:, None])
 
 
 def js_divergence(a: Tensor, b: Tensor) -> Tensor:
@@ -562,15 +579,24 @@ def grow_region(
     allowed = allowed.expand(g, h, w)[:, None]
     region = seed[:, None].float()
     limit = max_area * h * w
-    for _ in range(iters):
+    for step in range(iters):
         grown = torch.maximum(F.max_pool2d(region, 3, 1, 1) * allowed, region)
         fits = grown.sum((1, 2, 3), keepdim=True) <= limit
-        region = torch.where(fits, grown, region)
+        before, region = region, torch.where(fits, grown, region)
+        # a step that changes nothing is a fixed point: stop (checked on the CPU only, where
+        # it costs no device synchronisation; the result is the same either way)
+        if region.device.type == "cpu" and step % 4 == 3 and torch.equal(region, before):
+            break
     return region[:, 0] > 0
 
 
 # ----------------------------------------------------------------------------- causal
-def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
+def erase(
+    images: Tensor,
+    region: Tensor,
+    smooth_iters: int = 8,
+    fill_size: tuple[int, int] | None = None,
+) -> Tensor:
     """Fill ``region`` in each image from the surrounding pixels (push-pull inpainting).
 
     The known pixels are averaged down an image pyramid (pull) and the coarse averages are
@@ -582,6 +608,9 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
         images: float ``[N, C, H, W]``.
         region: bool ``[N, H, W]`` or ``[H, W]``; ``True`` = erase.
         smooth_iters: diffusion steps after the push-pull fill.
+        fill_size: ``(h, w)`` smaller than the images: compute the (smooth) fill on that grid,
+            from the grid cells the region does not touch, and upsample it bilinearly into the
+            region; the cost no longer grows with the image size. ``None``: at full size.
 
     Returns:
         ``[N, C, H, W]`` like ``images``. An empty region returns the images unchanged; an image
@@ -590,6 +619,12 @@ def erase(images: Tensor, region: Tensor, smooth_iters: int = 8) -> Tensor:
     n, _, h, w = images.shape
     reg = region.to(device=images.device, dtype=torch.bool).expand(n, h, w)[:, None]
     x = images.float()
+    if fill_size is not None and (fill_size[0] < h or fill_size[1] < w):
+        size = (int(fill_size[0]), int(fill_size[1]))
+        small_reg = F.adaptive_max_pool2d(reg.float(), size) > 0  # cells the region touches
+        small = erase(F.adaptive_avg_pool2d(x, size), small_reg[:, 0], smooth_iters)
+        fill = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        return torch.where(reg, fill, x).to(images.dtype)
     known = (~reg).float()  # [N, 1, H, W]
     levels: list[tuple[Tensor, Tensor]] = [(x * known, known)]
     while max(levels[-1][0].shape[-2:]) > 1:

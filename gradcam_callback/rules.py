@@ -33,6 +33,7 @@ __all__ = [
     "Rule",
     "RuleDecision",
     "evaluate",
+    "fired",
 ]
 
 
@@ -330,4 +331,23 @@ def evaluate(
             attention &= cond.holds(value, thr)
             near &= cond.near(value, thr, margin)
         out.append(RuleDecision(rule, True, usable=usable, attention=attention, near=near))
+    return out
+
+
+def fired(
+    decisions: Sequence[RuleDecision], confirmed: Mapping[str, Tensor]
+) -> dict[FlagKind, list[tuple[RuleDecision, list[int]]]]:
+    """Kind -> the rules that fired and their groups, in table order.
+
+    A rule fires for a group when its attention conditions hold and, where ``confirmed`` has an
+    entry for the rule (bool ``[G]``, its causal confirmation), that holds too.
+    """
+    out: dict[FlagKind, list[tuple[RuleDecision, list[int]]]] = {}
+    for d in decisions:
+        if not d.evaluated or d.attention is None:
+            continue
+        ok = d.attention & confirmed[d.rule.name] if d.rule.name in confirmed else d.attention
+        groups = [int(g) for g in torch.nonzero(ok).flatten().tolist()]
+        if groups:
+            out.setdefault(d.rule.kind, []).append((d, groups))
     return out

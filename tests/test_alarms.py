@@ -90,7 +90,7 @@ def _run(
 
 def test_no_flags_at_baseline_then_artifact_flag_with_masks() -> None:
     w = _world()
-    mon = ShortcutMonitor()
+    mon = ShortcutMonitor(causal_budget=None)
     a0 = _run(mon, w["on_corner"], w, 0, baseline=True)
     assert a0.flags == []
     a1 = _run(mon, w["on_corner"], w, 1, score_fn=corner_reader)
@@ -108,7 +108,7 @@ def test_no_flags_at_baseline_then_artifact_flag_with_masks() -> None:
 
 def test_flags_persist_rather_than_repeat_and_come_back_new() -> None:
     w = _world()
-    mon = ShortcutMonitor()
+    mon = ShortcutMonitor(causal_budget=None)
     _run(mon, w["on_corner"], w, 0, baseline=True)
     first = _run(mon, w["on_corner"], w, 1, score_fn=corner_reader).flags
     second = _run(mon, w["on_corner"], w, 2, score_fn=corner_reader).flags
@@ -263,7 +263,7 @@ def _probes(world, masks: bool) -> dict[str, torch.Tensor | None]:
 def _analyze_world(world, masks: bool, confirm: bool = True):
     model = world.model.eval()
     p = _probes(world, masks)
-    mon = ShortcutMonitor(confirm=confirm)
+    mon = ShortcutMonitor(causal_budget=None, confirm=confirm)
 
     def score_fn(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -428,3 +428,71 @@ def test_shortcut_taken_early_and_dropped_later_is_caught_while_it_lasts() -> No
         if artifact[e] and artifact[e - 1]:
             assert artifact[e][0].persistent and artifact[e][0].since_epoch == first
     assert not artifact[9], watch.summary[9]  # ... and silent once the model let go of it
+
+
+# ----------------------------------------------------------------------------- causal budget
+def test_the_causal_budget_spreads_tests_over_runs_and_carries_findings() -> None:
+    w = _world()
+    mon = ShortcutMonitor()  # causal_budget=0.5: 4 of the 8 probes a run, min_probes=4
+    calls = []
+
+    def reader(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return corner_reader(x)
+
+    _run(mon, w["on_corner"], w, 0, baseline=True)
+    a1 = _run(mon, w["on_corner"], w, 1, score_fn=reader)
+    # one forward for the logits, one for the erased probes: half the probe set
+    assert calls == [N, N // 2] and a1.tested == {"artifact": N // 2}
+    assert a1.summary["causal/tested_probes"] == N // 2
+    assert {f.kind for f in a1.flags} == {"artifact"}  # the first kind to test leads
+    assert int((~torch.isnan(a1.per_probe["causal/artifact_flip"])).sum()) == N // 2
+    assert math.isnan(a1.summary["causal/object_evidence"])  # not tested: NaN, not stale
+
+    a2 = _run(mon, w["on_corner"], w, 2, score_fn=reader)
+    assert a2.tested == {"object": N // 2}  # the untested kind comes next
+    art = next(f for f in a2.flags if f.kind == "artifact")
+    bg = next(f for f in a2.flags if f.kind == "background")
+    # artifact: carried from epoch 1 (attention held), said so, and nothing stale is logged
+    assert art.persistent and art.since_epoch == 1 and "(tested at epoch 1)" in art.message
+    assert math.isnan(a2.summary["causal/artifact_flip"])
+    assert not bg.persistent and "tested at epoch" not in bg.message
+    assert calls == [N, N // 2] * 2  # the logits, then never more than the budget
+
+    # the model lets go of the mark: its findings are forgotten with the attention ...
+    _run(mon, w["on_object"], w, 3, score_fn=object_reader)
+    assert not any(k[0] == "artifact_masks" for k in mon.memory.findings)
+    # ... and come back: tested afresh before any flag is raised again
+    a4 = _run(mon, w["on_corner"], w, 4, score_fn=reader)
+    assert "artifact" in a4.tested
+    again = [f for f in a4.flags if f.kind == "artifact"]
+    assert again and not again[0].persistent and "tested at epoch" not in again[0].message
+
+
+def test_an_unlimited_budget_tests_everything_in_one_run() -> None:
+    w = _world()
+    mon = ShortcutMonitor(causal_budget=None)
+    _run(mon, w["on_corner"], w, 0, baseline=True)
+    a = _run(mon, w["on_corner"], w, 1, score_fn=corner_reader)
+    assert a.tested == {"artifact": N, "hotspot": N, "object": N}
+    assert {f.kind for f in a.flags} >= {"artifact", "background"}
+    with pytest.raises(ValueError, match="causal_budget must be > 0"):
+        ShortcutMonitor(causal_budget=0)
+    with pytest.raises(TypeError, match="evidence_drop needs a number"):
+        ShortcutMonitor(evidence_drop=None)  # type: ignore[arg-type]
+
+
+def test_causal_findings_survive_a_checkpoint_weights_only() -> None:
+    w = _world()
+    mon = ShortcutMonitor()
+    _run(mon, w["on_corner"], w, 0, baseline=True)
+    _run(mon, w["on_corner"], w, 1, score_fn=corner_reader)
+    buf = io.BytesIO()
+    torch.save(mon.state_dict(), buf)
+    buf.seek(0)
+    resumed = ShortcutMonitor()
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    assert resumed.memory.findings == mon.memory.findings and resumed.memory.run == 1
+    a, b = (_run(m, w["on_corner"], w, 2, score_fn=corner_reader) for m in (mon, resumed))
+    assert [f.message for f in a.flags] == [f.message for f in b.flags]
+    assert a.tested == b.tested

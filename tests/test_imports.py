@@ -24,6 +24,8 @@ LAYERS: list[set[str]] = [
     {"metrics"},
     {"rules"},
     {"evidence"},
+    {"causal", "flags"},
+    {"wording"},
     {"alarms"},
     {"quality"},
     {"probing"},

@@ -221,6 +221,23 @@ def test_erase_fills_from_surroundings() -> None:
     assert torch.equal(filled[..., ~region], ramp[..., ~region])
 
 
+def test_erase_on_a_coarser_grid_matches_the_full_size_fill() -> None:
+    h = w = 64
+    region = torch.zeros(2, h, w, dtype=torch.bool)
+    region[0, 5:21, 30:50] = True
+    region[1, 40:43, 2:60] = True  # a thin band: thinner than one cell of the 16x16 grid
+    stamped = torch.full((2, 3, h, w), 0.3)
+    stamped[region[:, None].expand(-1, 3, -1, -1)] = 5.0
+    coarse = M.erase(stamped, region, fill_size=(16, 16))
+    torch.testing.assert_close(coarse, torch.full_like(stamped, 0.3))  # no stamp pixel leaks
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    smooth = (xx / w + (yy / h) ** 2).expand(2, 3, h, w).clone()
+    full, coarse = M.erase(smooth, region), M.erase(smooth, region, fill_size=(16, 16))
+    assert torch.equal(coarse[..., ~region[0]][0], smooth[..., ~region[0]][0])  # outside kept
+    assert (coarse - full).abs().max() < 0.05 * float(smooth.max() - smooth.min())
+    assert torch.equal(M.erase(smooth, region, fill_size=(64, 64)), full)  # not smaller: full
+
+
 def test_erase_degenerate_regions() -> None:
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     assert torch.equal(M.erase(x, torch.zeros(8, 8, dtype=torch.bool)), x)

@@ -111,7 +111,7 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
         fg = torch.where(objects[:, None], x, torch.zeros(())).amax((1, 2, 3))
         return torch.stack([80 * bg, 20 * fg], 1)
 
-    mon = ShortcutMonitor()
+    mon = ShortcutMonitor(causal_budget=None)
     a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=model)
     assert a.summary["attention/object_enrichment"] > 2.0  # the set mean alone would miss it
     bg = [f for f in a.flags if f.kind == "background"]
@@ -152,7 +152,7 @@ def test_with_masks_the_mask_free_evidence_still_counts_once() -> None:
         bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
         return torch.stack([torch.zeros_like(bg), 40 * bg], 1)
 
-    mon = ShortcutMonitor()
+    mon = ShortcutMonitor(causal_budget=None)
     a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=background_reader)
     assert a.summary["attention/object_enrichment"] > 2.0
     (flag,) = [f for f in a.flags if f.kind == "background"]
@@ -167,7 +167,9 @@ def test_causal_checks_run_only_where_a_rule_is_near_its_threshold_in_one_forwar
     on_object = torch.stack([_bump(float(y), float(x)) for y, x in centres])
     clean_images = _images(objects, torch.zeros(n, dtype=torch.bool))
     reader = Reader(k, None)
-    a = _analyze(ShortcutMonitor(), on_object, clean_images, targets, score_fn=reader)
+    a = _analyze(
+        ShortcutMonitor(causal_budget=None), on_object, clean_images, targets, score_fn=reader
+    )
     assert reader.calls == 0 and a.tested == {}  # nothing near a threshold: no forward at all
     assert math.isnan(a.summary["causal/hotspot_evidence"])  # honest: not measured
     assert not [f for f in a.flags if f.kind in ALARM_KINDS]
@@ -177,7 +179,7 @@ def test_causal_checks_run_only_where_a_rule_is_near_its_threshold_in_one_forwar
     corner = torch.stack([_bump(2.5, 2.5)] * n)
     shortcut = Reader(k, shortcut_class=1)
     b = _analyze(
-        ShortcutMonitor(),
+        ShortcutMonitor(causal_budget=None),
         corner,
         images,
         targets,
@@ -248,7 +250,7 @@ def test_flag_messages_never_print_nan_or_negative_percentages() -> None:
         return torch.stack([torch.zeros(x.shape[0]), 5 - 20 * x.mean((1, 2, 3))], 1)
 
     for score_fn in (gains, None):
-        mon = ShortcutMonitor(object_enrichment=5.0)
+        mon = ShortcutMonitor(causal_budget=None, object_enrichment=5.0)
         a = _analyze(mon, corner, images, targets, object_masks=objects, score_fn=score_fn)
         assert a.flags
         for f in a.flags:
@@ -266,3 +268,52 @@ def test_flag_kind_is_a_string_enum_and_flags_round_trip_weights_only() -> None:
     buf.seek(0)
     (back,) = torch.load(buf, weights_only=True)
     assert Flag(**back) == f
+
+
+# ----------------------------------------------------------------------------- causal plan
+def _decision(rule_name: str, attention: list[bool], near: list[bool] | None = None):
+    from gradcam_callback.rules import RuleDecision
+
+    rule = next(r for r in RULES if r.name == rule_name)
+    att = torch.tensor(attention)
+    return RuleDecision(
+        rule,
+        True,
+        usable=torch.ones_like(att),
+        attention=att,
+        near=att if near is None else torch.tensor(near),
+    )
+
+
+def test_the_causal_plan_tests_one_rule_per_kind_and_class_first_and_shares_the_budget() -> None:
+    from gradcam_callback.causal import CausalMemory, Finding, regions_to_erase
+
+    decisions = [
+        _decision("artifact_masks", [True, True, False]),
+        _decision("artifact_hotspot", [True, False, False]),
+        _decision("background_masks", [True, False, False], near=[True, False, True]),
+    ]
+    mem = CausalMemory()
+    sizes = [8, 8, 8]
+    full = mem.plan(decisions, [3, 5, 7], sizes, None)
+    assert full == {
+        "artifact_masks": {0: 8, 1: 8},
+        "artifact_hotspot": {0: 8},
+        "background_masks": {0: 8, 2: 8},  # class 7 is only near: tested when the budget allows
+    }
+    # 12 probes, 4 pairs that can fire: a share of max(min_probes, 12 // 4) = 4 each, in order:
+    # one rule per (kind, class) first; hot spot for class 3 only once artifact is covered
+    plan = mem.plan(decisions, [3, 5, 7], sizes, budget=12, min_probes=4)
+    assert plan == {"artifact_masks": {0: 4, 1: 4}, "background_masks": {0: 4}}
+    assert mem.plan(decisions, [3, 5, 7], sizes, budget=2, min_probes=4) == {
+        "artifact_masks": {0: 4}  # the first pair always gets its share
+    }
+    # a confirmed finding covers its (kind, class): the other rule of the kind goes first
+    mem.findings[("artifact_masks", 3)] = Finding(True, 0, 1, {})
+    plan = mem.plan(decisions, [3, 5, 7], sizes, budget=8, min_probes=4)
+    assert plan == {"artifact_masks": {1: 4}, "background_masks": {0: 4}}
+    # partial tests take the class's probes in turn
+    groups = torch.tensor([0] * 8 + [1] * 8)
+    a = regions_to_erase({"artifact_masks": {0: 4}}, decisions, groups, turn=0)["artifact"]
+    b = regions_to_erase({"artifact_masks": {0: 4}}, decisions, groups, turn=1)["artifact"]
+    assert a.sum() == b.sum() == 4 and not (a & b).any() and not (a | b)[8:].any()

@@ -1,0 +1,162 @@
+"""What a flag says: the words of a :class:`~gradcam_callback.flags.Flag` from a run's statistics.
+
+:func:`word_flag` turns the rules that fired for one kind (:class:`~gradcam_callback.rules.
+RuleDecision` and their class groups) into one flag: the first firing rule leads, the class that
+shows it most gives the numbers, every firing class and its probes are named, and the causal
+evidence (this run's, or the earlier test a confirmation is carried from) is spelled out.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .causal import CausalValues
+from .evidence import Inputs
+from .flags import Flag
+from .rules import FlagKind, Rule, RuleDecision
+
+__all__ = ["fmt_list", "pct", "word_flag"]
+
+# the per-probe measure that ranks a rule's probes (group statistics have none of their own)
+_PROBE_METRIC = {"attention/hotspot_consistency": "attention/hotspot_enrichment"}
+
+
+class _Fmt(string.Formatter):
+    """``{name:pct}`` -> ``"42%"`` (clamped to [0, 100] %); ``NaN`` -> ``"n/a"`` for any spec."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "n/a"
+        if format_spec == "pct":
+            return pct(float(value))
+        return super().format_field(value, format_spec)
+
+
+_FMT = _Fmt()
+
+
+def pct(x: float) -> str:
+    """``0.423 -> "42%"``, clamped to [0, 100] %; ``NaN -> "n/a"``."""
+    if math.isnan(x):
+        return "n/a"
+    return f"{min(max(x, 0.0), 1.0):.0%}"
+
+
+def fmt_list(idx: Sequence[int], limit: int = 8) -> str:
+    """``"3, 5, 9"``, with ``" and k more"`` past ``limit`` items."""
+    shown = ", ".join(str(i) for i in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"{shown}{more}"
+
+
+def word_flag(
+    mon: Any,
+    kind: FlagKind,
+    hits: list[tuple[RuleDecision, list[int]]],
+    x: Inputs,
+    per: dict[str, Tensor],
+    stats: dict[str, Tensor],
+    causal: CausalValues | None,
+    epoch: int,
+    step: int,
+) -> Flag:
+    """One flag for a kind: the first firing rule leads; every firing class is named.
+
+    ``causal`` gives the causal evidence of a rule for a group (``None``: the run was not
+    confirmed causally); ``per`` holds ``[N]`` per-probe values, ``stats`` ``[G]`` class values.
+    """
+    lead, groups = hits[0]
+    rule = lead.rule
+    suffix = "" if rule.per_class else "@set"
+    head = stats[rule.headline.metric + suffix]
+    all_groups = sorted({g for _, gs in hits for g in gs})
+    vals = head[groups] if rule.per_class else head  # the class that shows it most leads
+    best = groups[int(vals.argmax() if rule.headline.op == ">=" else vals.argmin())]
+    best = best if rule.per_class else 0
+    fields = {
+        k.removesuffix(suffix): float(v[best])
+        for k, v in stats.items()
+        if (k.endswith("@set") if suffix else not k.endswith("@set"))
+    }
+    fields["value"] = value = float(head[best])
+    text = _FMT.format(rule.summary, **fields)
+    if rule.per_class:
+        classes = tuple(x.classes[g] for g in all_groups)
+        sel = (x.groups[:, None] == torch.tensor(all_groups, device=x.groups.device)).any(1)
+        text = _who(classes) + text + _per_class(groups, head, x.classes)
+    else:
+        classes, sel = (), torch.ones_like(x.groups, dtype=torch.bool)
+        text = text[0].upper() + text[1:]
+    if rule.confirm is not None and rule.per_class:
+        text += _causal_words(mon, rule, best, causal)
+    others = [d.rule.name for d, _ in hits[1:]]
+    if others:
+        text += f"; also: {', '.join(others)}"
+    probes = _ranked_probes(per, rule, sel)
+    text += f". Probes: {fmt_list(probes)}. {rule.advice}"
+    return Flag(
+        kind=kind,
+        epoch=int(epoch),
+        global_step=int(step),
+        probe=probes[0] if len(probes) == 1 else None,
+        value=value,
+        threshold=float(rule.threshold(mon.settings)),  # type: ignore[arg-type]
+        message=text,
+        probes=tuple(probes),
+        metric=rule.headline.metric,
+        classes=classes,
+    )
+
+
+def _who(classes: tuple[int, ...]) -> str:
+    """``"Probes explained as class 3: "`` (or classes ...)."""
+    if len(classes) == 1:
+        return f"Probes explained as class {classes[0]}: "
+    return f"Probes explained as classes {fmt_list(list(classes))}: "
+
+
+def _per_class(groups: list[int], head: Tensor, ids: list[int]) -> str:
+    """``" (per class: 3: 4.20, 5: 3.10)"`` when the lead rule fired for several classes."""
+    if len(groups) <= 1:
+        return ""
+    return " (per class: " + ", ".join(f"{ids[g]}: {float(head[g]):.2f}" for g in groups) + ")"
+
+
+def _ranked_probes(per: dict[str, Tensor], rule: Rule, sel: Tensor) -> list[int]:
+    """The selected probes with a defined headline measure, most affected first."""
+    values = per[_PROBE_METRIC.get(rule.headline.metric, rule.headline.metric)]
+    idx = torch.nonzero(sel & ~torch.isnan(values)).flatten()
+    order = values[idx].argsort(descending=rule.headline.op == ">=", stable=True)
+    return [int(i) for i in idx[order].tolist()]
+
+
+def _causal_words(mon: Any, rule: Rule, g: int, causal: CausalValues | None) -> str:
+    """The causal evidence behind a confirmed rule, in words (``g``: the leading group)."""
+    if causal is None:
+        return " (not confirmed causally: no score_fn, or confirm=False)"
+    values, tested_epoch = causal(rule, g)
+    when = "" if tested_epoch is None else f" (tested at epoch {tested_epoch})"
+    r = rule.region
+    if rule.confirm == "depends":
+        dep = float(values.get(f"causal/{r}_depends", math.nan))
+        flip = float(values.get(f"causal/{r}_flip", math.nan))
+        return (
+            f"; erasing it takes at least {pct(mon.evidence_drop)} of the target's evidence "
+            f"(log-odds) from {pct(dep)} of them and flips {pct(flip)} of their predictions{when}"
+        )
+    ev = float(values.get(f"causal/{r}_evidence", math.nan))
+    if r == "object":
+        what = "the objects"
+    elif mon.focus_mass is not None:
+        what = f"the part of each map holding {pct(mon.focus_mass)} of its attention"
+    else:
+        what = f"the hottest {pct(mon.focus_frac)} of each map"
+    if math.isnan(ev) or ev <= 0:
+        return f"; erasing {what} removes none of the target's evidence{when}"
+    return f"; erasing {what} removes only {pct(ev)} of the target's evidence{when}"
