@@ -342,6 +342,143 @@ def _auto_score(output: object) -> Tensor | None:
     return out.flatten(1).amax(1).sum() if out.dim() >= 2 else out.sum()
 
 
+_Spec = tuple[str, int, int, tuple[int, int]]
+
+
+@dataclass
+class _Capture:
+    """What the forward hooks of :func:`find_spatial_layers` record, in finishing order.
+
+    Attributes:
+        order: ``(name, layout spec or None, fixed-size)`` of each module call.
+        kept: index in ``order`` -> the captured output (``gradients`` only).
+        fixed: ``data_ptr`` of outputs of fixed-size pooling (and of their parents).
+        calls: number of forward calls of each module.
+    """
+
+    input_size: tuple[int, int]
+    batch: int
+    reshape_transform: Callable[[Tensor], Tensor] | None
+    gradients: bool
+    order: list[tuple[str, _Spec | None, bool]] = field(default_factory=list)
+    kept: dict[int, Tensor] = field(default_factory=dict)
+    fixed: set[int] = field(default_factory=set)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def hook(self, name: str, module: nn.Module) -> Callable[..., object]:
+        """A forward hook that records ``module`` (called ``name``) with :meth:`record`."""
+
+        def hook(_m: nn.Module, _inp: object, out: object) -> object:
+            return self.record(name, module, out)
+
+        return hook
+
+    def record(self, name: str, module: nn.Module, out: object) -> Tensor | None:
+        """Record one call's output; return a clone to capture for gradients, else None."""
+        self.calls[name] = self.calls.get(name, 0) + 1
+        spec = _layout_of(
+            out, self.input_size, self.batch, self.reshape_transform, _is_layer_norm(module)
+        )
+        is_fixed = isinstance(out, Tensor) and (
+            _is_fixed_size_pool(module) or (out.numel() > 0 and out.data_ptr() in self.fixed)
+        )
+        self.order.append((name, spec, is_fixed))
+        if not isinstance(out, Tensor) or spec is None:
+            return None
+        if not (self.gradients and out.requires_grad):
+            if is_fixed:
+                self.fixed.add(out.data_ptr())
+            return None
+        self.kept[len(self.order) - 1] = out
+        copy = out.clone()  # an in-place op further on must not alter the captured tensor
+        if is_fixed:
+            self.fixed.add(copy.data_ptr())
+        return copy
+
+
+@contextmanager
+def _hooks_on(model: nn.Module, capture: _Capture) -> Iterator[None]:
+    """Hook ``capture`` on every named submodule of ``model`` (not the model); unhook on exit."""
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(capture.hook(name, module)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _captured_gradients(
+    model: nn.Module, images: Tensor, kept: dict[int, Tensor]
+) -> dict[int, Tensor | None] | None:
+    """Run ``model`` on ``images`` ``[N, C, H, W]`` and differentiate its top logits at the
+    outputs ``kept`` fills during the forward: index in order -> gradient (None: unused).
+
+    Returns None when nothing can be told: no differentiable score, or no gradient reaches
+    the input at all.
+    """
+    with torch.enable_grad():
+        x = images.detach().clone().requires_grad_(True)
+        score = _auto_score(model(x))
+        idx = list(kept)
+        grads: list[Tensor | None] = [None] * len(idx)
+        if score is not None and idx:
+            *grads, at_input = torch.autograd.grad(
+                score, [*(kept[i] for i in idx), x], allow_unused=True
+            )
+            if at_input is None or not bool(at_input.ne(0).any()):
+                # No gradient reaches the input at all (a zero-initialised head, as
+                # torchvision's ViT has): the test tells nothing about the layers.
+                score = None
+    return None if score is None else dict(zip(idx, grads))
+
+
+def _has_gradient(
+    grad: Tensor | None,
+    spec: _Spec,
+    input_size: tuple[int, int],
+    reshape_transform: Callable[[Tensor], Tensor] | None,
+) -> bool:
+    """Whether a layer's output gradient ``grad`` (None: unused) is non-zero at its map cells."""
+    if grad is None:
+        return False
+    layout, prefix, _, _ = spec
+    grad = reshape_transform(grad) if reshape_transform is not None else grad
+    return bool(_to_maps(grad, layout, prefix, input_size).ne(0).any())
+
+
+def _layer_infos(capture: _Capture, grad_at: dict[int, Tensor | None] | None) -> list[LayerInfo]:
+    """The :class:`LayerInfo` of each module called once whose output holds maps, in order
+    (``grad_at``: gradients by index in order, None when not measured)."""
+    H, W = capture.input_size
+    found: list[LayerInfo] = []
+    for i, (name, spec, is_fixed) in enumerate(capture.order):
+        if spec is None or capture.calls[name] != 1:
+            continue
+        layout, prefix, channels, (h, w) = spec
+        has_grad: bool | None = None
+        if grad_at is not None:
+            has_grad = _has_gradient(
+                grad_at.get(i), spec, capture.input_size, capture.reshape_transform
+            )
+        found.append(
+            LayerInfo(
+                name,
+                channels,
+                (h, w),
+                (H, W),
+                (H / h, W / w),
+                layout=layout,
+                prefix_tokens=prefix,
+                has_gradient=has_grad,
+                fixed_size=is_fixed,
+            )
+        )
+    return found
+
+
 def find_spatial_layers(
     model: nn.Module,
     images: Tensor,
@@ -375,89 +512,15 @@ def find_spatial_layers(
             "add a batch dimension with images.unsqueeze(0)"
         )
     H, W = (int(d) for d in images.shape[-2:])
-    batch = int(images.shape[0])
-    order: list[tuple[str, tuple[str, int, int, tuple[int, int]] | None, bool]] = []
-    kept: dict[int, Tensor] = {}  # index in order -> the captured output (gradients only)
-    fixed: set[int] = set()  # data_ptr of outputs of fixed-size pooling (and of their parents)
-    calls: dict[str, int] = {}
-    handles = []
-
-    def make_hook(name: str, module: nn.Module) -> Callable[..., object]:
-        def hook(_m: nn.Module, _inp: object, out: object) -> object:
-            calls[name] = calls.get(name, 0) + 1
-            spec = _layout_of(out, (H, W), batch, reshape_transform, _is_layer_norm(module))
-            is_fixed = isinstance(out, Tensor) and (
-                _is_fixed_size_pool(module) or (out.numel() > 0 and out.data_ptr() in fixed)
-            )
-            order.append((name, spec, is_fixed))
-            if not isinstance(out, Tensor) or spec is None:
-                return None
-            if not (gradients and out.requires_grad):
-                if is_fixed:
-                    fixed.add(out.data_ptr())
-                return None
-            kept[len(order) - 1] = out
-            copy = out.clone()  # an in-place op further on must not alter the captured tensor
-            if is_fixed:
-                fixed.add(copy.data_ptr())
-            return copy
-
-        return hook
-
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name, module)))
-        with eval_mode(model):
-            if gradients:
-                with torch.enable_grad():
-                    x = images.detach().clone().requires_grad_(True)
-                    score = _auto_score(model(x))
-                    idx = list(kept)
-                    grads: list[Tensor | None] = [None] * len(idx)
-                    if score is not None and idx:
-                        *grads, at_input = torch.autograd.grad(
-                            score, [*(kept[i] for i in idx), x], allow_unused=True
-                        )
-                        if at_input is None or not bool(at_input.ne(0).any()):
-                            # No gradient reaches the input at all (a zero-initialised head, as
-                            # torchvision's ViT has): the test tells nothing about the layers.
-                            score = None
-            else:
-                with torch.no_grad():
-                    model(images)
-                score, idx, grads = None, [], []
-    finally:
-        for h in handles:
-            h.remove()
-    grad_at = dict(zip(idx, grads))
-    found: list[LayerInfo] = []
-    for i, (name, spec, is_fixed) in enumerate(order):
-        if spec is None or calls[name] != 1:
-            continue
-        layout, prefix, channels, (h, w) = spec
-        has_grad: bool | None = None
-        if gradients and score is not None:
-            g = grad_at.get(i)
-            if g is None:
-                has_grad = False
-            else:
-                g = reshape_transform(g) if reshape_transform is not None else g
-                has_grad = bool(_to_maps(g, layout, prefix, (H, W)).ne(0).any())
-        found.append(
-            LayerInfo(
-                name,
-                channels,
-                (h, w),
-                (H, W),
-                (H / h, W / w),
-                layout=layout,
-                prefix_tokens=prefix,
-                has_gradient=has_grad,
-                fixed_size=is_fixed,
-            )
-        )
-    return found
+    capture = _Capture((H, W), int(images.shape[0]), reshape_transform, gradients)
+    grad_at: dict[int, Tensor | None] | None = None
+    with _hooks_on(model, capture), eval_mode(model):
+        if gradients:
+            grad_at = _captured_gradients(model, images, capture.kept)
+        else:
+            with torch.no_grad():
+                model(images)
+    return _layer_infos(capture, grad_at)
 
 
 # ----------------------------------------------------------------------------- choice

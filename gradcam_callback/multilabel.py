@@ -194,8 +194,14 @@ def plan_task(
             "label (its largest logit) is explained"
         )
         return TaskPlan(True, top, same, note if task == "auto" else None)
+    return _per_label_plan(task, probes, classes)
+
+
+def _per_label_plan(task: str, probes: ProbeSet, classes: Sequence[int] | None) -> TaskPlan:
+    """The plan that explains multi-label probes once per positive label, with its set-up
+    sentence (``task`` is ``"multilabel"`` or ``"auto"``)."""
     expanded = expand_positive_labels(probes, classes)
-    m = len(expanded.probes)
+    n, m = len(probes), len(expanded.probes)
     empty = n - int(torch.unique(expanded.index).numel())
     unexplained = f"; {empty} probe(s) with no positive label are not explained" if empty else ""
     if task == "auto":

@@ -315,6 +315,60 @@ def _reference(
     return explain_with(base), explain_with
 
 
+def _cascade(
+    base: nn.Module,
+    plan: Sequence[tuple[str, Sequence[nn.Module]]],
+    ref: Tensor,
+    explain: Callable[[nn.Module], Tensor],
+    seed: int,
+    keep_maps: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Re-initialise a copy of ``base`` stage by stage (cumulative) and compare its maps with
+    ``ref`` ``[N, H, W]``: Spearman and SSIM ``[S, N]``, and ``[S + 1, N, H, W]`` maps if kept."""
+    clone = copy.deepcopy(base)
+    clone.requires_grad_(False)
+    # the same modules in the copy, found by identity through the name map
+    names = {id(m): n for n, m in base.named_modules()}
+    clone_mods = dict(clone.named_modules())
+    rho, ssim, kept = [], [], [ref] if keep_maps else []
+    for s, (_, mods) in enumerate(plan):
+        _reinit_([clone_mods[names[id(m)]] for m in mods], seed * 1_000_003 + s)
+        maps = explain(clone)
+        rho.append(spearman_maps(ref, maps))
+        ssim.append(ssim_maps(ref, maps))
+        if keep_maps:
+            kept.append(maps)
+    return torch.stack(rho), torch.stack(ssim), torch.stack(kept) if keep_maps else None
+
+
+def _randomization_report(
+    stages: list[str],
+    ref: Tensor,
+    spear: Tensor,
+    ss: Tensor,
+    maps: Tensor | None,
+    threshold: float,
+) -> RandomizationReport:
+    """The verdict on the cascade's correlations ``spear`` ``[S, N]``: per-probe similarity (NaN
+    for a constant reference map ``ref[i]``), its mean, and ``passed`` below ``threshold``."""
+    ref_ok = ref.flatten(1).amax(1) > ref.flatten(1).amin(1)
+    probe_sim = torch.where(
+        ref_ok, spear.nan_to_num(0.0).mean(0), torch.full_like(spear[0], math.nan)
+    )
+    similarity = float(probe_sim.nanmean()) if bool(ref_ok.any()) else math.nan
+    passed = bool(similarity < threshold) if not math.isnan(similarity) else False
+    return RandomizationReport(
+        stages=stages,
+        spearman=spear,
+        ssim=ss,
+        passed=passed,
+        similarity=similarity,
+        threshold=threshold,
+        probe_similarity=probe_sim,
+        maps=maps,
+    )
+
+
 @torch.inference_mode(False)  # the copy's weights and the probes must be normal tensors
 def randomization_check(
     model: nn.Module,
@@ -369,37 +423,8 @@ def randomization_check(
     plan = (
         _auto_stages(base, images, max_stages) if stages is None else _explicit_stages(base, stages)
     )
-    clone = copy.deepcopy(base)
-    clone.requires_grad_(False)
-    # the same modules in the copy, found by identity through the name map
-    names = {id(m): n for n, m in base.named_modules()}
-    clone_mods = dict(clone.named_modules())
-    rho, ssim, kept = [], [], [ref] if keep_maps else []
-    for s, (_, mods) in enumerate(plan):
-        _reinit_([clone_mods[names[id(m)]] for m in mods], seed * 1_000_003 + s)
-        maps = explain(clone)
-        rho.append(spearman_maps(ref, maps))
-        ssim.append(ssim_maps(ref, maps))
-        if keep_maps:
-            kept.append(maps)
-    spear = torch.stack(rho)
-    ss = torch.stack(ssim)
-    ref_ok = ref.flatten(1).amax(1) > ref.flatten(1).amin(1)
-    probe_sim = torch.where(
-        ref_ok, spear.nan_to_num(0.0).mean(0), torch.full_like(spear[0], math.nan)
-    )
-    similarity = float(probe_sim.nanmean()) if bool(ref_ok.any()) else math.nan
-    passed = bool(similarity < threshold) if not math.isnan(similarity) else False
-    return RandomizationReport(
-        stages=[n for n, _ in plan],
-        spearman=spear,
-        ssim=ss,
-        passed=passed,
-        similarity=similarity,
-        threshold=threshold,
-        probe_similarity=probe_sim,
-        maps=torch.stack(kept) if keep_maps else None,
-    )
+    spear, ss, maps = _cascade(base, plan, ref, explain, seed, keep_maps)
+    return _randomization_report([n for n, _ in plan], ref, spear, ss, maps, threshold)
 
 
 # --------------------------------------------------------------------------- perturbation helpers
@@ -462,6 +487,29 @@ def _check(images: Tensor, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
+def _perturbed_scores(
+    model_fn: Callable[[Tensor], Any],
+    hit: Callable[[Tensor, Tensor], Tensor],
+    gone: Tensor,
+    kept: Tensor,
+    targets: TargetSpec,
+    steps: int,
+    softmax: bool,
+    batch_size: int,
+) -> Tensor:
+    """Scores ``[steps, N]`` of every (step ``j``, probe ``i``) image, ``gone`` ``[N, C, H, W]``
+    where ``hit(j, i)`` (bool ``[B, 1, H, W]``) is set and ``kept`` elsewhere, in chunks."""
+    n = kept.shape[0]
+    total = steps * n
+    out = []
+    for lo in range(0, total, batch_size):
+        b = torch.arange(lo, min(lo + batch_size, total), device=kept.device)
+        j, i = b // n, b % n
+        x = torch.where(hit(j, i), gone[i], kept[i])
+        out.append(_scores(model_fn, x, _take(targets, i), softmax))
+    return torch.cat(out).view(steps, n)
+
+
 # --------------------------------------------------------------------------- deletion / insertion
 @dataclass
 class DeletionReport:
@@ -488,6 +536,72 @@ class DeletionReport:
             f"{self.mode}_start": float(self.scores[0].mean()),
             f"{self.mode}_end": float(self.scores[-1].mean()),
         }
+
+
+def _check_deletion(images: Tensor, maps: Tensor, steps: int, mode: str, batch_size: int) -> None:
+    """Validate :func:`deletion_curve`'s arguments (images ``[N, C, H, W]``, maps ``[N, h, w]``)."""
+    _check(images, batch_size)
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    n = images.shape[0]
+    if maps.dim() != 3 or maps.shape[0] != n:
+        raise ValueError(f"maps must be [N, h, w] with N = {n}, got {tuple(maps.shape)}")
+
+
+def _resized_maps(maps: Tensor, images: Tensor) -> Tensor:
+    """``maps`` ``[N, h, w]`` as float32 ``[N, H, W]`` on the images' device (bilinear)."""
+    h, w = images.shape[-2:]
+    m = maps.detach().to(images.device, torch.float32)
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return m
+
+
+def _pixel_ranks(m: Tensor, seed: int) -> Tensor:
+    """Rank ``[N, H * W]`` of each pixel of ``m`` ``[N, H, W]``, 0 = most important (ties
+    broken at random by a generator seeded with ``seed``)."""
+    dev = m.device
+    n, p = m.shape[0], m.shape[1] * m.shape[2]
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed)
+    flat = m.flatten(1)
+    perm = torch.rand(n, p, generator=gen, device=dev).argsort(1)
+    order = perm.gather(1, flat.gather(1, perm).argsort(dim=1, descending=True, stable=True))
+    return torch.empty_like(order).scatter_(1, order, torch.arange(p, device=dev).expand(n, p))
+
+
+def _deletion_scores(
+    model_fn: Callable[[Tensor], Any],
+    images: Tensor,
+    targets: TargetSpec,
+    rank: Tensor,
+    counts: Tensor,
+    mode: str,
+    baseline: Baseline | None,
+    softmax: bool,
+    batch_size: int,
+) -> Tensor:
+    """Scores ``[k + 1, N]`` with the top ``counts[j]`` pixels by ``rank`` ``[N, H * W]`` removed
+    (deletion) or inserted (insertion) at step ``j``, under ``torch.no_grad`` in eval mode."""
+    h, w = images.shape[-2:]
+    if baseline is None:
+        baseline = 0.0 if mode == "deletion" else "blur"
+    with _maybe_eval(model_fn), torch.inference_mode(False), torch.no_grad():
+        tgt = _fixed_targets(model_fn, images, targets)
+        fill = _fill_images(images, baseline)
+        gone, kept = (fill, images) if mode == "deletion" else (images, fill)
+        return _perturbed_scores(
+            model_fn,
+            lambda j, i: (rank[i] < counts[j][:, None]).view(-1, 1, h, w),
+            gone,
+            kept,
+            tgt,
+            counts.shape[0],
+            softmax,
+            batch_size,
+        )
 
 
 def deletion_curve(
@@ -530,42 +644,13 @@ def deletion_curve(
         batch_size: images per forward call.
         seed: seed of the tie-breaking generator.
     """
-    _check(images, batch_size)
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    n, _, h, w = images.shape
-    if maps.dim() != 3 or maps.shape[0] != n:
-        raise ValueError(f"maps must be [N, h, w] with N = {n}, got {tuple(maps.shape)}")
-    dev = images.device
-    m = maps.detach().to(dev, torch.float32)
-    if m.shape[-2:] != (h, w):
-        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    p = h * w
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(seed)
-    flat = m.flatten(1)
-    perm = torch.rand(n, p, generator=gen, device=dev).argsort(1)
-    order = perm.gather(1, flat.gather(1, perm).argsort(dim=1, descending=True, stable=True))
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(p, device=dev).expand(n, p))
-    fractions = torch.linspace(0, 1, steps + 1, device=dev)
-    counts = (fractions * p).round().long()
-    if baseline is None:
-        baseline = 0.0 if mode == "deletion" else "blur"
-    with _maybe_eval(model_fn), torch.inference_mode(False), torch.no_grad():
-        tgt = _fixed_targets(model_fn, images, targets)
-        fill = _fill_images(images, baseline)
-        gone, kept = (fill, images) if mode == "deletion" else (images, fill)
-        total = (steps + 1) * n
-        out = []
-        for lo in range(0, total, batch_size):
-            b = torch.arange(lo, min(lo + batch_size, total), device=dev)
-            j, i = b // n, b % n
-            hit = (rank[i] < counts[j][:, None]).view(-1, 1, h, w)
-            x = torch.where(hit, gone[i], kept[i])
-            out.append(_scores(model_fn, x, _take(tgt, i), softmax))
-    scores = torch.cat(out).view(steps + 1, n)
+    _check_deletion(images, maps, steps, mode, batch_size)
+    rank = _pixel_ranks(_resized_maps(maps, images), seed)  # [N, H * W]
+    fractions = torch.linspace(0, 1, steps + 1, device=images.device)
+    counts = (fractions * rank.shape[1]).round().long()
+    scores = _deletion_scores(
+        model_fn, images, targets, rank, counts, mode, baseline, softmax, batch_size
+    )
     auc = torch.trapezoid(scores, fractions[:, None], dim=0)
     return DeletionReport(fractions=fractions, scores=scores, auc=auc, mode=mode)
 
@@ -577,6 +662,16 @@ def _starts(size: int, patch: int, stride: int) -> list[int]:
     if starts[-1] != size - patch:
         starts.append(size - patch)
     return starts
+
+
+def _patch_masks(h: int, w: int, patch: int, stride: int, device: torch.device) -> Tensor:
+    """Bool ``[P, H, W]``: the pixels each occluder position covers (row-major positions)."""
+    ys = torch.tensor(_starts(h, patch, stride), device=device)
+    xs = torch.tensor(_starts(w, patch, stride), device=device)
+    ar_h, ar_w = torch.arange(h, device=device), torch.arange(w, device=device)
+    rows = (ar_h >= ys[:, None]) & (ar_h < ys[:, None] + patch)  # [Py, H]
+    cols = (ar_w >= xs[:, None]) & (ar_w < xs[:, None] + patch)  # [Px, W]
+    return (rows[:, None, :, None] & cols[None, :, None, :]).view(-1, h, w)
 
 
 def occlusion_map(
@@ -617,27 +712,22 @@ def occlusion_map(
     _check(images, batch_size)
     if patch < 1 or stride < 1:
         raise ValueError(f"patch and stride must be >= 1, got {patch} and {stride}")
-    n, _, h, w = images.shape
-    dev = images.device
-    ys = torch.tensor(_starts(h, patch, stride), device=dev)
-    xs = torch.tensor(_starts(w, patch, stride), device=dev)
-    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
-    rows = (ar_h >= ys[:, None]) & (ar_h < ys[:, None] + patch)  # [Py, H]
-    cols = (ar_w >= xs[:, None]) & (ar_w < xs[:, None] + patch)  # [Px, W]
-    masks = (rows[:, None, :, None] & cols[None, :, None, :]).view(-1, h, w)  # [P, H, W]
-    npos = masks.shape[0]
+    masks = _patch_masks(*images.shape[-2:], patch, stride, images.device)  # [P, H, W]
     with _maybe_eval(model_fn), torch.inference_mode(False), torch.no_grad():
         tgt = _fixed_targets(model_fn, images, targets)
         clean = _scores(model_fn, images, tgt, softmax)
         occluder = _fill_images(images, fill)
-        total = npos * n
-        out = []
-        for lo in range(0, total, batch_size):
-            b = torch.arange(lo, min(lo + batch_size, total), device=dev)
-            q, i = b // n, b % n
-            x = torch.where(masks[q][:, None], occluder[i], images[i])
-            out.append(_scores(model_fn, x, _take(tgt, i), softmax))
-    drop = clean[None] - torch.cat(out).view(npos, n)  # [P, N]
+        occluded = _perturbed_scores(
+            model_fn,
+            lambda q, i: masks[q][:, None],
+            occluder,
+            images,
+            tgt,
+            masks.shape[0],
+            softmax,
+            batch_size,
+        )
+    drop = clean[None] - occluded  # [P, N]
     mf = masks.float()
     return torch.einsum("pn,phw->nhw", drop, mf) / mf.sum(0).clamp_min(1)
 

@@ -95,6 +95,65 @@ class TrainedWorld:
         return iter((self.model, self.datamodule))
 
 
+def _default_epochs(shortcut: bool, shortcut_epochs: int | None) -> int:
+    """2 epochs for a shortcut world, 12 for a clean one, ``shortcut_epochs + 10`` when given."""
+    default = 2 if shortcut else 12
+    return default if shortcut_epochs is None else shortcut_epochs + 10
+
+
+def _trainer_kwargs(
+    epochs: int,
+    callbacks: Sequence[pl.Callback],
+    reload_each_epoch: bool,
+    overrides: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The quiet, deterministic CPU ``pl.Trainer`` arguments of :func:`train_world`."""
+    kwargs: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": epochs,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "deterministic": True,
+        "num_sanity_val_steps": 0,
+        "callbacks": list(callbacks),
+    }
+    if reload_each_epoch:
+        kwargs["reload_dataloaders_every_n_epochs"] = 1
+    kwargs.update(overrides or {})
+    return kwargs
+
+
+def _fit(
+    model: pl.LightningModule, dm: pl.LightningDataModule, kwargs: dict[str, Any]
+) -> pl.Trainer:
+    """Fit ``model`` on ``dm`` with a ``pl.Trainer(**kwargs)``, hiding the small-run warnings
+    and restoring the global deterministic-algorithms flag afterwards."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+            trainer = pl.Trainer(**kwargs)
+            trainer.fit(model, datamodule=dm)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=warn_only)
+    return trainer
+
+
+def _release(model: ShortcutClassifier, dm: ShortcutDataModule) -> None:
+    """Detach the trainer (it holds the loaders) and drop the training images: a world kept for
+    a test session then costs only its model and validation set. Dropped splits are
+    regenerated, identically, on access."""
+    model.trainer = None
+    dm.trainer = None
+    dm.release("train", "train_decorrelated")
+
+
 def train_world(
     artifact: str = "watermark",
     *,
@@ -139,42 +198,12 @@ def train_world(
     dm.setup("fit")
     model = ShortcutClassifier(num_classes=num_classes, width=width, lr=lr, seed=seed)
     if epochs is None:
-        default = 2 if shortcut else 12
-        epochs = default if dm.shortcut_epochs is None else dm.shortcut_epochs + 10
-    kwargs: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": epochs,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "deterministic": True,
-        "num_sanity_val_steps": 0,
-        "callbacks": list(callbacks),
-    }
-    if dm.shortcut_epochs is not None:
-        kwargs["reload_dataloaders_every_n_epochs"] = 1
-    kwargs.update(trainer_kwargs or {})
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            trainer = pl.Trainer(**kwargs)
-            trainer.fit(model, datamodule=dm)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=warn_only)
+        epochs = _default_epochs(shortcut, dm.shortcut_epochs)
+    kwargs = _trainer_kwargs(epochs, callbacks, dm.shortcut_epochs is not None, trainer_kwargs)
+    trainer = _fit(model, dm, kwargs)
     model.eval()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    # Detach the trainer (it holds the loaders) and drop the training images: a world kept for a
-    # test session then costs only its model and validation set. Dropped splits are regenerated,
-    # identically, on access.
-    model.trainer = None
-    dm.trainer = None
-    dm.release("train", "train_decorrelated")
+    _release(model, dm)
     return TrainedWorld(
         model=model,
         datamodule=dm,

@@ -430,6 +430,54 @@ def _paint_template(
     return img, art
 
 
+def _draw_labels(n: int, num_classes: int, seed: int) -> Tensor:
+    """Balanced labels long ``[n]`` (``0 .. num_classes - 1`` in turn), randomly permuted."""
+    g_label = _gen(seed, _S_LABEL)
+    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=g_label)]
+
+
+def _plant_artifact(
+    img: Tensor,
+    labels: Tensor,
+    obj: Tensor,
+    artifact: str,
+    template: _Template | None,
+    num_classes: int,
+    correlation: float | None,
+    artifact_mode: str,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw each image's artifact variant and paint it on ``img`` ``[n, 3, H, W]`` (unless
+    removed): the images, the artifact masks bool ``[n, H, W]`` outside the objects ``obj`` and
+    the variants long ``[n]`` (``-1`` when removed or kind "none")."""
+    n, _, h, w = img.shape
+    variants = _draw_variants(labels, num_classes, correlation, _gen(seed, _S_VARIANT))
+    if artifact_mode == "swapped":
+        shift = torch.randint(1, num_classes, (n,), generator=_gen(seed, _S_SWAP))
+        variants = (labels + shift) % num_classes
+    g_app = _gen(seed, _S_APPEARANCE)
+    paint = artifact_mode != "removed"
+
+    if artifact == "texture":
+        img, art = _paint_texture(img, variants, num_classes, paint, g_app)
+    elif template is not None:
+        img, art = _paint_template(img, template, variants, paint)
+    else:
+        art = torch.zeros(n, h, w, dtype=torch.bool)
+    art &= ~obj
+    if artifact == "none" or artifact_mode == "removed":
+        variants = torch.full((n,), -1, dtype=torch.long)
+    return img, art, variants
+
+
+def _paint_objects(img: Tensor, obj: Tensor, colour: Tensor) -> Tensor:
+    """Paint each object (masks ``obj`` ``[n, H, W]``) in its flat ``colour`` ``[n, 3]`` over
+    ``img`` ``[n, 3, H, W]`` in ``[0, 1]``, and normalise the result (see :data:`MEAN`)."""
+    img = torch.where(obj.unsqueeze(1), colour.view(-1, 3, 1, 1), img)
+    mean, std = _mean_std()
+    return img.sub_(mean).div_(std)  # normalise in place
+
+
 def make_world(
     n: int,
     *,
@@ -470,33 +518,16 @@ def make_world(
         n, artifact, num_classes, image_size, correlation, place, artifact_mode
     )
 
-    g_label = _gen(seed, _S_LABEL)
-    labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g_label)]
+    labels = _draw_labels(n, num_classes, seed)
     template = _template(artifact, place, h, w, num_classes) if place is not None else None
     avoid = template.box if template is not None else None
     centres, radius, colour = _object_params(labels, h, w, avoid, _gen(seed, _S_OBJECT))
     obj = _shape_masks(labels, centres, radius, h, w)
     img = _background(n, h, w, _gen(seed, _S_BACKGROUND))
-
-    variants = _draw_variants(labels, num_classes, correlation, _gen(seed, _S_VARIANT))
-    if artifact_mode == "swapped":
-        shift = torch.randint(1, num_classes, (n,), generator=_gen(seed, _S_SWAP))
-        variants = (labels + shift) % num_classes
-    g_app = _gen(seed, _S_APPEARANCE)
-    paint = artifact_mode != "removed"
-
-    if artifact == "texture":
-        img, art = _paint_texture(img, variants, num_classes, paint, g_app)
-    elif template is not None:
-        img, art = _paint_template(img, template, variants, paint)
-    else:
-        art = torch.zeros(n, h, w, dtype=torch.bool)
-    art &= ~obj
-    img = torch.where(obj.unsqueeze(1), colour.view(n, 3, 1, 1), img)
-    mean, std = _mean_std()
-    img.sub_(mean).div_(std)  # normalise in place
-    if artifact == "none" or artifact_mode == "removed":
-        variants = torch.full((n,), -1, dtype=torch.long)
+    img, art, variants = _plant_artifact(
+        img, labels, obj, artifact, template, num_classes, correlation, artifact_mode, seed
+    )
+    img = _paint_objects(img, obj, colour)
     return {
         "images": img,
         "labels": labels,
