@@ -488,57 +488,22 @@ def anchored_hotspot(
         :class:`Hotspot`.
     """
     n, h, w = maps.shape
-    if images.shape[0] != n or images.shape[-2:] != maps.shape[-2:]:
-        raise ValueError(
-            f"images {tuple(images.shape)} do not match maps {tuple(maps.shape)} ([N, C, H, W])"
-        )
-    dev = maps.device
+    groups, num_groups = _hotspot_groups(maps, images, groups, num_groups)
     p, ok = _dist(_flat(maps))  # [N, P]
-    if groups is None:
-        groups = torch.zeros(n, dtype=torch.long, device=dev)
-        num_groups = 1
-    groups = groups.to(device=dev, dtype=torch.long)
-    if num_groups is None:
-        num_groups = int(groups.max()) + 1 if n else 1
-    onehot = F.one_hot(groups, num_groups).float() * ok[:, None].float()  # [N, G]
-    size = onehot.sum(0)  # [G]
-    mean = (onehot.T @ p) / size.clamp_min(1.0)[:, None]  # [G, P]
-    greg = _top_region(mean, frac)  # [G, P]
-    area = greg.float().mean(1)  # [G]
-
+    onehot, mean, greg = _group_spots(p, ok, groups, num_groups, frac)
+    size, area = onehot.sum(0), greg.float().mean(1)  # [G], [G]
     region = greg[groups] & ok[:, None]  # [N, P]
     share = (p * region).sum(1)
     share = torch.where(ok, share, _nan(share))
     enr = share / area[groups].clamp_min(torch.finfo(area.dtype).tiny)
     enr = torch.where(ok & (area[groups] > 0), enr, _nan(enr))
-    enough = size >= min_group
+    enough = (size >= min_group) & (area > 0)
     consistency = (onehot.T @ torch.nan_to_num(enr)) / size.clamp_min(1.0)
-    consistency = torch.where(enough & (area > 0), consistency, _nan(consistency))
-
-    # offset of the hot spot's (mean-weighted) centre from the image centre
     wreg = (mean * greg).view(num_groups, h, w)
-    com = center_of_mass(wreg)  # [G, 2]
-    centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=dev)
-    half_diag = max(math.hypot(h - 1, w - 1) / 2, 0.5)
-    offset = ((com - centre).norm(dim=1) / half_diag).clamp(0.0, 1.0)
-
-    # pixel stability under the hot spot across the group's images, weighted by share
-    x = images.flatten(2).float()  # [N, C, P]
-    wts = onehot * torch.nan_to_num(share)[:, None]  # [N, G]
-    wsum = wts.sum(0).clamp_min(torch.finfo(wts.dtype).tiny)  # [G]
-    mu = torch.einsum("ng,ncp->gcp", wts, x) / wsum[:, None, None]
-    ex2 = torch.einsum("ng,ncp->gcp", wts, x * x) / wsum[:, None, None]
-    std = (ex2 - mu * mu).clamp_min(0).sqrt().mean(1)  # [G, P]
-    std_all = std.mean(1)
-    wreg_flat = wreg.flatten(1)
-    std_reg = (std * wreg_flat).sum(1) / wreg_flat.sum(1).clamp_min(torch.finfo(std.dtype).tiny)
-    stability = (1.0 - std_reg / std_all.clamp_min(torch.finfo(std.dtype).tiny)).clamp(0.0, 1.0)
-    stability = torch.where(enough & (area > 0) & (std_all > 0), stability, _nan(stability))
-
+    std, stability = _pixel_stability(images, onehot * torch.nan_to_num(share)[:, None], wreg)
     # the artifact's likely extent: the hot spot grown over pixels that barely change
-    stable = (std < stable_ratio * std_all[:, None]).view(num_groups, h, w)
+    stable = (std < stable_ratio * std.mean(1)[:, None]).view(num_groups, h, w)
     foot = grow_region(greg.view(num_groups, h, w), stable, max_area=max_area)
-
     return Hotspot(
         region=region.view(n, h, w),
         group_region=greg.view(num_groups, h, w),
@@ -546,11 +511,73 @@ def anchored_hotspot(
         group_footprint=foot,
         share=share,
         enrichment=enr,
-        consistency=consistency,
-        offset=torch.where(area > 0, offset, _nan(offset)),
-        stability=stability,
+        consistency=torch.where(enough, consistency, _nan(consistency)),
+        offset=torch.where(area > 0, _offset(wreg), _nan(area)),
+        stability=torch.where(enough, stability, _nan(stability)),
         size=size,
     )
+
+
+def _hotspot_groups(
+    maps: Tensor, images: Tensor, groups: Tensor | None, num_groups: int | None
+) -> tuple[Tensor, int]:
+    """Check ``images`` against ``maps`` and resolve the group ids (long ``[N]``) and count."""
+    n = maps.shape[0]
+    if images.shape[0] != n or images.shape[-2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"images {tuple(images.shape)} do not match maps {tuple(maps.shape)} ([N, C, H, W])"
+        )
+    if groups is None:
+        return torch.zeros(n, dtype=torch.long, device=maps.device), 1
+    groups = groups.to(device=maps.device, dtype=torch.long)
+    if num_groups is None:
+        num_groups = int(groups.max()) + 1 if n else 1
+    return groups, num_groups
+
+
+def _group_spots(
+    p: Tensor, ok: Tensor, groups: Tensor, num_groups: int, frac: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(onehot [N, G], mean [G, P], spot [G, P])``: the usable probes of each group, their mean
+    attention distribution (``p``: ``[N, P]``), and its hottest ``frac`` (bool)."""
+    onehot = F.one_hot(groups, num_groups).float() * ok[:, None].float()
+    mean = (onehot.T @ p) / onehot.sum(0).clamp_min(1.0)[:, None]
+    return onehot, mean, _top_region(mean, frac)
+
+
+def _offset(wreg: Tensor) -> Tensor:
+    """Distance of each ``[G, H, W]`` hot spot's weighted centre from the image centre, as a
+    fraction of half the diagonal: float ``[G]`` in ``[0, 1]``."""
+    _, h, w = wreg.shape
+    com = center_of_mass(wreg)  # [G, 2]
+    centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], device=wreg.device)
+    half_diag = max(math.hypot(h - 1, w - 1) / 2, 0.5)
+    return ((com - centre).norm(dim=1) / half_diag).clamp(0.0, 1.0)
+
+
+def _pixel_stability(images: Tensor, wts: Tensor, wreg: Tensor) -> tuple[Tensor, Tensor]:
+    """How little the image pixels under each group's hot spot change across its images.
+
+    Args:
+        images: ``[N, C, H, W]``; ``wts``: float ``[N, G]`` probe weights per group (the
+            probe's share on the hot spot); ``wreg``: float ``[G, H, W]`` hot-spot weights.
+
+    Returns:
+        ``(std [G, P], stability [G])``: the weighted per-pixel standard deviation (mean over
+        channels), and ``1 - std under the hot spot / image-wide std`` in ``[0, 1]`` (``NaN``
+        where the images do not vary at all).
+    """
+    tiny = torch.finfo(wts.dtype).tiny
+    x = images.flatten(2).float()  # [N, C, P]
+    wsum = wts.sum(0).clamp_min(tiny)  # [G]
+    mu = torch.einsum("ng,ncp->gcp", wts, x) / wsum[:, None, None]
+    ex2 = torch.einsum("ng,ncp->gcp", wts, x * x) / wsum[:, None, None]
+    std = (ex2 - mu * mu).clamp_min(0).sqrt().mean(1)  # [G, P]
+    std_all = std.mean(1)
+    wflat = wreg.flatten(1)
+    std_reg = (std * wflat).sum(1) / wflat.sum(1).clamp_min(tiny)
+    stability = (1.0 - std_reg / std_all.clamp_min(tiny)).clamp(0.0, 1.0)
+    return std, torch.where(std_all > 0, stability, _nan(stability))
 
 
 def grow_region(
