@@ -271,12 +271,12 @@ class ShortcutMonitor:
                 resolution or upsampled to the image size; resized to the analysis grid.
             images: ``[N, C, H, W]`` probe images as fed to the model.
             targets: long ``[N]``, the class each map explains (rules group by it).
-            labels, scores: unused (kept for API compatibility: rules group by ``targets``).
-            logits: float ``[N, K]`` outputs for the unchanged probes (saves a forward).
+            labels, scores: unused (API compatibility); ``logits``: float ``[N, K]`` outputs
+                for the unchanged probes (saves a forward).
             object_masks, artifact_masks: bool ``[N, H, W]`` or ``None``.
             score_fn: ``images -> logits [N, K]`` (eval mode, no grad) for causal confirmation.
-            epoch, global_step: recorded in the flags.
-            baseline: this run is the reference (step 0, untrained): store it, raise no flags.
+            epoch, global_step: recorded in the flags; ``baseline``: this run is the
+                reference (step 0, untrained): store it, raise no flags.
             map_size: ``(h, w)`` cells of the layer's map (``None``: read from ``maps``).
             multilabel: sigmoid outputs: evidence is the target logit, a flip its sign change.
         """
@@ -305,8 +305,8 @@ class ShortcutMonitor:
             out.flags = self._decide(
                 x, decisions, per, stats, counts, tested, causal, epoch, global_step
             )
-        self.previous_maps = x.maps  # owned by this run (a fresh tensor): kept as it is
-        self.previous_is_baseline = reference
+        # x.maps is this run's own fresh tensor: kept as it is (its ranks stay cached)
+        self.previous_maps, self.previous_is_baseline = x.maps, reference
         return out
 
     # ------------------------------------------------------------------ the steps

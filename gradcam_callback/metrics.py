@@ -465,13 +465,11 @@ def anchored_hotspot(
 ) -> Hotspot:
     """Attention piled up at one place across *different* probe images.
 
-    Each map is turned into a distribution; the distributions of a group (e.g. probes explained
-    for the same class; a class-tied watermark only appears in its class's images) are averaged,
-    and the group's hot spot is the hottest ``frac`` of that mean. In a model that looks at the
-    objects, the objects move, so the mean is spread out and each probe puts little mass on the
-    group's hot spot. A model that reads a fixed-position artifact (watermark, tag, hospital
-    token, ruler, border band) piles every probe's mass onto the same pixels, usually off-centre,
-    where the image pixels barely change between images.
+    The maps of a group (the probes explained as one class: a class-tied watermark only appears
+    in its class's images), as distributions, are averaged; the group's hot spot is the hottest
+    ``frac`` of that mean. Objects move, so a model that looks at them gives a spread-out mean
+    and little mass on the hot spot; a model that reads a fixed-position artifact (watermark,
+    tag, token, ruler, border band) piles every probe's mass onto the same off-centre pixels.
 
     Args:
         maps: float ``[N, H, W]``, ``>= 0``, raw maps at image size.

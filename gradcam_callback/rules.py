@@ -303,23 +303,12 @@ def evaluate(
     """
     out: list[RuleDecision] = []
     for rule in rules:
-        if not rule.enabled(settings):
-            out.append(RuleDecision(rule, False, "switched off"))
-            continue
-        if rule.needs is not None and rule.needs not in available:
-            out.append(RuleDecision(rule, False, f"no {rule.needs.replace('_', ' ')}"))
-            continue
-        if rule.spatial and not can_localise:
-            out.append(RuleDecision(rule, False, "map too coarse to localise"))
-            continue
-        if rule.after_trained_run and not after_trained_run:
-            out.append(RuleDecision(rule, False, "needs two trained runs"))
-            continue
         suffix = "" if rule.per_class else "@set"
-        head = rule.headline.metric + suffix
-        if any(c.metric + suffix not in stats for c in rule.conditions):
-            out.append(RuleDecision(rule, False, "metric not measured"))
+        why = _why_not(rule, settings, stats, available, can_localise, after_trained_run)
+        if why:
+            out.append(RuleDecision(rule, False, why))
             continue
+        head = rule.headline.metric + suffix
         usable = counts[head] >= min_probes
         if rule.per_class and learned is not None:
             usable = usable & learned
@@ -332,6 +321,29 @@ def evaluate(
             near &= cond.near(value, thr, margin)
         out.append(RuleDecision(rule, True, usable=usable, attention=attention, near=near))
     return out
+
+
+def _why_not(
+    rule: Rule,
+    settings: Mapping[str, float | None],
+    stats: Mapping[str, Tensor],
+    available: frozenset[str],
+    can_localise: bool,
+    after_trained_run: bool,
+) -> str:
+    """Why ``rule`` cannot be evaluated in this run, in a few words (``""``: it can)."""
+    if not rule.enabled(settings):
+        return "switched off"
+    if rule.needs is not None and rule.needs not in available:
+        return f"no {rule.needs.replace('_', ' ')}"
+    if rule.spatial and not can_localise:
+        return "map too coarse to localise"
+    if rule.after_trained_run and not after_trained_run:
+        return "needs two trained runs"
+    suffix = "" if rule.per_class else "@set"
+    if any(c.metric + suffix not in stats for c in rule.conditions):
+        return "metric not measured"
+    return ""
 
 
 def fired(
