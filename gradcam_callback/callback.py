@@ -17,14 +17,13 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
-from . import checks
+from . import checks, runs
 from . import trainer_utils as tu
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
 from .engine import GradCAM
-from .multilabel import Task, plan_task, scan_multilabel, sigmoid_outputs
-from .probes import BatchKeys, ProbeChoice, ProbeSet, choose_probes, preserve_rng
-from .probing import Shard, explain_probes, quality_metrics, sanity_check, score_function
-from .reporting import Reporter, RunMedia, flag_warning, run_media
+from .multilabel import Task
+from .probes import ProbeChoice, ProbeSet, preserve_rng
+from .reporting import Reporter
 from .rules import FlagKind
 from .sinks import SinkGroup
 
@@ -140,41 +139,7 @@ class GradCAMCallback(Callback):
         task: Task = "auto",
     ) -> None:
         super().__init__()
-        settings = dict(locals())
-        for name in ("self", "__class__", "monitor", "classes", "prefix", "target_layer", "probes"):
-            settings.pop(name, None)
-        thresholds = {k: settings.pop(k) for k in checks.THRESHOLDS}
-        keys = [settings.pop(k) for k in (
-            "image_key", "label_key", "object_mask_key", "artifact_mask_key")]  # fmt: skip
-        checks.check_settings(
-            probes=probes, **{k: settings[k] for k in checks.SETTINGS if k != "probes"}
-        )
-        self.__dict__.update(settings)
-        self.classes = None if classes is None else [int(c) for c in classes]
-        self.target_layer, self.prefix = target_layer, prefix.rstrip("/")
-        self.keys = BatchKeys(*keys)
-        self.thresholds = {k: float(v) for k, v in thresholds.items() if v is not None}
-        self.monitor = checks.build_monitor(monitor, thresholds, confirm, min_map_size)
-        self.reporter = Reporter(
-            prefix=self.prefix, log_images=log_images, colormap=colormap, alpha=alpha,
-            mean=mean, std=std, max_filmstrip_runs=24,
-        )  # fmt: skip
-        self.max_images = 32
-        self._probes: ProbeSet | None = probes
-        self._explicit_probes = probes is not None
-        self.probe_choice: ProbeChoice | None = None
-        self.history: list[dict[str, Any]] = []
-        self.flags: list[Flag] = []
-        self.layer_info: list[Any] = []
-        self._engine: GradCAM | None = None
-        self._disabled = False
-        self._last_key: tuple[str, int, int] | None = None
-        self._sink_group: SinkGroup | None = None
-        self._model_ref: weakref.ref[nn.Module] | None = None  # the model of the last set-up
-        self._warned: set[str] = set()  # once-per-set-up warnings already given
-        self._multilabel = False  # decided at set-up (multilabel.plan_task)
-        self._explained: ProbeSet | None = None  # a row per (probe, positive label)
-        self.explained_index: Tensor | None = None  # the probe of each explained row
+        self._configure(dict(locals()))
 
     @property
     def probes(self) -> ProbeSet | None:
@@ -193,6 +158,38 @@ class GradCAMCallback(Callback):
             prefix=self.prefix, target_layer=self.target_layer, method=self.method
         )
 
+    def _configure(self, given: dict[str, Any]) -> None:
+        """Validate the constructor's arguments (:func:`~.checks.check_settings`) and store them."""
+        settings, thresholds, self.keys = checks.split_settings(given)
+        self.__dict__.update(settings)
+        classes, prefix = given["classes"], given["prefix"]
+        self.classes = None if classes is None else [int(c) for c in classes]
+        self.target_layer, self.prefix = given["target_layer"], prefix.rstrip("/")
+        self.thresholds = {k: float(v) for k, v in thresholds.items() if v is not None}
+        self.monitor = checks.build_monitor(
+            given["monitor"], thresholds, given["confirm"], given["min_map_size"]
+        )
+        self.reporter = Reporter(
+            prefix=self.prefix, log_images=given["log_images"], colormap=given["colormap"],
+            alpha=given["alpha"], mean=given["mean"], std=given["std"], max_filmstrip_runs=24,
+        )  # fmt: skip
+        self.max_images = 32
+        self._probes: ProbeSet | None = given["probes"]
+        self._explicit_probes = self._probes is not None
+        self.probe_choice: ProbeChoice | None = None
+        self.history: list[dict[str, Any]] = []
+        self.flags: list[Flag] = []
+        self.layer_info: list[Any] = []
+        self._engine: GradCAM | None = None
+        self._disabled = False
+        self._last_key: tuple[str, int, int] | None = None
+        self._sink_group: SinkGroup | None = None
+        self._model_ref: weakref.ref[nn.Module] | None = None  # the model of the last set-up
+        self._warned: set[str] = set()  # once-per-set-up warnings already given
+        self._multilabel = False  # decided at set-up (multilabel.plan_task)
+        self._explained: ProbeSet | None = None  # a row per (probe, positive label)
+        self.explained_index: Tensor | None = None  # the probe of each explained row
+
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Choose the probes and validate layer, shapes and labels before any training step.
@@ -205,61 +202,13 @@ class GradCAMCallback(Callback):
         self._disabled = False
         model = pl_module  # the LightningModule itself, never the DDP wrapper
         self._start_session(trainer, model)
-        if self._probes is None and not self._choose_probes(trainer, stage):
-            return
-        probes = self._probes
-        assert probes is not None
-        if self._engine is None:
-            self._engine = GradCAM(
-                model, self.target_layer, self.method,
-                reshape_transform=self.reshape_transform, min_map_size=self.min_map_size,
-            )  # fmt: skip
-        sample = probes.images[: min(2, len(probes))].to(tu.module_device(model))
-        with preserve_rng(), checks.model_fault(model, sample):
-            self.layer_info = self._engine.resolve(sample)
-            out = self._engine.explain(sample, self.target_fn, upsample=False).output
-        checks.check_output(out, probes, self.target, self.target_fn is not None)
-        plan = plan_task(self.task, probes, target=self.target, classes=self.classes)
-        self._multilabel, self._explained, self.explained_index = (
-            plan.multilabel,
-            plan.explained,
-            plan.index,
-        )
-        if plan.message:
-            tu.warn(trainer, plan.message)
-        if self.log_images:
-            checks.check_display(self.reporter, probes)
-        lines, notes = checks.setup_notes(
-            choice=self.probe_choice, probes=plan.explained, layer_info=self.layer_info,
-            monitor=self.monitor, target=self.target, max_probes=self.max_probes,
-            probes_per_class=self.probes_per_class,
-        )  # fmt: skip
-        if self.verbose and getattr(trainer, "is_global_zero", True):
-            print("\n".join(lines))
-        for note in notes:
-            tu.warn(trainer, note)
-
-    def _choose_probes(self, trainer: Any, stage: str) -> bool:
-        loader = tu.find_dataloader(trainer, stage, self.dataloader_idx)
-        if loader is None:
-            tu.warn(
-                trainer,
-                "GradCAMCallback: no validation dataloader and no probes given, so there is "
-                "nothing to explain; the callback disables itself. Add a val_dataloader or "
-                "pass GradCAMCallback(probes=ProbeSet(images, labels)).",
-            )
-            self._disabled = True
-            return False
-        self.probe_choice = choose_probes(
-            loader, self.num_probes, per_class=self.probes_per_class,
-            max_probes=self.max_probes, classes=self.classes, keys=self.keys,
-            multilabel=scan_multilabel(self.task),
-        )  # fmt: skip
-        self._probes = self.probe_choice.probes
-        note = checks.label_warning(self._probes, loader, self.keys, self.target)
-        if note:
-            tu.warn(trainer, note)
-        return True
+        if self._probes is None:
+            self.probe_choice = runs.choose(self, trainer, stage)
+            if self.probe_choice is None:
+                self._disabled = True
+                return
+            self._probes = self.probe_choice.probes
+        runs.prepare(self, trainer, model)
 
     def _start_session(self, trainer: Any, model: nn.Module) -> None:
         """Fresh per-set-up state (de-duplication key, sinks, once-only warnings); a model other
@@ -312,18 +261,8 @@ class GradCAMCallback(Callback):
         self._flush(trainer)
         if self._disabled or not trainer.is_global_zero:
             return
-        try:
-            if self.filmstrip and self.log_images and self.reporter.thumbs:
-                self.reporter.write_filmstrip(self._sinks(trainer), tu.log_step(trainer))
-        except Exception as err:  # a fault in the monitor never crashes training
-            tu.warn(trainer, f"GradCAMCallback: could not write the filmstrip: {err!r}")
-        if self.sanity_check and self._probes is not None:
-            try:
-                with preserve_rng(), tu.eager_forward(pl_module):
-                    self._sanity_check(trainer, pl_module)
-            except Exception as err:
-                tu.warn(trainer, f"GradCAMCallback: the randomisation check failed: {err!r}")
-            self._flush(trainer)
+        self.flags.extend(runs.finish(self, trainer, pl_module))
+        self._flush(trainer)
 
     def _flush(self, trainer: Any) -> None:
         for error in self.reporter.flush():
@@ -343,7 +282,7 @@ class GradCAMCallback(Callback):
             # validate()/test() run under inference_mode: the run's own tensors must not be
             # inference tensors (the engine and the erasures need autograd / in-place writes)
             with preserve_rng(), torch.inference_mode(False):
-                record, flags, media = self._compute(trainer, pl_module, stage, step)
+                record, flags, media = runs.compute_run(self, trainer, pl_module, stage, step)
         except ShortcutDetected:
             raise
         except Exception as err:
@@ -354,128 +293,10 @@ class GradCAMCallback(Callback):
             )
             return
         self.history.append(record)
-        scalars = {f"{self.prefix}/{k}": v for k, v in record["metrics"].items()}
-        # Scalars go straight to the loggers in guarded calls; the set-level values also go
-        # into trainer.callback_metrics on every rank, where EarlyStopping / ModelCheckpoint
-        # read them (every rank holds the same values: no sync needed).
-        if use_log:
-            tu.publish_metrics(trainer, {k: v for k, v in scalars.items() if "/class_" not in k})
-        if trainer.is_global_zero:
-            tu.log_metrics(trainer, scalars, step, self._warned)
-            self._announce(trainer, flags)
-            try:
-                for error in self.reporter.submit(self._sinks(trainer), media, flags):
-                    tu.warn(trainer, f"GradCAMCallback: {error}")
-            except Exception as err:  # a reporting fault never crashes training
-                tu.warn(trainer, f"GradCAMCallback: could not queue the run's media: {err!r}")
+        runs.report_run(self, trainer, record, flags, media, use_log)
         self._act_on_flags(trainer, flags)
 
-    def _compute(
-        self, trainer: Any, pl_module: Any, stage: str, step: int
-    ) -> tuple[dict[str, Any], list[Flag], RunMedia]:
-        """Explain the probes, measure, decide: ``(record, flags, media)``."""
-        probes, model = self.explained_probes, pl_module
-        assert probes is not None and self._engine is not None
-        device = tu.module_device(model)
-        images = probes.images.to(device)
-        labels = probes.labels.to(device) if probes.labels is not None else None
-        use_label = self.target == "label" and labels is not None and self.target_fn is None
-        with tu.eager_forward(pl_module):
-            res = explain_probes(
-                self._engine, images, labels if use_label else self.target_fn,
-                batch_size=self.batch_size, shard=self._shard(trainer), **self._plugin(trainer),
-            )  # fmt: skip
-        maps = res.maps
-        finite = torch.isfinite(maps).flatten(1).all(1)
-        skipped = [int(i) for i in torch.nonzero(~finite).flatten().tolist()]
-        if skipped:
-            tu.warn(
-                trainer,
-                f"GradCAMCallback: probe(s) {skipped} gave a NaN or inf map at step {step} and are "
-                "skipped in this run (check for overflow under fp16, or a diverging model)",
-            )
-            maps = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
-        note = checks.zero_map_warning(maps, self.layer_info)
-        if note and stage != "baseline" and bool(finite.any()) and "zero" not in self._warned:
-            self._warned.add("zero")  # once per fit; not at the baseline (an untrained,
-            tu.warn(trainer, note)  # zero-initialised head legitimately has no gradient)
-        logits = res.logits if self.target_fn is None else None  # target_fn: read its score
-        targets = res.targets if res.targets is not None else torch.zeros_like(res.scores).long()
-        metrics = _probe_metrics(logits, res.targets, labels, res.scores, self._multilabel)
-        score_fn = self._score_fn(trainer, pl_module, images.dtype)
-        analysis = self.monitor.analyze(
-            maps=maps, images=images.float(), targets=targets, logits=logits,
-            object_masks=_to(probes.object_masks, device) if self.use_masks else None,
-            artifact_masks=_to(probes.artifact_masks, device) if self.use_masks else None,
-            score_fn=score_fn if self.confirm else None, epoch=int(trainer.current_epoch),
-            global_step=step, baseline=stage == "baseline" or not self.history,
-            map_size=checks.finest_map(self.layer_info), multilabel=self._multilabel,
-        )  # fmt: skip
-        metrics.update(analysis.summary)
-        run = len(self.history) + 1
-        metrics.update(
-            quality_metrics(
-                score_fn, images, maps, targets,
-                softmax=self.target_fn is None and not self._multilabel,  # else the raw logit
-                deletion_steps=self.faithfulness_steps if _due(run, self.faithfulness_every_n_runs) else 0,
-                occlusion=_due(run, self.occlusion_every_n_runs),
-            )
-        )  # fmt: skip
-        flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
-        record = {
-            "epoch": int(trainer.current_epoch), "global_step": step, "stage": stage,
-            "metrics": metrics, "flags": [str(f.kind) for f in flags],
-        }  # fmt: skip
-        media = run_media(
-            step, probes, images, maps, logits, res.targets, analysis.per_probe,
-            self.max_images if self.log_images else 0, multilabel=self._multilabel,
-        )  # fmt: skip
-        return record, flags, media
-
-    def _plugin(self, trainer: Any) -> dict[str, Any]:
-        plugin = tu.precision_plugin(trainer)
-        if plugin is None:
-            return {}
-        return {"convert": plugin.convert_input, "context": plugin.forward_context}
-
-    def _shard(self, trainer: Any) -> Shard:
-        world = int(getattr(trainer, "world_size", 1) or 1)
-        if world <= 1:
-            return Shard()
-        gather: Callable[[Tensor], Tensor] = lambda t: tu.all_gather(trainer, t)  # noqa: E731
-        return Shard(int(trainer.global_rank), world, gather)
-
-    def _score_fn(self, trainer: Any, pl_module: Any, dtype: torch.dtype) -> Callable:
-        return score_function(
-            pl_module, batch_size=self.batch_size, dtype=dtype, target_fn=self.target_fn,
-            eager=lambda: tu.eager_forward(pl_module), shard=self._shard(trainer),
-            **self._plugin(trainer),
-        )  # fmt: skip
-
-    def _sanity_check(self, trainer: Any, pl_module: Any) -> None:
-        """Model-parameter randomisation test on a copy of the model: a record and, when the
-        maps barely change, an ``"unfaithful"`` flag."""
-        assert self._probes is not None and self._engine is not None
-        step, epoch = tu.log_step(trainer), int(trainer.current_epoch)
-        summary, flag = sanity_check(
-            pl_module, self.explained_probes, self._engine.target_layers, self.method,
-            use_labels=self.target == "label", epoch=epoch, step=step, prefix=self.prefix,
-        )  # fmt: skip
-        flags = [flag] if flag is not None else []
-        self.history.append({"epoch": epoch, "global_step": step, "stage": "sanity_check",
-                             "metrics": summary, "flags": [str(f.kind) for f in flags]})  # fmt: skip
-        tu.log_metrics(trainer, {f"{self.prefix}/{k}": v for k, v in summary.items()}, step)
-        self.flags.extend(flags)
-        self._announce(trainer, flags)
-        self.reporter.write_flags(self._sinks(trainer), flags, step)
-
     # ------------------------------------------------------------------ acting on flags
-    def _announce(self, trainer: Any, flags: list[Flag]) -> None:
-        """One rank-zero warning per new flag (persisting ones are only written to the log)."""
-        for flag in flags:
-            if not flag.persistent:
-                tu.warn(trainer, flag_warning(flag, self.prefix))
-
     def _act_on_flags(self, trainer: Any, flags: list[Flag]) -> None:
         self.flags.extend(flags)
         alarming = [f for f in flags if FlagKind(f.kind).alarming]
@@ -518,34 +339,3 @@ class GradCAMCallback(Callback):
         self.flags = [Flag(**f) for f in state_dict.get("flags", [])]
         if state_dict.get("monitor") is not None:
             self.monitor.load_state_dict(state_dict["monitor"])
-
-
-def _probe_metrics(
-    logits: Tensor | None,
-    targets: Tensor | None,
-    labels: Tensor | None,
-    scores: Tensor,
-    multilabel: bool = False,
-) -> dict[str, float]:
-    """``probe/confidence`` (softmax of the target; multi-label: its sigmoid), ``probe/accuracy``
-    (multi-label: share of explained labels predicted present), ``probe/target_score``."""
-    out: dict[str, float] = {}
-    if logits is not None and targets is not None and multilabel:
-        pred, conf = sigmoid_outputs(logits, targets)
-        out["probe/confidence"] = float(conf.mean())
-        if labels is not None:
-            out["probe/accuracy"] = float(pred.float().mean())
-    elif logits is not None and targets is not None:
-        out["probe/confidence"] = float(logits.softmax(1).gather(1, targets[:, None]).mean())
-        if labels is not None:
-            out["probe/accuracy"] = float((logits.argmax(1) == labels).float().mean())
-    out["probe/target_score"] = float(scores.mean())
-    return out
-
-
-def _due(run: int, every: int) -> bool:
-    return bool(every) and run % every == 0
-
-
-def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
-    return None if t is None else t.to(device)

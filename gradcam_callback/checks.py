@@ -36,6 +36,7 @@ __all__ = [
     "label_warning",
     "model_fault",
     "setup_notes",
+    "split_settings",
     "zero_map_warning",
 ]
 
@@ -114,6 +115,28 @@ def check_settings(
     if probes is not None and not isinstance(probes, ProbeSet):
         raise TypeError(f"probes must be a ProbeSet, got {type(probes).__name__}")
     check_task(task)
+
+
+#: Constructor arguments the callback stores under other names (or builds objects from).
+_NOT_PLAIN = ("self", "__class__", "monitor", "classes", "prefix", "target_layer", "probes")
+_KEYS = ("image_key", "label_key", "object_mask_key", "artifact_mask_key")
+
+
+def split_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], BatchKeys]:
+    """Validate the callback's constructor arguments (:func:`check_settings`) and split them.
+
+    Args:
+        given: the constructor's ``locals()``.
+
+    Returns:
+        ``(plain, thresholds, keys)``: the settings stored as attributes of the same name, the
+        threshold shorthands (``None``: the monitor's default), and the dict-batch keys.
+    """
+    plain = {k: v for k, v in given.items() if k not in _NOT_PLAIN}
+    thresholds = {k: plain.pop(k) for k in THRESHOLDS}
+    keys = BatchKeys(*(plain.pop(k) for k in _KEYS))
+    check_settings(probes=given["probes"], **{k: plain[k] for k in SETTINGS if k != "probes"})
+    return plain, thresholds, keys
 
 
 def check_mean_std(mean: Any, std: Any) -> None:

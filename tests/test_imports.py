@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"sinks"},
     {"reporting"},
     {"checks"},
+    {"runs"},
     {"callback"},
     {"lightning", "pytorch_lightning", "cli"},
     {"demos.world", "demos.data", "demos.models", "demos.training", "demos.cli"},

@@ -1,0 +1,292 @@
+"""The set-up and the scheduled runs of :class:`~gradcam_callback.GradCAMCallback`.
+
+At set-up :func:`choose` takes the probes from a dataloader and :func:`prepare` resolves the
+engine, the layers and the task. At each run :func:`compute_run` explains the probes
+(:mod:`.probing`, sharded over DDP ranks), drops maps that are not finite, has the monitor
+measure and decide (:mod:`.alarms`), adds the periodic quality checks, and returns the run's
+record, flags and media; :func:`report_run` publishes the scalars, announces new flags and
+queues the media (:mod:`.reporting`). :func:`finish` writes the filmstrip and runs the
+randomisation test (:func:`sanity_run`) at fit end. Each takes the callback (``cb``) for its
+settings and state; the callback keeps the hooks, the schedule, the state and what to do about a
+flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import checks
+from . import trainer_utils as tu
+from .alarms import Flag
+from .engine import GradCAM
+from .multilabel import plan_task, scan_multilabel, sigmoid_outputs
+from .probes import ProbeChoice, choose_probes, preserve_rng
+from .probing import Shard, explain_probes, quality_metrics, sanity_check, score_function
+from .reporting import RunMedia, flag_warning, run_media
+
+__all__ = [
+    "announce",
+    "choose",
+    "compute_run",
+    "plugin_kwargs",
+    "prepare",
+    "probe_metrics",
+    "report_run",
+    "sanity_run",
+    "score_fn_for",
+    "shard_of",
+]
+
+
+def compute_run(
+    cb: Any, trainer: Any, pl_module: Any, stage: str, step: int
+) -> tuple[dict[str, Any], list[Flag], RunMedia]:
+    """Explain the probes, measure, decide: ``(record, flags, media)``."""
+    probes = cb.explained_probes
+    device = tu.module_device(pl_module)
+    images = probes.images.to(device)
+    labels = probes.labels.to(device) if probes.labels is not None else None
+    use_label = cb.target == "label" and labels is not None and cb.target_fn is None
+    with tu.eager_forward(pl_module):
+        res = explain_probes(
+            cb._engine, images, labels if use_label else cb.target_fn,
+            batch_size=cb.batch_size, shard=shard_of(trainer), **plugin_kwargs(trainer),
+        )  # fmt: skip
+    maps, skipped = _finite_maps(cb, trainer, res.maps, stage, step)
+    logits = res.logits if cb.target_fn is None else None  # target_fn: read its score
+    targets = res.targets if res.targets is not None else torch.zeros_like(res.scores).long()
+    metrics = probe_metrics(logits, res.targets, labels, res.scores, cb._multilabel)
+    score_fn = score_fn_for(cb, trainer, pl_module, images.dtype)
+    analysis = cb.monitor.analyze(
+        maps=maps, images=images.float(), targets=targets, logits=logits,
+        object_masks=_to(probes.object_masks, device) if cb.use_masks else None,
+        artifact_masks=_to(probes.artifact_masks, device) if cb.use_masks else None,
+        score_fn=score_fn if cb.confirm else None, epoch=int(trainer.current_epoch),
+        global_step=step, baseline=stage == "baseline" or not cb.history,
+        map_size=checks.finest_map(cb.layer_info), multilabel=cb._multilabel,
+    )  # fmt: skip
+    metrics.update(analysis.summary)
+    run = len(cb.history) + 1
+    metrics.update(
+        quality_metrics(
+            score_fn, images, maps, targets,
+            softmax=cb.target_fn is None and not cb._multilabel,  # else the raw logit
+            deletion_steps=cb.faithfulness_steps if _due(run, cb.faithfulness_every_n_runs) else 0,
+            occlusion=_due(run, cb.occlusion_every_n_runs),
+        )
+    )  # fmt: skip
+    flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
+    record = {
+        "epoch": int(trainer.current_epoch), "global_step": step, "stage": stage,
+        "metrics": metrics, "flags": [str(f.kind) for f in flags],
+    }  # fmt: skip
+    media = run_media(
+        step, probes, images, maps, logits, res.targets, analysis.per_probe,
+        cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
+    )  # fmt: skip
+    return record, flags, media
+
+
+def _finite_maps(
+    cb: Any, trainer: Any, maps: Tensor, stage: str, step: int
+) -> tuple[Tensor, list[int]]:
+    """``maps`` ``[N, h, w]`` with non-finite maps zeroed (said in a warning), and their probe
+    indices; warns once per fit when the maps are all zero (not at the baseline, where an
+    untrained, zero-initialised head legitimately has no gradient)."""
+    finite = torch.isfinite(maps).flatten(1).all(1)
+    skipped = [int(i) for i in torch.nonzero(~finite).flatten().tolist()]
+    if skipped:
+        tu.warn(
+            trainer,
+            f"GradCAMCallback: probe(s) {skipped} gave a NaN or inf map at step {step} and are "
+            "skipped in this run (check for overflow under fp16, or a diverging model)",
+        )
+        maps = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
+    note = checks.zero_map_warning(maps, cb.layer_info)
+    if note and stage != "baseline" and bool(finite.any()) and "zero" not in cb._warned:
+        cb._warned.add("zero")
+        tu.warn(trainer, note)
+    return maps, skipped
+
+
+def report_run(
+    cb: Any,
+    trainer: Any,
+    record: dict[str, Any],
+    flags: list[Flag],
+    media: RunMedia,
+    use_log: bool = True,
+) -> None:
+    """Publish a run: scalars to the loggers (rank zero, guarded calls) and the set-level ones
+    into ``trainer.callback_metrics`` on every rank (where EarlyStopping / ModelCheckpoint read
+    them; every rank holds the same values: no sync needed); new flags as warnings; the media
+    queued for the reporter's worker thread."""
+    scalars = {f"{cb.prefix}/{k}": v for k, v in record["metrics"].items()}
+    if use_log:
+        tu.publish_metrics(trainer, {k: v for k, v in scalars.items() if "/class_" not in k})
+    if not trainer.is_global_zero:
+        return
+    tu.log_metrics(trainer, scalars, record["global_step"], cb._warned)
+    announce(trainer, flags, cb.prefix)
+    try:
+        for error in cb.reporter.submit(cb._sinks(trainer), media, flags):
+            tu.warn(trainer, f"GradCAMCallback: {error}")
+    except Exception as err:  # a reporting fault never crashes training
+        tu.warn(trainer, f"GradCAMCallback: could not queue the run's media: {err!r}")
+
+
+def announce(trainer: Any, flags: Sequence[Flag], prefix: str) -> None:
+    """One rank-zero warning per new flag (persisting ones are only written to the log)."""
+    for flag in flags:
+        if not flag.persistent:
+            tu.warn(trainer, flag_warning(flag, prefix))
+
+
+def sanity_run(cb: Any, trainer: Any, pl_module: Any) -> list[Flag]:
+    """Model-parameter randomisation test on a copy of the model: a history record, logged
+    scalars and, when the maps barely change, an ``"unfaithful"`` flag (returned, announced and
+    written to the loggers)."""
+    step, epoch = tu.log_step(trainer), int(trainer.current_epoch)
+    summary, flag = sanity_check(
+        pl_module, cb.explained_probes, cb._engine.target_layers, cb.method,
+        use_labels=cb.target == "label", epoch=epoch, step=step, prefix=cb.prefix,
+    )  # fmt: skip
+    flags = [flag] if flag is not None else []
+    cb.history.append({"epoch": epoch, "global_step": step, "stage": "sanity_check",
+                       "metrics": summary, "flags": [str(f.kind) for f in flags]})  # fmt: skip
+    tu.log_metrics(trainer, {f"{cb.prefix}/{k}": v for k, v in summary.items()}, step)
+    announce(trainer, flags, cb.prefix)
+    cb.reporter.write_flags(cb._sinks(trainer), flags, step)
+    return flags
+
+
+def finish(cb: Any, trainer: Any, pl_module: Any) -> list[Flag]:
+    """Fit end on rank zero: the filmstrip and GIF, and the randomisation test when asked for
+    (its flags returned). A fault in either is a warning, never a crashed fit."""
+    try:
+        if cb.filmstrip and cb.log_images and cb.reporter.thumbs:
+            cb.reporter.write_filmstrip(cb._sinks(trainer), tu.log_step(trainer))
+    except Exception as err:
+        tu.warn(trainer, f"GradCAMCallback: could not write the filmstrip: {err!r}")
+    if not (cb.sanity_check and cb.probes is not None):
+        return []
+    try:
+        with preserve_rng(), tu.eager_forward(pl_module):
+            return sanity_run(cb, trainer, pl_module)
+    except Exception as err:
+        tu.warn(trainer, f"GradCAMCallback: the randomisation check failed: {err!r}")
+        return []
+
+
+def plugin_kwargs(trainer: Any) -> dict[str, Any]:
+    """``convert`` / ``context`` of the trainer's precision plugin (``{}`` without one)."""
+    plugin = tu.precision_plugin(trainer)
+    if plugin is None:
+        return {}
+    return {"convert": plugin.convert_input, "context": plugin.forward_context}
+
+
+def shard_of(trainer: Any) -> Shard:
+    """This rank's share of the probes, gathered through the strategy (one shard off DDP)."""
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    if world <= 1:
+        return Shard()
+    gather: Callable[[Tensor], Tensor] = lambda t: tu.all_gather(trainer, t)  # noqa: E731
+    return Shard(int(trainer.global_rank), world, gather)
+
+
+def score_fn_for(cb: Any, trainer: Any, pl_module: Any, dtype: torch.dtype) -> Callable:
+    """``images -> logits`` of the model in eval mode, chunked, sharded, under the plugin."""
+    return score_function(
+        pl_module, batch_size=cb.batch_size, dtype=dtype, target_fn=cb.target_fn,
+        eager=lambda: tu.eager_forward(pl_module), shard=shard_of(trainer),
+        **plugin_kwargs(trainer),
+    )  # fmt: skip
+
+
+def probe_metrics(
+    logits: Tensor | None,
+    targets: Tensor | None,
+    labels: Tensor | None,
+    scores: Tensor,
+    multilabel: bool = False,
+) -> dict[str, float]:
+    """``probe/confidence`` (softmax of the target; multi-label: its sigmoid), ``probe/accuracy``
+    (multi-label: share of explained labels predicted present), ``probe/target_score``."""
+    out: dict[str, float] = {}
+    if logits is not None and targets is not None and multilabel:
+        pred, conf = sigmoid_outputs(logits, targets)
+        out["probe/confidence"] = float(conf.mean())
+        if labels is not None:
+            out["probe/accuracy"] = float(pred.float().mean())
+    elif logits is not None and targets is not None:
+        out["probe/confidence"] = float(logits.softmax(1).gather(1, targets[:, None]).mean())
+        if labels is not None:
+            out["probe/accuracy"] = float((logits.argmax(1) == labels).float().mean())
+    out["probe/target_score"] = float(scores.mean())
+    return out
+
+
+def _due(run: int, every: int) -> bool:
+    return bool(every) and run % every == 0
+
+
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def prepare(cb: Any, trainer: Any, model: nn.Module) -> None:
+    """Set-up after the probes are known: the engine, the layers it resolves on two probes, the
+    model's output, the task plan (multi-label rows), the overlays, and the set-up notes."""
+    probes = cb.probes
+    if cb._engine is None:
+        cb._engine = GradCAM(
+            model, cb.target_layer, cb.method,
+            reshape_transform=cb.reshape_transform, min_map_size=cb.min_map_size,
+        )  # fmt: skip
+    sample = probes.images[: min(2, len(probes))].to(tu.module_device(model))
+    with preserve_rng(), checks.model_fault(model, sample):
+        cb.layer_info = cb._engine.resolve(sample)
+        out = cb._engine.explain(sample, cb.target_fn, upsample=False).output
+    checks.check_output(out, probes, cb.target, cb.target_fn is not None)
+    plan = plan_task(cb.task, probes, target=cb.target, classes=cb.classes)
+    cb._multilabel, cb._explained, cb.explained_index = plan.multilabel, plan.explained, plan.index
+    if plan.message:
+        tu.warn(trainer, plan.message)
+    if cb.log_images:
+        checks.check_display(cb.reporter, probes)
+    lines, notes = checks.setup_notes(
+        choice=cb.probe_choice, probes=plan.explained, layer_info=cb.layer_info,
+        monitor=cb.monitor, target=cb.target, max_probes=cb.max_probes,
+        probes_per_class=cb.probes_per_class,
+    )  # fmt: skip
+    if cb.verbose and getattr(trainer, "is_global_zero", True):
+        print("\n".join(lines))
+    for note in notes:
+        tu.warn(trainer, note)
+
+
+def choose(cb: Any, trainer: Any, stage: str) -> ProbeChoice | None:
+    """The probes from the stage's dataloader by the callback's policy (``None``, said in a
+    warning, when there is no dataloader to take them from)."""
+    loader = tu.find_dataloader(trainer, stage, cb.dataloader_idx)
+    if loader is None:
+        tu.warn(
+            trainer,
+            "GradCAMCallback: no validation dataloader and no probes given, so there is "
+            "nothing to explain; the callback disables itself. Add a val_dataloader or "
+            "pass GradCAMCallback(probes=ProbeSet(images, labels)).",
+        )
+        return None
+    choice = choose_probes(
+        loader, cb.num_probes, per_class=cb.probes_per_class, max_probes=cb.max_probes,
+        classes=cb.classes, keys=cb.keys, multilabel=scan_multilabel(cb.task),
+    )  # fmt: skip
+    note = checks.label_warning(choice.probes, loader, cb.keys, cb.target)
+    if note:
+        tu.warn(trainer, note)
+    return choice
