@@ -90,33 +90,8 @@ class ProbeSet:
 
     def __post_init__(self) -> None:
         with torch.inference_mode(False):
-            images = self.images
-            if not isinstance(images, Tensor) or images.dim() != 4:
-                raise ValueError(
-                    f"probe images must be a Tensor of shape [N, C, H, W], got {_shape(images)}; "
-                    "a single image needs a batch dimension (image.unsqueeze(0))"
-                )
-            if not (images.is_floating_point() or images.dtype == torch.uint8):
-                raise ValueError(
-                    f"probe images must be floating point or uint8 (as fed to the model), got "
-                    f"{images.dtype}; convert them with .float() (and normalise as in training)"
-                )
-            n, _c, h, w = images.shape
-            if n == 0:
-                raise ValueError("the probe set is empty")
-            if h < 2 or w < 2:
-                raise ValueError(f"probe images must be at least 2x2 pixels, got {h}x{w}")
-            if images.is_floating_point():
-                bad = ~torch.isfinite(images.detach()).flatten(1).all(1)
-                if bool(bad.any()):
-                    which = torch.nonzero(bad).flatten().tolist()
-                    raise ValueError(
-                        f"probe image(s) {which[:10]} contain NaN or inf pixels; every map of "
-                        "them would be NaN. Clean the data, or pass "
-                        "GradCAMCallback(probes=ProbeSet(...)) with finite images"
-                    )
-                images = images.detach().to("cpu", torch.float32)
-            self.images = images.detach().to("cpu").clone().contiguous()
+            self.images = _checked_images(self.images)
+            n, _c, h, w = self.images.shape
             if self.labels is not None and self.label_sets is None:
                 given = torch.as_tensor(self.labels)
                 if is_multi_hot(given):  # multi-label rows: the label sets, nothing explained yet
@@ -124,31 +99,7 @@ class ProbeSet:
             if self.label_sets is not None:
                 self.label_sets = _as_label_sets(torch.as_tensor(self.label_sets), n)
             if self.labels is not None:
-                labels = _one_hot_to_index(torch.as_tensor(self.labels))
-                if labels.dim() != 1 or labels.shape[0] != n:
-                    raise ValueError(
-                        f"probe labels must have shape [N] = [{n}], got {_shape(labels)} (or "
-                        "give one-hot rows [N, K])"
-                    )
-                if labels.is_floating_point() or labels.dtype == torch.bool:
-                    raise ValueError(
-                        f"probe labels must be integer class indices, got {labels.dtype}"
-                    )
-                if labels.numel() and int(labels.min()) < 0:
-                    raise ValueError(f"probe labels must be >= 0, got {int(labels.min())}")
-                self.labels = labels.detach().to("cpu", torch.long).clone()
-                sets = self.label_sets
-                if sets is not None:
-                    if int(self.labels.max()) >= sets.shape[1]:
-                        raise ValueError(
-                            f"probe label {int(self.labels.max())} is outside the label sets' "
-                            f"{sets.shape[1]} labels"
-                        )
-                    if not bool(sets[torch.arange(n), self.labels].all()):
-                        raise ValueError(
-                            "every probe label must be positive in its probe's label set "
-                            "(labels[i] is the label row i explains)"
-                        )
+                self.labels = _checked_labels(torch.as_tensor(self.labels), n, self.label_sets)
             for name in ("object_masks", "artifact_masks"):
                 mask = getattr(self, name)
                 if mask is not None:
@@ -200,6 +151,64 @@ class ProbeSet:
             state.get("artifact_masks"),
             state.get("label_sets"),
         )
+
+
+def _checked_images(images: Any) -> Tensor:
+    """Probe images as a contiguous CPU copy (float32, or uint8 as given), or a precise error:
+    not ``[N, C, H, W]``, an unusable dtype, empty, under 2x2 pixels, or NaN / inf pixels."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(
+            f"probe images must be a Tensor of shape [N, C, H, W], got {_shape(images)}; "
+            "a single image needs a batch dimension (image.unsqueeze(0))"
+        )
+    if not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise ValueError(
+            f"probe images must be floating point or uint8 (as fed to the model), got "
+            f"{images.dtype}; convert them with .float() (and normalise as in training)"
+        )
+    n, _c, h, w = images.shape
+    if n == 0:
+        raise ValueError("the probe set is empty")
+    if h < 2 or w < 2:
+        raise ValueError(f"probe images must be at least 2x2 pixels, got {h}x{w}")
+    if images.is_floating_point():
+        bad = ~torch.isfinite(images.detach()).flatten(1).all(1)
+        if bool(bad.any()):
+            which = torch.nonzero(bad).flatten().tolist()
+            raise ValueError(
+                f"probe image(s) {which[:10]} contain NaN or inf pixels; every map of "
+                "them would be NaN. Clean the data, or pass "
+                "GradCAMCallback(probes=ProbeSet(...)) with finite images"
+            )
+        images = images.detach().to("cpu", torch.float32)
+    return images.detach().to("cpu").clone().contiguous()
+
+
+def _checked_labels(given: Tensor, n: int, sets: Tensor | None) -> Tensor:
+    """Long ``[N]`` CPU class indices (one-hot rows read as indices), each positive in its label
+    set when ``sets`` (bool ``[N, K]``) is given, or a precise error."""
+    labels = _one_hot_to_index(given)
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(
+            f"probe labels must have shape [N] = [{n}], got {_shape(labels)} (or "
+            "give one-hot rows [N, K])"
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"probe labels must be integer class indices, got {labels.dtype}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"probe labels must be >= 0, got {int(labels.min())}")
+    labels = labels.detach().to("cpu", torch.long).clone()
+    if sets is not None:
+        if int(labels.max()) >= sets.shape[1]:
+            raise ValueError(
+                f"probe label {int(labels.max())} is outside the label sets' {sets.shape[1]} labels"
+            )
+        if not bool(sets[torch.arange(n), labels].all()):
+            raise ValueError(
+                "every probe label must be positive in its probe's label set "
+                "(labels[i] is the label row i explains)"
+            )
+    return labels
 
 
 def unpack_batch(
@@ -478,8 +487,7 @@ def choose_probes(
       ``max_probes // per_class``, the watched classes are ``classes`` when given, else the most
       frequent ones in the scanned samples (ties: first seen); the rest are reported as
       ``unwatched``. A class with fewer samples than ``per_class`` gets all it has.
-    * without integer labels: the first ``unlabeled`` samples (maps then explain the predicted
-      class, and rules group by it).
+    * without integer labels: the first ``unlabeled`` samples (the predicted class is explained).
     * **multi-label** (``multilabel=True``, or ``None`` and multi-hot label rows found, see
       :func:`is_multi_hot`): the probes carry ``label_sets`` and every positive label of a probe
       is one explanation. Per label (in label order; with too many labels the most frequent, or
@@ -510,27 +518,29 @@ def choose_probes(
         ValueError: bad arguments, a batch layout that cannot be read, masks or labels of the
             wrong shape, or ``classes`` none of which occurs in the scanned samples.
     """
-    if num_probes is not None and num_probes < 1:
-        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
-    if per_class < 1 or max_probes < per_class:
-        raise ValueError(
-            f"need per_class >= 1 and max_probes >= per_class, got {per_class} and {max_probes}"
-        )
-    if scan is None:
-        scan = 8 * num_probes if num_probes is not None else max(2048, 8 * max_probes)
-    scan = max(scan, num_probes or 1)
-    with preserve_rng(), torch.inference_mode(False), torch.no_grad():
-        samples = list(_iter_samples(dataloader, scan, keys, spread=num_probes is None))
-    if not samples:
-        raise ValueError("the dataloader yielded no samples to choose probes from")
+    _check_policy(num_probes, per_class, max_probes)
+    samples = _scan_samples(dataloader, num_probes, max_probes, scan, keys)
     sets = _scanned_label_sets(samples) if multilabel is not False else None
     if sets is not None and (multilabel or not bool((sets.long().sum(1) == 1).all())):
         return _choose_multilabel(samples, sets, num_probes, per_class, max_probes, classes)
+    return _choose_single_label(samples, num_probes, per_class, max_probes, classes, unlabeled)
+
+
+def _choose_single_label(
+    samples: list[tuple[int, tuple[Any, ...]]],
+    num_probes: int | None,
+    per_class: int,
+    max_probes: int,
+    classes: Sequence[int] | None,
+    unlabeled: int,
+) -> ProbeChoice:
+    """:func:`choose_probes` for class-index labels (or none): balanced, per class, or the first
+    ``unlabeled`` samples."""
     labels_known = all(s[1] is not None for _, s in samples)
     if not labels_known and any(s[1] is not None for _, s in samples):
         warnings.warn(
             "some samples have no integer label; the probes explain the predicted classes",
-            stacklevel=2,
+            stacklevel=3,
         )
     by_class: dict[int, list[int]] = {}
     if labels_known:
@@ -538,51 +548,93 @@ def choose_probes(
             by_class.setdefault(int(s[1]), []).append(i)
     unwatched: list[int] = []
     if num_probes is not None:
-        order = list(range(len(samples)))
-        if labels_known:
-            queues = [list(q) for q in by_class.values()]
-            order = []
-            while len(order) < len(samples):
-                for q in queues:
-                    if q:
-                        order.append(q.pop(0))
-        chosen = sorted(order[:num_probes])
+        chosen = _balanced(len(samples), by_class if labels_known else None, num_probes)
         policy = f"{num_probes} probes, balanced across classes (num_probes={num_probes})"
     elif not labels_known:
         chosen = list(range(min(unlabeled, len(samples))))
         policy = f"the first {len(chosen)} samples (no integer labels: predicted classes explained)"
     else:
-        watch = list(by_class)
-        if classes is not None:
-            wanted = [int(c) for c in classes]
-            missing = [c for c in wanted if c not in by_class]
-            watch = [c for c in wanted if c in by_class]
-            if not watch:
-                raise ValueError(
-                    f"none of classes={wanted} occurs in the {len(samples)} samples scanned; "
-                    f"classes seen: {sorted(by_class)[:20]}"
-                )
-            if missing:
-                warnings.warn(
-                    f"classes {missing} do not occur in the {len(samples)} scanned samples and "
-                    "get no probe",
-                    stacklevel=2,
-                )
-        room = max_probes // per_class
-        if len(watch) > room:
-            if classes is None:  # the most frequent classes, ties broken by first appearance
-                watch = sorted(watch, key=lambda c: -len(by_class[c]))
-            watch = watch[:room]
-        unwatched = sorted(c for c in by_class if c not in watch)
+        watch, unwatched = _watched(by_class, len(samples), per_class, max_probes, classes)
         chosen = sorted(i for c in watch for i in by_class[c][:per_class])
         policy = f"{per_class} probes per class for {len(watch)} classes (cap {max_probes} probes)"
     probes = _probe_set([samples[i][1] for i in chosen])
-    labels = probes.labels
     counts: dict[int, int] = {}
-    if labels is not None:
-        for c in labels.tolist():
+    if probes.labels is not None:
+        for c in probes.labels.tolist():
             counts[int(c)] = counts.get(int(c), 0) + 1
     return ProbeChoice(probes, dict(sorted(counts.items())), unwatched, len(samples), policy)
+
+
+def _scan_samples(
+    dataloader: Any, num_probes: int | None, max_probes: int, scan: int | None, keys: BatchKeys
+) -> list[tuple[int, tuple[Any, ...]]]:
+    """The samples :func:`choose_probes` chooses from (at most ``scan``, see there), read under
+    :func:`preserve_rng`; an empty loader is an error."""
+    if scan is None:
+        scan = 8 * num_probes if num_probes is not None else max(2048, 8 * max_probes)
+    scan = max(scan, num_probes or 1)
+    with preserve_rng(), torch.inference_mode(False), torch.no_grad():
+        samples = list(_iter_samples(dataloader, scan, keys, spread=num_probes is None))
+    if not samples:
+        raise ValueError("the dataloader yielded no samples to choose probes from")
+    return samples
+
+
+def _check_policy(num_probes: int | None, per_class: int, max_probes: int) -> None:
+    """The probe policy's numbers are usable (see :func:`choose_probes`)."""
+    if num_probes is not None and num_probes < 1:
+        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    if per_class < 1 or max_probes < per_class:
+        raise ValueError(
+            f"need per_class >= 1 and max_probes >= per_class, got {per_class} and {max_probes}"
+        )
+
+
+def _balanced(n: int, by_class: dict[int, list[int]] | None, num_probes: int) -> list[int]:
+    """``num_probes`` of ``n`` sample indices, taken round-robin across the classes (in order of
+    first appearance; ``by_class=None``: the first ones), sorted."""
+    order = list(range(n))
+    if by_class is not None:
+        queues = [list(q) for q in by_class.values()]
+        order = []
+        while len(order) < n:
+            for q in queues:
+                if q:
+                    order.append(q.pop(0))
+    return sorted(order[:num_probes])
+
+
+def _watched(
+    by_class: dict[int, list[int]],
+    scanned: int,
+    per_class: int,
+    max_probes: int,
+    classes: Sequence[int] | None,
+) -> tuple[list[int], list[int]]:
+    """``(watched, unwatched)`` classes of the per-class policy: ``classes`` when given (those
+    that occur), else every class found; at most ``max_probes // per_class`` of them (the most
+    frequent, ties by first appearance, unless ``classes`` orders them)."""
+    watch = list(by_class)
+    if classes is not None:
+        wanted = [int(c) for c in classes]
+        missing = [c for c in wanted if c not in by_class]
+        watch = [c for c in wanted if c in by_class]
+        if not watch:
+            raise ValueError(
+                f"none of classes={wanted} occurs in the {scanned} samples scanned; "
+                f"classes seen: {sorted(by_class)[:20]}"
+            )
+        if missing:
+            warnings.warn(
+                f"classes {missing} do not occur in the {scanned} scanned samples and get no probe",
+                stacklevel=4,
+            )
+    room = max_probes // per_class
+    if len(watch) > room:
+        if classes is None:  # the most frequent classes, ties broken by first appearance
+            watch = sorted(watch, key=lambda c: -len(by_class[c]))
+        watch = watch[:room]
+    return watch, sorted(c for c in by_class if c not in watch)
 
 
 def _scanned_label_sets(samples: Sequence[tuple[int, tuple[Any, ...]]]) -> Tensor | None:
@@ -609,45 +661,10 @@ def _choose_multilabel(
     k = int(sets.shape[1])
     freq = sets.long().sum(0)
     seen = [c for c in range(k) if int(freq[c]) > 0]
-    if not seen:
-        raise ValueError(
-            f"none of the {len(samples)} samples scanned has a positive label (multi-hot rows "
-            "are all zero): there is no label to explain"
-        )
-    watch = seen
-    explained = sets
-    if classes is not None:
-        wanted = [int(c) for c in classes]
-        watch = [c for c in wanted if c in seen]
-        if not watch:
-            raise ValueError(
-                f"none of classes={wanted} is positive in the {len(samples)} samples scanned; "
-                f"labels seen: {seen[:20]}"
-            )
-        missing = [c for c in wanted if c not in seen]
-        if missing:
-            warnings.warn(
-                f"labels {missing} are positive in none of the {len(samples)} scanned samples "
-                "and get no probe",
-                stacklevel=3,
-            )
-        keep = torch.zeros(k, dtype=torch.bool)
-        keep[[c for c in wanted if 0 <= c < k]] = True
-        explained = sets & keep
+    watch, explained = _watched_labels(sets, seen, len(samples), classes)
     queues = {c: torch.nonzero(sets[:, c]).flatten().tolist() for c in watch}
-    chosen: list[int] = []
-    taken: set[int] = set()
-    count = torch.zeros(k, dtype=torch.long)
     if num_probes is not None:
-        while len(chosen) < num_probes and any(queues.values()):
-            for c in watch:
-                while queues[c] and queues[c][0] in taken:
-                    queues[c].pop(0)
-                if queues[c] and len(chosen) < num_probes:
-                    i = queues[c].pop(0)
-                    chosen.append(i)
-                    taken.add(i)
-                    count += explained[i].long()
+        chosen, count = _labels_round_robin(watch, queues, explained, num_probes)
         policy = f"{num_probes} multi-label probes, round-robin across labels"
     else:
         room = max_probes // per_class
@@ -655,18 +672,7 @@ def _choose_multilabel(
             if classes is None:  # the most frequent labels, ties broken by label order
                 watch = sorted(watch, key=lambda c: -int(freq[c]))
             watch = watch[:room]
-        total = 0
-        for c in watch:
-            for i in queues[c]:
-                if int(count[c]) >= per_class:
-                    break
-                cost = int(explained[i].sum())
-                if i in taken or total + cost > max_probes:
-                    continue
-                chosen.append(i)
-                taken.add(i)
-                total += cost
-                count += explained[i].long()
+        chosen, count = _labels_per_label(watch, queues, explained, per_class, max_probes)
         policy = (
             f"{per_class} explanations per label for {len(watch)} labels, one per positive label "
             f"of a probe (multi-label; cap {max_probes} explanations)"
@@ -676,6 +682,84 @@ def _choose_multilabel(
     counts = {c: int(count[c]) for c in range(k) if int(count[c]) > 0}
     unwatched = [c for c in seen if int(count[c]) == 0]
     return ProbeChoice(probes, counts, unwatched, len(samples), policy)
+
+
+def _watched_labels(
+    sets: Tensor, seen: list[int], scanned: int, classes: Sequence[int] | None
+) -> tuple[list[int], Tensor]:
+    """``(watched labels, explained [S, K] bool)``: the labels positive somewhere (``seen``), or
+    those of ``classes`` that are; the label sets reduced to the watched ``classes``."""
+    if not seen:
+        raise ValueError(
+            f"none of the {scanned} samples scanned has a positive label (multi-hot rows "
+            "are all zero): there is no label to explain"
+        )
+    if classes is None:
+        return seen, sets
+    wanted = [int(c) for c in classes]
+    watch = [c for c in wanted if c in seen]
+    if not watch:
+        raise ValueError(
+            f"none of classes={wanted} is positive in the {scanned} samples scanned; "
+            f"labels seen: {seen[:20]}"
+        )
+    missing = [c for c in wanted if c not in seen]
+    if missing:
+        warnings.warn(
+            f"labels {missing} are positive in none of the {scanned} scanned samples "
+            "and get no probe",
+            stacklevel=4,
+        )
+    keep = torch.zeros(int(sets.shape[1]), dtype=torch.bool)
+    keep[[c for c in wanted if 0 <= c < sets.shape[1]]] = True
+    return watch, sets & keep
+
+
+def _labels_round_robin(
+    watch: list[int], queues: dict[int, list[int]], explained: Tensor, num_probes: int
+) -> tuple[list[int], Tensor]:
+    """``num_probes`` images taken round-robin across the watched labels; ``(chosen, count)``
+    with ``count`` long ``[K]`` explanations per label."""
+    chosen: list[int] = []
+    taken: set[int] = set()
+    count = torch.zeros(int(explained.shape[1]), dtype=torch.long)
+    while len(chosen) < num_probes and any(queues.values()):
+        for c in watch:
+            while queues[c] and queues[c][0] in taken:
+                queues[c].pop(0)
+            if queues[c] and len(chosen) < num_probes:
+                i = queues[c].pop(0)
+                chosen.append(i)
+                taken.add(i)
+                count += explained[i].long()
+    return chosen, count
+
+
+def _labels_per_label(
+    watch: list[int],
+    queues: dict[int, list[int]],
+    explained: Tensor,
+    per_class: int,
+    max_probes: int,
+) -> tuple[list[int], Tensor]:
+    """Images added per label until it has ``per_class`` explanations, skipping an image whose
+    explanations would pass ``max_probes`` in all; ``(chosen, count)`` as above."""
+    chosen: list[int] = []
+    taken: set[int] = set()
+    count = torch.zeros(int(explained.shape[1]), dtype=torch.long)
+    total = 0
+    for c in watch:
+        for i in queues[c]:
+            if int(count[c]) >= per_class:
+                break
+            cost = int(explained[i].sum())
+            if i in taken or total + cost > max_probes:
+                continue
+            chosen.append(i)
+            taken.add(i)
+            total += cost
+            count += explained[i].long()
+    return chosen, count
 
 
 def select_probes(
