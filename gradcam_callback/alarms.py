@@ -9,8 +9,9 @@ run's maps, and analyses each run as a short pipeline:
 2. **measure**: drift against the baseline and the previous run, focus, mask measures and the
    mask-free anchored hot spot (:mod:`gradcam_callback.metrics`), per probe and per explained
    class;
-3. **confirm**: erase the region of every rule that is at or near its threshold, for the classes
-   concerned only, in one batched forward, and measure the target's lost evidence;
+3. **confirm**: erase the region of the rules over their thresholds, for the classes concerned
+   only, in one batched forward within ``causal_budget``, and measure the target's lost evidence;
+   a finding is carried to later runs while its attention holds (:mod:`gradcam_callback.causal`);
 4. **decide**: apply the rule table (:data:`gradcam_callback.rules.RULES`) per explained class,
    one flag per kind naming its classes;
 5. **remember**: the maps for drift, the active flags for persistence.
