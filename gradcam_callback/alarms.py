@@ -293,7 +293,8 @@ class ShortcutMonitor:
         out = Analysis()
         if causal and score_fn is not None:
             tested, out.tested = self._test(x, decisions, hot, per, score_fn, multilabel)
-            stats, counts = _merged(E.causal_class_stats(x, per), stats, counts)
+            cstats, ccounts = E.causal_class_stats(x, per)
+            stats, counts = stats | cstats, counts | ccounts
         out.per_probe, out.summary = E.summarize(self, x, per, stats, group, decisions)
         out.summary["probe/learned_classes"] = float(learned.sum())
         out.summary["causal/tested_probes"] = float(sum(out.tested.values()))
@@ -391,15 +392,6 @@ class ShortcutMonitor:
         plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
         wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run)
         return plan, E.confirm(self, x, wanted, hot, per, score_fn, multilabel)
-
-
-def _merged(
-    extra: tuple[dict[str, Tensor], dict[str, Tensor]],
-    stats: dict[str, Tensor],
-    counts: dict[str, Tensor],
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``stats`` and ``counts`` with the ``(stats, counts)`` pair ``extra`` added."""
-    return {**stats, **extra[0]}, {**counts, **extra[1]}
 
 
 _INTS = frozenset({"min_probes", "analysis_size", "min_map_cells", "max_classes"})

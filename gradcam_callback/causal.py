@@ -181,8 +181,9 @@ class CausalMemory:
                     tier = 2
                 elif (d.rule.kind, c) in covered:
                     tier = 1
-                else:
-                    tier, _ = 0, covered.add((d.rule.kind, c))
+                else:  # the first untested rule of its kind for the class: it covers it
+                    tier = 0
+                    covered.add((d.rule.kind, c))
                 out.append((tier, -1 if found is None else found.run, order, d.rule.name, g))
         return out
 
