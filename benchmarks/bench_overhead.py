@@ -41,6 +41,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -150,12 +151,12 @@ class Instrument:
         self._undo: list[tuple[Any, str, Any]] = []
 
     def _timer(self, fn: Callable[..., Any], key: str, into: dict[str, float], hook: bool) -> Any:
-        inst = self
+        inst, main = self, threading.main_thread()
 
         @functools.wraps(fn)
         def timed(*args: Any, **kw: Any) -> Any:
-            if not hook and inst.depth == 0:
-                return fn(*args, **kw)
+            if not hook and (inst.depth == 0 or threading.current_thread() is not main):
+                return fn(*args, **kw)  # outside a hook, or on a worker thread
             inst.depth += hook
             t0 = time.perf_counter()
             try:

@@ -55,6 +55,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -91,10 +92,14 @@ FIT_HOOKS = ("setup", "on_fit_end")
 class RunRecorder:
     """Per-hook-call deltas of an :class:`Instrument` (one record per callback run).
 
-    Wraps, on top of ``Instrument.wrap_hooks``, the run hooks of the callback: each call that
-    made at least one engine call inside it is a run, recorded with its hook time, engine calls
-    and time, and the time of every :data:`COMPONENTS` part during it. It also counts the
-    ``GradCAM.explain`` calls made while a callback hook runs (install with :meth:`count`).
+    Wraps, on top of ``Instrument.wrap_hooks``, the callback's hooks: each call of a run hook
+    that made at least one engine call inside it is a run, recorded with its hook time, engine
+    calls and time, and the time of every :data:`COMPONENTS` part during it. What the callback
+    does for that run on the training thread after the hook returns (collecting a run analysed
+    on the worker thread, at the next training batches or at fit end) is added to the run as
+    ``collect_s``; every other hook's time goes to ``fit_hooks``. It also counts the
+    ``GradCAM.explain`` calls made while a callback hook runs (install with :meth:`count`), and
+    times each ``runs.analyse_run`` (the analysis, on whichever thread it runs).
     """
 
     def __init__(self, inst: Instrument) -> None:
@@ -102,32 +107,63 @@ class RunRecorder:
         self.calls = 0
         self.runs: list[dict[str, Any]] = []
         self.fit_hooks: dict[str, float] = {}
+        self.analyses: list[tuple[str, float]] = []  # (thread, seconds) per analyse_run
+        self._collect_s = 0.0  # _collect time inside the current fit hook
 
     def count(self) -> Callable[[], None]:
-        """Count ``GradCAM.explain`` calls made inside a callback hook; returns the undo."""
+        """Count ``GradCAM.explain`` calls made inside a callback hook and time every
+        ``runs.analyse_run``; returns the undo."""
+        from gradcam_callback import runs as cb_runs
+
         original = GradCAM.__dict__["explain"]
+        analyse = cb_runs.analyse_run
         rec = self
 
         @functools.wraps(original)
         def counted(*args: Any, **kw: Any) -> Any:
-            if rec.inst.depth > 0:
+            if rec.inst.depth > 0 and threading.current_thread() is threading.main_thread():
                 rec.calls += 1
             return original(*args, **kw)
 
+        @functools.wraps(analyse)
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return analyse(*args, **kw)
+            finally:
+                where = "main" if threading.current_thread() is threading.main_thread() else "worker"
+                rec.analyses.append((where, time.perf_counter() - t0))
+
         GradCAM.explain = counted  # type: ignore[method-assign]
+        cb_runs.analyse_run = timed
 
         def undo() -> None:
             GradCAM.explain = original  # type: ignore[method-assign]
+            cb_runs.analyse_run = analyse
 
         return undo
 
     def wrap(self, callback: pl.Callback) -> None:
-        """Record each call of the callback's run hooks (after ``Instrument.wrap_hooks``)."""
-        for name in (*RUN_HOOKS, *FIT_HOOKS):
-            timed = callback.__dict__.get(name)
-            if timed is None:  # the class does not override this hook (or it was renamed)
-                continue
-            setattr(callback, name, self._record(timed, name))
+        """Record each call of the callback's hooks (after ``Instrument.wrap_hooks``)."""
+        for name, timed in list(callback.__dict__.items()):
+            if callable(timed) and callable(getattr(pl.Callback, name, None)):  # a hook
+                setattr(callback, name, self._record(timed, name))
+        collect = getattr(callback, "_collect", None)
+        if collect is not None:
+            setattr(callback, "_collect", self._timed_collect(collect))
+
+    def _timed_collect(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        rec = self
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                rec._collect_s += time.perf_counter() - t0
+
+        return timed
 
     def _record(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         rec, inst = self, self.inst
@@ -135,19 +171,19 @@ class RunRecorder:
         @functools.wraps(fn)
         def recorded(trainer: pl.Trainer, *args: Any, **kw: Any) -> Any:
             hooks0, parts0, calls0 = dict(inst.hooks), dict(inst.parts), rec.calls
+            rec._collect_s = 0.0
             try:
                 return fn(trainer, *args, **kw)
             finally:
                 hook_s = inst.hooks.get(name, 0.0) - hooks0.get(name, 0.0)
-                if name in FIT_HOOKS:
-                    rec.fit_hooks[name] = rec.fit_hooks.get(name, 0.0) + hook_s
-                elif rec.calls > calls0:
+                if name in RUN_HOOKS and rec.calls > calls0:
                     parts = {k: v - parts0.get(k, 0.0) for k, v in inst.parts.items()}
                     rec.runs.append(
                         {
                             "stage": RUN_HOOKS[name],
                             "epoch": int(trainer.current_epoch),
                             "hook_s": hook_s,
+                            "collect_s": 0.0,
                             "engine_calls": rec.calls - calls0,
                             "engine_s": parts.get(ENGINE, 0.0),
                             "analyze_s": parts.get(ANALYZE, 0.0),
@@ -155,8 +191,20 @@ class RunRecorder:
                             "parts": {k: v for k, v in parts.items() if v > 0},
                         }
                     )
+                elif rec.runs and name not in FIT_HOOKS and name not in RUN_HOOKS:
+                    rec.runs[-1]["collect_s"] += hook_s  # e.g. on_train_batch_end
+                else:  # set-up, fit end, teardown: the last run's collection goes to the run
+                    if rec.runs and name != "setup":
+                        rec.runs[-1]["collect_s"] += rec._collect_s
+                        hook_s -= rec._collect_s
+                    rec.fit_hooks[name] = rec.fit_hooks.get(name, 0.0) + hook_s
 
         return recorded
+
+    def finish(self) -> None:
+        """After the fit: each run's analysis time, and where it ran."""
+        for run, (where, seconds) in zip(self.runs, self.analyses):
+            run["analysis_s"], run["analysis_thread"] = seconds, where
 
 
 class IndependentEngine(pl.Callback):
@@ -251,7 +299,7 @@ def fit_once(
         seed=args.seed,
     )
     model = build_model(model_name, 2, args.seed)
-    cam = GradCAMCallback(num_probes=probes)
+    cam = GradCAMCallback(num_probes=probes, async_analysis=args.async_analysis)
     inst = Instrument(args.device)
     inst.wrap_hooks(cam)
     recorder = RunRecorder(inst)
@@ -279,6 +327,7 @@ def fit_once(
             trainer.fit(model, datamodule=dm)
         finally:
             undo()
+    recorder.finish()
     n_probes = len(cam.probes) if cam.probes is not None else 0
     media = sum(1 for p in run_dir.rglob("*") if p.is_file())
     return {
@@ -292,6 +341,7 @@ def fit_once(
         "runs": recorder.runs,
         "fit_hooks": recorder.fit_hooks,
         "flags": sorted({f.kind for f in cam.flags}),
+        "async": cam._sync_why is None,
         "logged_files": media,
     }
 
@@ -302,24 +352,31 @@ def _med(values: Sequence[float]) -> float:
 
 
 def summarize(fit: dict[str, Any]) -> dict[str, float]:
-    """Medians over the fit's runs (baseline included) of times (ms) and the paired ratios."""
-    runs = fit["runs"]
+    """Medians over the fit's runs (baseline included) of times (ms) and the paired ratios.
+
+    ``hook_ms`` is the run's time on the training thread: its run hook plus what the callback
+    did for it later on that thread (``collect_s``: publishing a run analysed on the worker).
+    """
+    runs = [{**r, "train_s": r["hook_s"] + r.get("collect_s", 0.0)} for r in fit["runs"]]
     ms = {
-        k: _med([r[k] * 1e3 for r in runs]) for k in ("hook_s", "engine_s", "analyze_s", "causal_s")
+        k: _med([r[k] * 1e3 for r in runs])
+        for k in ("train_s", "engine_s", "analyze_s", "causal_s", "collect_s")
     }
-    rest = _med([(r["hook_s"] - r["engine_s"] - r["analyze_s"]) * 1e3 for r in runs])
+    rest = _med([(r["train_s"] - r["engine_s"] - r["analyze_s"]) * 1e3 for r in runs])
     indep = [r for r in runs if r.get("independent_s")]
     return {
         "runs": len(runs),
         "calls": _med([r["engine_calls"] for r in runs]),
-        "hook_ms": ms["hook_s"],
+        "hook_ms": ms["train_s"],
+        "collect_ms": ms["collect_s"],
         "engine_ms": ms["engine_s"],
         "analyze_ms": ms["analyze_s"],
+        "analysis_ms": _med([r["analysis_s"] * 1e3 for r in runs if "analysis_s" in r]),
         "causal_ms": ms["causal_s"],
         "rest_ms": rest,
         "independent_ms": _med([r["independent_s"] * 1e3 for r in indep]),
-        "cost_inside": _med([r["hook_s"] / r["engine_s"] for r in runs if r["engine_s"] > 0]),
-        "cost_independent": _med([r["hook_s"] / r["independent_s"] for r in indep]),
+        "cost_inside": _med([r["train_s"] / r["engine_s"] for r in runs if r["engine_s"] > 0]),
+        "cost_independent": _med([r["train_s"] / r["independent_s"] for r in indep]),
     }
 
 
@@ -336,22 +393,29 @@ def report(results: dict[str, Any]) -> str:
     """The scaling table, the per-stage table, the breakdown, the worst case and the target."""
     fits = results["fits"]
     out = ["", "## Per-run cost (median over the validation runs of a fit)", ""]
-    header = ["workload", "probes", "runs", "engine calls/run", "hook ms", "engine ms",
-              "analyze ms", "rest ms", "independent engine ms", "cost (inside)",
+    header = ["workload", "probes", "analysis on", "runs", "engine calls/run",
+              "training-thread ms", "of it collect ms", "engine ms", "analyze ms (in hook)",
+              "rest ms", "analysis ms (any thread)", "independent engine ms", "cost (inside)",
               "cost (independent)"]  # fmt: skip
     rows = []
     for fit in fits:
         s = summarize(_validation(fit))
         label = f"{fit['model']} {fit['size']}px"
         probes = f"{fit['probes']}" + (" (default)" if fit["num_probes"] == "default" else "")
-        rows.append([label, probes, s["runs"], _f(s["calls"], 0), _f(s["hook_ms"]),
-                     _f(s["engine_ms"]), _f(s["analyze_ms"]), _f(s["rest_ms"]),
-                     _f(s["independent_ms"]), _f(s["cost_inside"], 2),
-                     _f(s["cost_independent"], 2)])  # fmt: skip
+        where = "worker" if fit.get("async") else "training thread"
+        rows.append([label, probes, where, s["runs"], _f(s["calls"], 0), _f(s["hook_ms"]),
+                     _f(s["collect_ms"]), _f(s["engine_ms"]), _f(s["analyze_ms"]),
+                     _f(s["rest_ms"]), _f(s["analysis_ms"]), _f(s["independent_ms"]),
+                     _f(s["cost_inside"], 2), _f(s["cost_independent"], 2)])  # fmt: skip
     out.append(md_table(header, rows))
-    out += ["", "cost = hook time / engine time of the same run (paired, median over the "
-            "validation runs; the baseline run is in the next table); "
-            "rest = hook - engine - analyze (media, logging, bookkeeping)."]  # fmt: skip
+    out += ["", "cost = training-thread time of a run / engine time of the same run (paired, "
+            "median over the validation runs; the baseline run is in the next table). The "
+            "training-thread time is the run's hook plus, with the analysis on the worker "
+            "thread, the time spent later collecting it (collect). rest = training-thread - "
+            "engine - analyze (media, logging, bookkeeping). The analysis column times "
+            "runs.analyse_run wherever it ran (on the worker it overlaps training). The "
+            "independent engine call runs while the worker may still be analysing the run "
+            "(the two threads share the GIL and the cores): read the inside ratio."]  # fmt: skip
 
     out += ["", "## Cost by stage (median ms)", ""]
     rows = []
@@ -466,6 +530,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--independent-reps", type=int, default=2, help="passes per run (min kept)")
     p.add_argument("--worst-case", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--async-analysis",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the callback's async_analysis (default: on, as at defaults)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from . import checks, runs
 from . import trainer_utils as tu
 from .alarms import Flag, ShortcutDetected, ShortcutMonitor
+from .background import AnalysisWorker, ModelShadow
 from .engine import GradCAM
 from .multilabel import Task
 from .probes import ProbeChoice, ProbeSet, preserve_rng
@@ -81,6 +82,13 @@ class GradCAMCallback(Callback):
         task: ``"multiclass"`` (softmax logits), ``"multilabel"`` (sigmoid outputs: a probe is
             explained once per positive label, flags name the label) or ``"auto"`` (multi-label
             when the probe labels are multi-hot, said at set-up).
+        async_analysis: during ``fit``, analyse each run on a worker thread against a copy of
+            the model's weights taken at the run (one copy of the parameters and buffers), so the
+            training thread pays only for the maps; results (logs, flags, ``cb.history``) arrive
+            at the next training batch. ``False``, or automatically with ``on_flag="stop"`` or
+            ``"raise"``, under DDP, with a half/double-precision plugin, a compiled module, or
+            when another callback monitors a ``prefix/`` metric: on the training thread, as
+            ``validate()`` and ``test()`` runs are.
 
     Example::
 
@@ -137,6 +145,7 @@ class GradCAMCallback(Callback):
         min_map_size: int = 7,
         monitor: ShortcutMonitor | None = None,
         task: Task = "auto",
+        async_analysis: bool = True,
     ) -> None:
         super().__init__()
         self._configure(dict(locals()))
@@ -189,6 +198,12 @@ class GradCAMCallback(Callback):
         self._multilabel = False  # decided at set-up (multilabel.plan_task)
         self._explained: ProbeSet | None = None  # a row per (probe, positive label)
         self.explained_index: Tensor | None = None  # the probe of each explained row
+        self.async_analysis = bool(given["async_analysis"])
+        self._worker = AnalysisWorker()  # the runs analysed off the training thread
+        self._shadow = ModelShadow()  # the model's weights at the run in flight
+        self._sync_why: str | None = "not set up"  # why runs stay on the training thread
+        self._unacted: list[Flag] = []  # collected flags whose on_flag action is still due
+        self._trainer_ref: weakref.ref[Any] | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -209,11 +224,16 @@ class GradCAMCallback(Callback):
                 return
             self._probes = self.probe_choice.probes
         runs.prepare(self, trainer, model)
+        self._sync_why = runs.sync_reason(self, trainer, model)
+        if self.verbose and self.async_analysis and self._sync_why and trainer.is_global_zero:
+            print(f"GradCAMCallback: runs analysed on the training thread ({self._sync_why})")
 
     def _start_session(self, trainer: Any, model: nn.Module) -> None:
         """Fresh per-set-up state (de-duplication key, sinks, once-only warnings); a model other
         than the last set-up's (a reused callback) also gets a fresh engine, probes and records."""
+        self._collect(trainer, wait=True, act=False)
         self._last_key, self._sink_group, self._warned = None, None, set()
+        self._trainer_ref = weakref.ref(trainer)
         if self._model_ref is not None and self._model_ref() is not model:
             tu.warn(
                 trainer,
@@ -247,17 +267,26 @@ class GradCAMCallback(Callback):
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._run(trainer, pl_module, stage="test")
 
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if self._worker.busy or self._unacted:
+            self._collect(trainer, wait=False)
+
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Any) -> None:
         self._flush(trainer)  # every run before the checkpoint is written out
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._collect(trainer, wait=True, act=False)
         self._flush(trainer)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._collect(trainer, wait=True, act=False)
+        self._worker.close()
+        self._shadow.release()
         for error in self.reporter.close():
             tu.warn(trainer, f"GradCAMCallback: {error}")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._collect(trainer, wait=True)
         self._flush(trainer)
         if self._disabled or not trainer.is_global_zero:
             return
@@ -270,35 +299,66 @@ class GradCAMCallback(Callback):
 
     # ------------------------------------------------------------------ a run
     def _run(self, trainer: Any, pl_module: Any, stage: str, use_log: bool = True) -> None:
-        """Decide (explain, measure, flag), then act (record, log, report, ``on_flag``)."""
+        """Decide (explain, measure, flag), then act (record, log, report, ``on_flag``); with
+        the analysis on the worker thread, the acting comes when the run is collected."""
         if self._disabled or self._probes is None or self._engine is None:
             return
+        self._collect(trainer, wait=True)  # the runs before this one come first
         step = tu.log_step(trainer)
         key = (stage, int(trainer.current_epoch), step)
         if key == self._last_key:
             return
         self._last_key = key
+        background = self._sync_why is None and stage in ("baseline", "fit")
         try:
             # validate()/test() run under inference_mode: the run's own tensors must not be
             # inference tensors (the engine and the erasures need autograd / in-place writes)
             with preserve_rng(), torch.inference_mode(False):
+                if background:
+                    ex = runs.explain_run(self, trainer, pl_module, stage, step)
+                    job = runs.background_job(self, trainer, pl_module, ex)
+                    self._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
+                    return
                 record, flags, media = runs.compute_run(self, trainer, pl_module, stage, step)
         except ShortcutDetected:
             raise
         except Exception as err:
-            tu.warn(
-                trainer,
-                f"GradCAMCallback: the Grad-CAM run at step {step} failed and was skipped "
-                f"(training goes on): {err!r}",
-            )
+            self._run_failed(trainer, f"step {step}", err)
             return
+        self._publish(trainer, record, flags, media, use_log)
+        self._act_on_flags(trainer)
+
+    def _collect(self, trainer: Any, wait: bool, act: bool = True) -> None:
+        """Publish the runs the worker has finished (all of them with ``wait``), in order, and
+        act on their flags (``act=False``: later, e.g. not from inside a checkpoint)."""
+        finished = self._worker.collect(wait=wait)
+        for done in finished:
+            if done.error is not None:
+                self._run_failed(trainer, done.what.removeprefix("run at "), done.error)
+            else:
+                self._publish(trainer, *done.value)
+        if act and (finished or self._unacted):
+            self._act_on_flags(trainer)
+
+    def _publish(
+        self, trainer: Any, record: dict[str, Any], flags: list[Flag], media: Any, use_log: bool
+    ) -> None:
         self.history.append(record)
+        self.flags.extend(flags)
+        self._unacted.extend(flags)
         runs.report_run(self, trainer, record, flags, media, use_log)
-        self._act_on_flags(trainer, flags)
+
+    def _run_failed(self, trainer: Any, where: str, err: BaseException) -> None:
+        tu.warn(
+            trainer,
+            f"GradCAMCallback: the Grad-CAM run at {where} failed and was skipped "
+            f"(training goes on): {err!r}",
+        )
 
     # ------------------------------------------------------------------ acting on flags
-    def _act_on_flags(self, trainer: Any, flags: list[Flag]) -> None:
-        self.flags.extend(flags)
+    def _act_on_flags(self, trainer: Any) -> None:
+        """``on_flag`` for the flags published since the last call."""
+        flags, self._unacted = self._unacted, []
         alarming = [f for f in flags if FlagKind(f.kind).alarming]
         if self.on_flag == "stop":
             if trainer.strategy.reduce_boolean_decision(bool(alarming), all=False):
@@ -315,7 +375,11 @@ class GradCAMCallback(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain Python values only: loads with ``torch.load(weights_only=True)``."""
+        """Tensors and plain Python values only: loads with ``torch.load(weights_only=True)``.
+        Waits for a run in flight on the worker thread, so the state includes it."""
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None:
+            self._collect(trainer, wait=True, act=False)
         return {
             "version": _STATE_VERSION,
             "probes": self._probes.state_dict() if self._probes is not None else None,

@@ -266,6 +266,11 @@ class Reporter:
         assert self._queue is not None
         self._queue.put(lambda: self._run(job, what))
 
+    def note(self, message: str) -> None:
+        """Keep a fault met on the worker thread for the training thread to warn about."""
+        with self._lock:
+            self._errors.append(message)
+
     def pop_errors(self) -> list[str]:
         """Faults of the worker since the last call (each a one-line description)."""
         with self._lock:
@@ -288,12 +293,25 @@ class Reporter:
         return errors
 
     # ------------------------------------------------------------------ a run
-    def submit(self, sinks: SinkGroup, media: RunMedia, flags: Sequence[Any] = ()) -> list[str]:
-        """Queue a run's overlays, tables and flag text; returns earlier faults (to warn about)."""
+    def submit(
+        self,
+        sinks: SinkGroup,
+        media: RunMedia,
+        flags: Sequence[Any] = (),
+        scalars: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Queue a run's overlays, tables and flag text (after ``scalars``, a job that writes
+        the run's scalars from the worker); returns earlier faults (to warn about)."""
         errors = self.pop_errors()
-        self._enqueue(
-            lambda: self._write_run(sinks, media, list(flags)), f"run at step {media.step}"
-        )
+
+        def job() -> None:
+            try:
+                if scalars is not None:
+                    scalars()
+            finally:
+                self._write_run(sinks, media, list(flags))
+
+        self._enqueue(job, f"run at step {media.step}")
         return errors
 
     def _write_run(self, sinks: SinkGroup, media: RunMedia, flags: list[Any]) -> None:

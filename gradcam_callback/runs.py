@@ -1,10 +1,13 @@
 """The set-up and the scheduled runs of :class:`~gradcam_callback.GradCAMCallback`.
 
 At set-up :func:`choose` takes the probes from a dataloader and :func:`prepare` resolves the
-engine, the layers and the task. At each run :func:`compute_run` explains the probes
-(:mod:`.probing`, sharded over DDP ranks), drops maps that are not finite, has the monitor
-measure and decide (:mod:`.alarms`), adds the periodic quality checks, and returns the run's
-record, flags and media; :func:`report_run` publishes the scalars, announces new flags and
+engine, the layers and the task. A run is two halves: :func:`explain_run`, on the training
+thread, explains the probes (:mod:`.probing`, sharded over DDP ranks) and drops maps that are not
+finite; :func:`analyse_run` has the monitor measure and decide (:mod:`.alarms`), adds the periodic
+quality checks, and returns the run's record, flags and media, either on the training thread
+(:func:`compute_run`, both halves) or on the worker thread against the model's shadow
+(:func:`background_job`, :mod:`.background`; :func:`sync_reason` says when it cannot);
+:func:`report_run` publishes the scalars, announces new flags and
 queues the media (:mod:`.reporting`). :func:`finish` writes the filmstrip and runs the
 randomisation test (:func:`sanity_run`) at fit end. Each takes the callback (``cb``) for its
 settings and state; the callback keeps the hooks, the schedule, the state and what to do about a
@@ -14,24 +17,30 @@ flag.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import checks
+from . import background, checks
 from . import trainer_utils as tu
 from .alarms import Flag
 from .engine import GradCAM
 from .multilabel import plan_task, scan_multilabel, sigmoid_outputs
 from .probes import ProbeChoice, choose_probes, preserve_rng
-from .probing import Shard, explain_probes, quality_metrics, sanity_check, score_function
+from .probing import Explained, Shard, explain_probes, quality_metrics, sanity_check, score_function
 from .reporting import RunMedia, flag_warning, run_media
+from .sinks import thread_safe_logger
 
 __all__ = [
+    "Explanation",
+    "analyse_run",
     "announce",
+    "background_job",
     "choose",
     "compute_run",
+    "explain_run",
     "plugin_kwargs",
     "prepare",
     "probe_metrics",
@@ -39,13 +48,30 @@ __all__ = [
     "sanity_run",
     "score_fn_for",
     "shard_of",
+    "sync_reason",
 ]
 
 
-def compute_run(
-    cb: Any, trainer: Any, pl_module: Any, stage: str, step: int
-) -> tuple[dict[str, Any], list[Flag], RunMedia]:
-    """Explain the probes, measure, decide: ``(record, flags, media)``."""
+@dataclass
+class Explanation:
+    """What the training thread hands to a run's analysis (:func:`analyse_run`): the engine's
+    results and the run's place in the fit, on the model's device."""
+
+    stage: str
+    step: int
+    epoch: int
+    run: int  # 1-based index of the run in the history
+    baseline: bool  # the drift reference: the baseline run, or the first run of a history
+    images: Tensor
+    labels: Tensor | None
+    maps: Tensor  # finite, [N, h, w]
+    skipped: list[int]  # probes whose map was not finite (zeroed)
+    res: Explained
+
+
+def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) -> Explanation:
+    """The part of a run that needs the model as it trains: the maps of the probes (sharded over
+    DDP ranks), with non-finite maps zeroed and said in a warning."""
     probes = cb.explained_probes
     device = tu.module_device(pl_module)
     images = probes.images.to(device)
@@ -57,38 +83,93 @@ def compute_run(
             batch_size=cb.batch_size, shard=shard_of(trainer), **plugin_kwargs(trainer),
         )  # fmt: skip
     maps, skipped = _finite_maps(cb, trainer, res.maps, stage, step)
+    return Explanation(
+        stage=stage, step=step, epoch=int(trainer.current_epoch), run=len(cb.history) + 1,
+        baseline=stage == "baseline" or not cb.history, images=images, labels=labels,
+        maps=maps, skipped=skipped, res=res,
+    )  # fmt: skip
+
+
+def analyse_run(
+    cb: Any, ex: Explanation, score_fn: Callable[[Tensor], Tensor]
+) -> tuple[dict[str, Any], list[Flag], RunMedia]:
+    """Measure and decide on the training thread or the worker: ``(record, flags, media)``.
+
+    ``score_fn`` is the model as the causal checks and quality metrics see it (the model itself
+    on the training thread, its :class:`~.background.ModelShadow` on the worker).
+    """
+    probes, res, images, maps = cb.explained_probes, ex.res, ex.images, ex.maps
+    device = images.device
     logits = res.logits if cb.target_fn is None else None  # target_fn: read its score
     targets = res.targets if res.targets is not None else torch.zeros_like(res.scores).long()
-    metrics = probe_metrics(logits, res.targets, labels, res.scores, cb._multilabel)
-    score_fn = score_fn_for(cb, trainer, pl_module, images.dtype)
+    metrics = probe_metrics(logits, res.targets, ex.labels, res.scores, cb._multilabel)
     analysis = cb.monitor.analyze(
         maps=maps, images=images.float(), targets=targets, logits=logits,
         object_masks=_to(probes.object_masks, device) if cb.use_masks else None,
         artifact_masks=_to(probes.artifact_masks, device) if cb.use_masks else None,
-        score_fn=score_fn if cb.confirm else None, epoch=int(trainer.current_epoch),
-        global_step=step, baseline=stage == "baseline" or not cb.history,
+        score_fn=score_fn if cb.confirm else None, epoch=ex.epoch,
+        global_step=ex.step, baseline=ex.baseline,
         map_size=checks.finest_map(cb.layer_info), multilabel=cb._multilabel,
     )  # fmt: skip
     metrics.update(analysis.summary)
-    run = len(cb.history) + 1
     metrics.update(
         quality_metrics(
             score_fn, images, maps, targets,
             softmax=cb.target_fn is None and not cb._multilabel,  # else the raw logit
-            deletion_steps=cb.faithfulness_steps if _due(run, cb.faithfulness_every_n_runs) else 0,
-            occlusion=_due(run, cb.occlusion_every_n_runs),
+            deletion_steps=(
+                cb.faithfulness_steps if _due(ex.run, cb.faithfulness_every_n_runs) else 0
+            ),
+            occlusion=_due(ex.run, cb.occlusion_every_n_runs),
         )
     )  # fmt: skip
-    flags = [f for f in analysis.flags if f.probe is None or f.probe not in skipped]
+    flags = [f for f in analysis.flags if f.probe is None or f.probe not in ex.skipped]
     record = {
-        "epoch": int(trainer.current_epoch), "global_step": step, "stage": stage,
+        "epoch": ex.epoch, "global_step": ex.step, "stage": ex.stage,
         "metrics": metrics, "flags": [str(f.kind) for f in flags],
     }  # fmt: skip
     media = run_media(
-        step, probes, images, maps, logits, res.targets, analysis.per_probe,
+        ex.step, probes, images, maps, logits, res.targets, analysis.per_probe,
         cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
     )  # fmt: skip
     return record, flags, media
+
+
+def compute_run(
+    cb: Any, trainer: Any, pl_module: Any, stage: str, step: int
+) -> tuple[dict[str, Any], list[Flag], RunMedia]:
+    """A whole run on the training thread: explain the probes, measure, decide."""
+    ex = explain_run(cb, trainer, pl_module, stage, step)
+    return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
+
+
+def background_job(
+    cb: Any, trainer: Any, pl_module: Any, ex: Explanation
+) -> Callable[[], tuple[dict[str, Any], list[Flag], RunMedia]]:
+    """The analysis of ``ex`` as a job for the worker thread, against the model's shadow
+    refreshed now (on the training thread, so it holds the weights the maps saw)."""
+    shadow = cb._shadow.refresh(pl_module)
+    score_fn = score_function(
+        shadow, batch_size=cb.batch_size, dtype=ex.images.dtype, target_fn=cb.target_fn,
+        **plugin_kwargs(trainer),
+    )  # fmt: skip
+    return lambda: analyse_run(cb, ex, score_fn)
+
+
+def sync_reason(cb: Any, trainer: Any, pl_module: Any) -> str | None:
+    """Why this fit's runs stay on the training thread (``None``: they go to the worker)."""
+    monitored = [
+        str(m) for c in getattr(trainer, "callbacks", None) or [] if c is not cb
+        if isinstance(m := getattr(c, "monitor", None), str)
+    ]  # fmt: skip
+    return background.sync_reason(
+        enabled=cb.async_analysis,
+        on_flag=cb.on_flag,
+        world_size=int(getattr(trainer, "world_size", 1) or 1),
+        precision_plugin=tu.precision_plugin(trainer),
+        compiled="original_forward" in (getattr(pl_module, "_compiler_ctx", None) or {}),
+        monitored=monitored,
+        prefix=cb.prefix,
+    )
 
 
 def _finite_maps(
@@ -121,19 +202,30 @@ def report_run(
     media: RunMedia,
     use_log: bool = True,
 ) -> None:
-    """Publish a run: scalars to the loggers (rank zero, guarded calls) and the set-level ones
-    into ``trainer.callback_metrics`` on every rank (where EarlyStopping / ModelCheckpoint read
-    them; every rank holds the same values: no sync needed); new flags as warnings; the media
-    queued for the reporter's worker thread."""
+    """Publish a run: scalars to the loggers (rank zero, guarded calls; from the reporter's
+    worker thread for the loggers that allow it, :func:`~.sinks.thread_safe_logger`) and the
+    set-level ones into ``trainer.callback_metrics`` on every rank (where EarlyStopping /
+    ModelCheckpoint read them; every rank holds the same values: no sync needed); new flags as
+    warnings; the media queued for the reporter's worker thread."""
     scalars = {f"{cb.prefix}/{k}": v for k, v in record["metrics"].items()}
     if use_log:
         tu.publish_metrics(trainer, {k: v for k, v in scalars.items() if "/class_" not in k})
     if not trainer.is_global_zero:
         return
-    tu.log_metrics(trainer, scalars, record["global_step"], cb._warned)
+    step, reporter = record["global_step"], cb.reporter
+    # loggers that take writes from another thread get them from the reporter's worker
+    aside = thread_safe_logger if reporter.background else lambda _: False
+    tu.log_metrics(trainer, scalars, step, cb._warned, only=lambda lg: not aside(lg))
+
+    def later() -> None:
+        tu.log_metrics(
+            trainer, scalars, step, cb._warned, only=aside,
+            report=lambda m: reporter.note(m.removeprefix("GradCAMCallback: ")),
+        )  # fmt: skip
+
     announce(trainer, flags, cb.prefix)
     try:
-        for error in cb.reporter.submit(cb._sinks(trainer), media, flags):
+        for error in reporter.submit(cb._sinks(trainer), media, flags, scalars=later):
             tu.warn(trainer, f"GradCAMCallback: {error}")
     except Exception as err:  # a reporting fault never crashes training
         tu.warn(trainer, f"GradCAMCallback: could not queue the run's media: {err!r}")

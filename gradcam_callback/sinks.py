@@ -39,6 +39,7 @@ __all__ = [
     "make_sinks",
     "markdown_table",
     "sink_for_logger",
+    "thread_safe_logger",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,18 @@ def _is_logger(logger: object, class_name: str) -> bool:
         cls.__name__ == class_name and cls.__module__.split(".")[0] in _LIGHTNING_ROOTS
         for cls in type(logger).__mro__
     )
+
+
+#: Loggers whose ``log_metrics`` may be called from the reporter's worker thread while the
+#: training thread logs too: their writes go through a thread-safe queue or client (TensorBoard's
+#: event writer, the W&B run, the MLflow client). Others (``CSVLogger`` buffers rows in a list
+#: that ``save`` swaps out) are only called from the training thread.
+THREAD_SAFE_LOGGERS = ("TensorBoardLogger", "WandbLogger", "MLFlowLogger")
+
+
+def thread_safe_logger(logger: object) -> bool:
+    """``logger`` is one of :data:`THREAD_SAFE_LOGGERS` (or a subclass)."""
+    return any(_is_logger(logger, name) for name in THREAD_SAFE_LOGGERS)
 
 
 def _describe(logger: object | None) -> str:

@@ -161,14 +161,23 @@ def _attr(obj: Any, path: str) -> Any:
 
 
 def log_metrics(
-    trainer: Any, scalars: dict[str, float], step: int, warned: set[str] | None = None
+    trainer: Any,
+    scalars: dict[str, float],
+    step: int,
+    warned: set[str] | None = None,
+    *,
+    only: Callable[[Any], bool] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> None:
-    """The finite scalars straight to each logger in guarded calls: a failing logger warns once
-    per set-up (when ``warned`` is given) and is tried again at the next run."""
+    """The finite scalars straight to each logger (those ``only`` accepts) in guarded calls: a
+    failing logger warns once per set-up (when ``warned`` is given; through ``report`` when
+    given, e.g. from a worker thread) and is tried again at the next run."""
     finite = {k: v for k, v in scalars.items() if math.isfinite(v)}
     if not finite:
         return
     for i, logger in enumerate(getattr(trainer, "loggers", None) or []):
+        if only is not None and not only(logger):
+            continue
         try:
             logger.log_metrics(finite, step=step)
         except Exception as err:
@@ -177,12 +186,15 @@ def log_metrics(
                 continue
             if warned is not None:
                 warned.add(key)
-            warn(
-                trainer,
+            message = (
                 f"GradCAMCallback: {type(logger).__name__}.log_metrics failed on the callback's "
                 f"scalars (training goes on; this logger gets no Grad-CAM scalars while it "
-                f"fails, further failures are not reported): {err!r}",
+                f"fails, further failures are not reported): {err!r}"
             )
+            if report is not None:
+                report(message)
+            else:
+                warn(trainer, message)
 
 
 def publish_metrics(trainer: Any, scalars: dict[str, float]) -> None:

@@ -111,19 +111,21 @@ def test_bench_run_cost_quick(one_thread: None, capsys: pytest.CaptureFixture[st
     found = tables(capsys.readouterr().out)
 
     cost = _table(found, "Per-run cost")
-    assert cost[0][:4] == ["workload", "probes", "runs", "engine calls/run"]
+    assert cost[0][:5] == ["workload", "probes", "analysis on", "runs", "engine calls/run"]
     assert cost[0][-2:] == ["cost (inside)", "cost (independent)"]
     assert [r[:2] for r in cost[1:]] == [["smallcnn 32px", "16 (default)"], ["smallcnn 32px", "16"]]
     for row in cost[1:]:
-        assert int(row[2]) == 2  # one validation run per epoch (2 epochs; baseline apart)
-        assert int(row[3]) == 1  # 16 probes: one chunk of the callback's batch_size
+        assert row[2] == "worker"  # at defaults the analysis leaves the training thread
+        assert int(row[3]) == 2  # one validation run per epoch (2 epochs; baseline apart)
+        assert int(row[4]) == 1  # 16 probes: one chunk of the callback's batch_size
         assert float(row[-1]) > 0 and float(row[-2]) > 0
     stages = _table(found, "Cost by stage")
     assert [r[2] for r in stages[1:]] == ["baseline", "validation"] * 2
     assert [int(r[3]) for r in stages[1:]] == [1, 2] * 2
     parts = _table(found, "Where a run's time goes")
     assert "engine: GradCAM.explain" in parts[0]
-    assert "monitor: ShortcutMonitor.analyze" in parts[0]
+    # the monitor runs on the worker thread: nothing of it inside the hooks
+    assert "monitor: ShortcutMonitor.analyze" not in parts[0]
     worst = _table(found, "Worst case")
     assert [r[0] for r in worst[1:]] == ["shortcut (correlation 1.0)", "clean (no shortcut)"]
     targets = _table(found, "Targets")
@@ -131,3 +133,6 @@ def test_bench_run_cost_quick(one_thread: None, capsys: pytest.CaptureFixture[st
     assert {r[3] for r in targets[1:]} <= {"met", "MISSED"}
     fit = results["fits"][0]
     assert fit["layers"] and all(r["independent_s"] > 0 for r in fit["runs"])
+    # every run was analysed once, on the worker, and collected on the training thread
+    assert [r["analysis_thread"] for r in fit["runs"]] == ["worker"] * 3
+    assert all(r["analysis_s"] > 0 and r["collect_s"] >= 0 for r in fit["runs"])

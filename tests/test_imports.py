@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"alarms"},
     {"quality"},
     {"probing"},
-    {"sinks"},
+    {"sinks", "background"},
     {"reporting"},
     {"checks"},
     {"runs"},
