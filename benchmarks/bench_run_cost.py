@@ -131,7 +131,9 @@ class RunRecorder:
             try:
                 return analyse(*args, **kw)
             finally:
-                where = "main" if threading.current_thread() is threading.main_thread() else "worker"
+                where = (
+                    "main" if threading.current_thread() is threading.main_thread() else "worker"
+                )
                 rec.analyses.append((where, time.perf_counter() - t0))
 
         GradCAM.explain = counted  # type: ignore[method-assign]
@@ -150,7 +152,7 @@ class RunRecorder:
                 setattr(callback, name, self._record(timed, name))
         collect = getattr(callback, "_collect", None)
         if collect is not None:
-            setattr(callback, "_collect", self._timed_collect(collect))
+            callback._collect = self._timed_collect(collect)  # type: ignore[attr-defined]
 
     def _timed_collect(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         rec = self
