@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import io
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,7 +38,9 @@ __all__ = [
     "check_colormap",
     "colormap_lut",
     "denormalize",
+    "encode_png",
     "filmstrip",
+    "gif_frame",
     "highlight",
     "overlay",
     "probe_grid",
@@ -487,8 +492,35 @@ def _to_pil(image: Tensor):  # -> PIL.Image.Image
     return Image.fromarray(array, mode="RGB")
 
 
+_PNG = threading.local()  # per thread: the last image encoded, its version and its bytes
+
+
+def encode_png(image: Tensor) -> bytes:
+    """The (lossless) PNG bytes of one image, at a fast zlib level (it is written during
+    training). The last image encoded on each thread is remembered, so writing the same tensor
+    to several destinations (a file, TensorBoard) encodes it once; an in-place change of the
+    tensor is noticed (its version counter) and encodes it anew.
+
+    Args:
+        image: uint8 Tensor ``[3, H, W]`` (RGB) or ``[1, H, W]`` (grayscale), any device.
+    """
+    try:
+        version = image._version
+    except RuntimeError:  # an inference tensor has no version counter: not remembered
+        version = None
+    last = getattr(_PNG, "last", None)
+    if version is not None and last is not None and last[0] is image and last[1] == version:
+        return last[2]
+    buffer = io.BytesIO()
+    _to_pil(image).save(buffer, format="PNG", compress_level=1)
+    data = buffer.getvalue()
+    _PNG.last = (image, version, data) if version is not None else None
+    return data
+
+
 def write_png(image: Tensor, path: str | Path) -> Path:
-    """Write one image as a (lossless) PNG file, creating the parent directories.
+    """Write one image as a (lossless) PNG file (:func:`encode_png`), creating the parent
+    directories.
 
     Args:
         image: uint8 Tensor ``[3, H, W]`` (RGB) or ``[1, H, W]`` (grayscale), any device.
@@ -499,12 +531,24 @@ def write_png(image: Tensor, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(image).save(path, format="PNG", compress_level=1)  # fast: written during training
+    path.write_bytes(encode_png(image))
     return path
 
 
+def gif_frame(frame: Tensor) -> Any:
+    """One GIF frame from a uint8 ``[3, H, W]`` image: a ``PIL.Image`` quantised to its own
+    256-colour palette (fast octree, no dithering; :func:`write_gif` takes it as it is)."""
+    from PIL import Image
+
+    return (
+        _to_pil(frame)
+        .convert("RGB")
+        .quantize(256, Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    )
+
+
 def write_gif(
-    frames: Sequence[Tensor], path: str | Path, duration_ms: int = 500, loop: int | None = 0
+    frames: Sequence[Any], path: str | Path, duration_ms: int = 500, loop: int | None = 0
 ) -> Path:
     """Write an animated GIF (Pillow), creating the parent directories.
 
@@ -514,7 +558,8 @@ def write_gif(
     consecutive frames into one longer frame.
 
     Args:
-        frames: uint8 Tensors ``[3, H, W]``, all the same size.
+        frames: uint8 Tensors ``[3, H, W]``, or frames :func:`gif_frame` made, all the same
+            size.
         path: destination file.
         duration_ms: display time of each frame.
         loop: number of repeats, 0 = forever, ``None`` = play once.
@@ -525,14 +570,9 @@ def write_gif(
     frames = list(frames)
     if not frames:
         raise ValueError("write_gif needs at least one frame")
-    if any(f.shape != frames[0].shape for f in frames):
+    images = [f if not isinstance(f, Tensor) else gif_frame(f) for f in frames]
+    if any(im.size != images[0].size for im in images):
         raise ValueError("all GIF frames must have the same shape")
-    from PIL import Image
-
-    images = [
-        _to_pil(f).convert("RGB").quantize(256, Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        for f in frames
-    ]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if loop is None else {"loop": int(loop)}

@@ -31,6 +31,7 @@ from .engine import normalize_maps
 from .render import (
     denormalize,
     filmstrip,
+    gif_frame,
     grid_rows,
     pick_columns,
     probe_panels,
@@ -213,6 +214,7 @@ class Reporter:
         self.queue_size = queue_size
         self.thumbs: list[Tensor] = []
         self.thumb_steps: list[int] = []
+        self.frames: list[Any] = []  # the GIF frame of each thumbnail run (PIL images)
         self._queue: queue.Queue[Callable[[], None] | None] | None = None
         self._worker: threading.Thread | None = None
         self._errors: list[str] = []
@@ -360,8 +362,10 @@ class Reporter:
             for i in media.shown
         ]
         sinks.log_probe_images(f"{self.prefix}/overlays", grid, rows, captions, media.step)
-        self.thumbs.append(_thumbnail(panels[:, 2]).cpu())
+        thumbs = _thumbnail(panels[:, 2]).cpu()
+        self.thumbs.append(thumbs)
         self.thumb_steps.append(media.step)
+        self.frames.append(gif_frame(_frame(thumbs)))  # quantised now, saved at fit end
 
     def write_flags(self, sinks: SinkGroup, flags: Sequence[Any], step: int) -> None:
         """Queue a ``flags`` text entry outside a run (e.g. the sanity check's flag)."""
@@ -384,9 +388,11 @@ class Reporter:
         shown = [self.thumb_steps[i] for i in cols]
         caption = f"a row per probe, a column per run; runs at steps {shown}"
         sinks.log_image(f"{self.prefix}/filmstrip", strip, step, caption=caption)
-        gif = write_gif([_frame(t) for t in self.thumbs], out_dir / "evolution.gif")
+        frames = self.frames if len(self.frames) == len(self.thumbs) else None
+        frames = frames or [gif_frame(_frame(t)) for t in self.thumbs]
+        gif = write_gif(frames, out_dir / "evolution.gif")
         sinks.log_gif(f"{self.prefix}/evolution", gif, step)
 
     def reset(self) -> None:
         """Forget the filmstrip's thumbnails (a new fit)."""
-        self.thumbs, self.thumb_steps = [], []
+        self.thumbs, self.thumb_steps, self.frames = [], [], []

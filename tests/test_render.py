@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import matplotlib
 import numpy as np
@@ -378,3 +380,30 @@ def test_gif_round_trip(tmp_path) -> None:
         assert got.shape == want.shape
         assert np.abs(got - want).mean() < 5.0  # 256-colour (fast octree) palette per frame
     assert np.abs(decoded[0] - decoded[2]).mean() > 3.0  # the frames really differ
+
+
+def test_gif_takes_prequantised_frames(tmp_path) -> None:
+    images, maps = _smooth_images(2, 16, 16), _blob_maps(2, 16, 16)
+    frames = [R.probe_grid(images, maps * k / 3, colormap="viridis") for k in range(1, 4)]
+    a = R.write_gif(frames, tmp_path / "a.gif")
+    b = R.write_gif([R.gif_frame(f) for f in frames], tmp_path / "b.gif")
+    assert a.read_bytes() == b.read_bytes()  # quantising early (on the worker) changes nothing
+    with pytest.raises(ValueError, match="same shape"):
+        R.write_gif([frames[0], frames[0][:, :8]], tmp_path / "c.gif")
+
+
+def test_encode_png_once_per_image_and_again_after_a_change(tmp_path) -> None:
+    image = torch.randint(0, 256, (3, 9, 13), generator=_gen(), dtype=torch.uint8)
+    first = R.encode_png(image)
+    assert R.encode_png(image) is first  # the same tensor: encoded once
+    assert R.write_png(image, tmp_path / "x.png").read_bytes() == first
+    copy = image.clone()
+    assert R.encode_png(copy) == first and R.encode_png(copy) is not first  # another tensor
+    image[0, 0, 0] = 255 - image[0, 0, 0]  # in place: the version counter moves
+    changed = R.encode_png(image)
+    assert changed != first
+    decoded = np.asarray(Image.open(io.BytesIO(changed)).convert("RGB"))
+    assert np.array_equal(decoded, image.permute(1, 2, 0).numpy())
+    with torch.inference_mode():
+        frozen = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    assert R.encode_png(frozen) == R.encode_png(frozen)  # no version counter: encoded each time
