@@ -2,9 +2,10 @@
 
 The callback is a thin orchestrator of hooks, schedule, state and ``on_flag``: it chooses the
 probes once (:mod:`.probes`), explains them at each scheduled run (:mod:`.probing`, the engine),
-hands the maps to the monitor (:mod:`.alarms`), and the results to the reporter
-(:mod:`.reporting`, off the training thread) and the loggers (:mod:`.trainer_utils`). Settings are
-checked at construction and set-up (:mod:`.checks`). It is the only layer that knows Lightning.
+hands the maps to the monitor (:mod:`.alarms`; during ``fit`` on a worker thread against a copy
+of the weights, :mod:`.background`), and the results to the reporter (:mod:`.reporting`, off the
+training thread) and the loggers (:mod:`.trainer_utils`). Settings are checked at construction
+and set-up (:mod:`.checks`). It is the only layer that knows Lightning.
 """
 
 from __future__ import annotations
