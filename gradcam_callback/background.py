@@ -50,6 +50,9 @@ def clone_structure(model: nn.Module) -> nn.Module:
 
     Hooks registered on ``model`` are kept (a forward may need them, as old-style weight norm
     does), in dictionaries of the copy's own, so hooks added to ``model`` later never reach it.
+
+    Raises:
+        ValueError: the copy would call the model itself (:func:`_check_detached`).
     """
     memo: dict[int, Any] = {}  # a module or tensor used twice (tied weights) stays one
 
@@ -77,7 +80,34 @@ def clone_structure(model: nn.Module) -> nn.Module:
         return new
 
     with torch.no_grad():
-        return clone(model)
+        copy_ = clone(model)
+    _check_detached(model, copy_)
+    return copy_
+
+
+def _check_detached(model: nn.Module, copy_: nn.Module) -> None:
+    """The copy must never run a module of ``model``: a bound method of one of its modules held
+    as a plain attribute (``self.head_fn = self.head.forward``) or as a hook (a LightningModule
+    capturing features with ``layer.register_forward_hook(self.capture)``), or a compiled
+    submodule (whose compiled forward is bound to the original), would call the training model,
+    or write into it, from the worker.
+
+    Raises:
+        ValueError: naming the attribute.
+    """
+    originals = {id(m) for m in model.modules()}
+    for name, module in copy_.named_modules():
+        if type(module).__name__ == "OptimizedModule":
+            raise ValueError(f"{name or 'the model'} is a torch.compile'd module")
+        held = list(vars(module).items())
+        for hooks in _HOOK_DICTS:
+            held += [(f"{hooks}[{k}]", h) for k, h in (module.__dict__.get(hooks) or {}).items()]
+        for attr, value in held:
+            owner = getattr(value, "__self__", None)
+            if isinstance(owner, nn.Module) and id(owner) in originals:
+                where = f"{name}.{attr}" if name else attr
+                method = f"{type(owner).__name__}.{getattr(value, '__name__', '?')}"
+                raise ValueError(f"{where} is {method}, a method of one of the model's own modules")
 
 
 def _layout(model: nn.Module) -> list[tuple[str, torch.Size, torch.dtype, torch.device]]:

@@ -226,6 +226,11 @@ class GradCAMCallback(Callback):
             self._probes = self.probe_choice.probes
         runs.prepare(self, trainer, model)
         self._sync_why = runs.sync_reason(self, trainer, model)
+        if self._sync_why is None and stage == "fit":
+            try:  # the copy the worker will use, checked now rather than at the first run
+                self._shadow.refresh(model)
+            except Exception as err:
+                self._sync_why = f"the model cannot be copied for the worker thread: {err}"
         if self.verbose and self.async_analysis and self._sync_why and trainer.is_global_zero:
             print(f"GradCAMCallback: runs analysed on the training thread ({self._sync_why})")
 
@@ -317,10 +322,14 @@ class GradCAMCallback(Callback):
             with preserve_rng(), torch.inference_mode(False):
                 if background:
                     ex = runs.explain_run(self, trainer, pl_module, stage, step)
-                    job = runs.background_job(self, trainer, pl_module, ex)
-                    self._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
-                    return
-                record, flags, media = runs.compute_run(self, trainer, pl_module, stage, step)
+                    job = self._background_job(trainer, pl_module, ex)
+                    if job is not None:
+                        self._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
+                        return
+                    score_fn = runs.score_fn_for(self, trainer, pl_module, ex.images.dtype)
+                    record, flags, media = runs.analyse_run(self, ex, score_fn)
+                else:
+                    record, flags, media = runs.compute_run(self, trainer, pl_module, stage, step)
         except ShortcutDetected:
             raise
         except Exception as err:
@@ -328,6 +337,21 @@ class GradCAMCallback(Callback):
             return
         self._publish(trainer, record, flags, media, use_log)
         self._act_on_flags(trainer)
+
+    def _background_job(self, trainer: Any, pl_module: Any, ex: runs.Explanation) -> Any:
+        """The run's analysis as a worker job, or ``None`` (said once) when the model cannot be
+        copied safely: this and the later runs of the fit then stay on the training thread."""
+        try:
+            return runs.background_job(self, trainer, pl_module, ex)
+        except Exception as err:
+            self._sync_why = f"the model's copy for the worker thread failed: {err}"
+            self._shadow.release()
+            tu.warn(
+                trainer,
+                f"GradCAMCallback: {self._sync_why}; the runs are analysed on the training thread "
+                "(set async_analysis=False to say so up front)",
+            )
+            return None
 
     def _collect(self, trainer: Any, wait: bool, act: bool = True) -> None:
         """Publish the runs the worker has finished (all of them with ``wait``), in order, and

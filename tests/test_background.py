@@ -210,3 +210,59 @@ def test_monitored_metrics_and_acting_flags_keep_runs_on_the_training_thread(tmp
         )
         trainer.fit(TinyModule(), train, val)
         assert reason in cb._sync_why and len(cb.history) == 2
+
+
+class Captures(nn.Module):
+    """Keeps the features of its layer through a hook bound to itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4)
+        self.layer.register_forward_hook(self.capture)
+        self.seen: torch.Tensor | None = None
+
+    def capture(self, module, args, output) -> None:
+        self.seen = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class HoldsMethod(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.head_fn = self.head.forward  # calls the original head, whatever copies it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_fn(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        (Captures(), "_forward_hooks"),
+        (HoldsMethod(), "head_fn is a method"),
+        (nn.Sequential(torch.compile(nn.Linear(4, 4), backend="eager")), "torch.compile"),
+    ],
+)
+def test_a_copy_that_would_call_the_model_is_refused(model, says):
+    with pytest.raises(ValueError, match=says):
+        clone_structure(model)
+
+
+def test_a_model_that_cannot_be_copied_keeps_runs_on_the_training_thread(tmp_path):
+    class Hooked(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net[0].register_forward_hook(self.capture)
+
+        def capture(self, module, args, output) -> None:
+            self.features = output
+
+    cb = GradCAMCallback(num_probes=4)  # verbose: says where the runs go
+    train, val = loaders()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=False, callbacks=[cb], max_epochs=1))
+    trainer.fit(Hooked(), train, val)
+    assert "cannot be copied" in cb._sync_why and "capture" in cb._sync_why
+    assert len(cb.history) == 2 and cb._shadow.model is None
