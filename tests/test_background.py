@@ -242,7 +242,7 @@ class HoldsMethod(nn.Module):
     ("model", "says"),
     [
         (Captures(), "_forward_hooks"),
-        (HoldsMethod(), "head_fn is a method"),
+        (HoldsMethod(), "head_fn is Linear.forward, a method"),
         (nn.Sequential(torch.compile(nn.Linear(4, 4), backend="eager")), "torch.compile"),
     ],
 )
