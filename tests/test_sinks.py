@@ -336,3 +336,29 @@ def test_only_lightning_classes_are_recognised(tmp_path: Path) -> None:
 def test_markdown_table_formats_cells() -> None:
     table = S.markdown_table(["a", "b"], [[np.float32(0.5), "x\ny"], [torch.tensor(3), 1e-7]])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 0.5 | x<br>y |", "| 3 | 1e-07 |"]
+
+
+def test_tensorboard_checksums_in_c_are_the_same(tmp_path: Path) -> None:
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert S.fast_tensorboard_crc()
+    fast = record_writer.masked_crc32c
+    assert fast.gradcam_fast and S.fast_tensorboard_crc()  # installed once
+    gen = torch.Generator().manual_seed(0)
+    for n in (0, 1, 7, 8, 9, 4096, 100_003):
+        data = bytes(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8).tolist())
+        assert fast(data) == pywrap_tensorflow.masked_crc32c(data), n
+    # event files written with it read back through TensorBoard's own checksum verification
+    writer = SummaryWriter(str(tmp_path))
+    image = torch.randint(0, 256, (3, 40, 50), generator=gen, dtype=torch.uint8)
+    writer.add_image("x", image, 3)
+    writer.add_scalar("y", 1.5, 3)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("y")] == [1.5]
+    (event,) = acc.Images("x")
+    got = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    assert np.array_equal(got, image.permute(1, 2, 0).numpy())
