@@ -225,14 +225,7 @@ class GradCAMCallback(Callback):
                 return
             self._probes = self.probe_choice.probes
         runs.prepare(self, trainer, model)
-        self._sync_why = runs.sync_reason(self, trainer, model)
-        if self._sync_why is None and stage == "fit":
-            try:  # the copy the worker will use, checked now rather than at the first run
-                self._shadow.refresh(model)
-            except Exception as err:
-                self._sync_why = f"the model cannot be copied for the worker thread: {err}"
-        if self.verbose and self.async_analysis and self._sync_why and trainer.is_global_zero:
-            print(f"GradCAMCallback: runs analysed on the training thread ({self._sync_why})")
+        self._sync_why = runs.sync_reason(self, trainer, model, stage)
 
     def _start_session(self, trainer: Any, model: nn.Module) -> None:
         """Fresh per-set-up state (de-duplication key, sinks, once-only warnings); a model other
@@ -315,43 +308,19 @@ class GradCAMCallback(Callback):
         if key == self._last_key:
             return
         self._last_key = key
-        background = self._sync_why is None and stage in ("baseline", "fit")
         try:
             # validate()/test() run under inference_mode: the run's own tensors must not be
             # inference tensors (the engine and the erasures need autograd / in-place writes)
             with preserve_rng(), torch.inference_mode(False):
-                if background:
-                    ex = runs.explain_run(self, trainer, pl_module, stage, step)
-                    job = self._background_job(trainer, pl_module, ex)
-                    if job is not None:
-                        self._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
-                        return
-                    score_fn = runs.score_fn_for(self, trainer, pl_module, ex.images.dtype)
-                    record, flags, media = runs.analyse_run(self, ex, score_fn)
-                else:
-                    record, flags, media = runs.compute_run(self, trainer, pl_module, stage, step)
+                done = runs.start_run(self, trainer, pl_module, stage, step, use_log)
         except ShortcutDetected:
             raise
         except Exception as err:
             self._run_failed(trainer, f"step {step}", err)
             return
-        self._publish(trainer, record, flags, media, use_log)
-        self._act_on_flags(trainer)
-
-    def _background_job(self, trainer: Any, pl_module: Any, ex: runs.Explanation) -> Any:
-        """The run's analysis as a worker job, or ``None`` (said once) when the model cannot be
-        copied safely: this and the later runs of the fit then stay on the training thread."""
-        try:
-            return runs.background_job(self, trainer, pl_module, ex)
-        except Exception as err:
-            self._sync_why = f"the model's copy for the worker thread failed: {err}"
-            self._shadow.release()
-            tu.warn(
-                trainer,
-                f"GradCAMCallback: {self._sync_why}; the runs are analysed on the training thread "
-                "(set async_analysis=False to say so up front)",
-            )
-            return None
+        if done is not None:  # analysed here, not queued for the worker
+            self._publish(trainer, *done, use_log)
+            self._act_on_flags(trainer)
 
     def _collect(self, trainer: Any, wait: bool, act: bool = True) -> None:
         """Publish the runs the worker has finished (all of them with ``wait``), in order, and

@@ -48,6 +48,7 @@ __all__ = [
     "sanity_run",
     "score_fn_for",
     "shard_of",
+    "start_run",
     "sync_reason",
 ]
 
@@ -142,6 +143,30 @@ def compute_run(
     return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
 
 
+def start_run(
+    cb: Any, trainer: Any, pl_module: Any, stage: str, step: int, use_log: bool
+) -> tuple[dict[str, Any], list[Flag], RunMedia] | None:
+    """A run, on the worker thread where the fit allows it (``None``: queued on ``cb._worker``;
+    its ``(record, flags, media, use_log)`` is collected later), else here: ``(record, flags,
+    media)``. A model whose copy fails keeps this and the later runs here (said once)."""
+    if cb._sync_why is not None or stage not in ("baseline", "fit"):
+        return compute_run(cb, trainer, pl_module, stage, step)
+    ex = explain_run(cb, trainer, pl_module, stage, step)
+    try:
+        job = background_job(cb, trainer, pl_module, ex)
+    except Exception as err:
+        cb._sync_why = f"the model's copy for the worker thread failed: {err}"
+        cb._shadow.release()
+        tu.warn(
+            trainer,
+            f"GradCAMCallback: {cb._sync_why}; the runs are analysed on the training thread "
+            "(set async_analysis=False to say so up front)",
+        )
+        return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
+    cb._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
+    return None
+
+
 def background_job(
     cb: Any, trainer: Any, pl_module: Any, ex: Explanation
 ) -> Callable[[], tuple[dict[str, Any], list[Flag], RunMedia]]:
@@ -155,8 +180,22 @@ def background_job(
     return lambda: analyse_run(cb, ex, score_fn)
 
 
-def sync_reason(cb: Any, trainer: Any, pl_module: Any) -> str | None:
-    """Why this fit's runs stay on the training thread (``None``: they go to the worker)."""
+def sync_reason(cb: Any, trainer: Any, pl_module: Any, stage: str) -> str | None:
+    """Why this set-up's runs stay on the training thread (``None``: they go to the worker).
+    For a fit that can use the worker, the model's copy is made now: a model it cannot copy
+    safely (:func:`~.background.clone_structure`) stays here, rather than failing at a run."""
+    why = _sync_reason(cb, trainer, pl_module)
+    if why is None and stage == "fit":
+        try:
+            cb._shadow.refresh(pl_module)
+        except Exception as err:
+            why = f"the model cannot be copied for the worker thread: {err}"
+    if cb.verbose and cb.async_analysis and why and getattr(trainer, "is_global_zero", True):
+        print(f"GradCAMCallback: runs analysed on the training thread ({why})")
+    return why
+
+
+def _sync_reason(cb: Any, trainer: Any, pl_module: Any) -> str | None:
     monitored = [
         str(m) for c in getattr(trainer, "callbacks", None) or [] if c is not cb
         if isinstance(m := getattr(c, "monitor", None), str)
