@@ -21,9 +21,14 @@ Measured only through surfaces that survive refactoring of the callback's intern
   (interleaved with the runs, so both see the same machine load; ``--independent-reps``
   back-to-back passes, the fastest kept).
 
-Two ratios per run, paired: ``hook / engine inside the hook`` and ``hook / independent engine
-call``; the tables show medians over the runs of a fit. ``rest = hook - engine - analyze`` is what
-the run spends on media and logging (and bookkeeping).
+Two ratios per run, paired: ``training thread / engine inside the hook`` and ``training thread /
+independent engine call``; the tables show medians over the runs of a fit. "Training thread" is
+the run's hook plus what the callback does for that run later on the training thread: with the
+analysis on the worker thread (``async_analysis``, the default), collecting the finished run at
+the next batch or at fit end, and, with ``--checkpoint`` (a ``ModelCheckpoint`` saving at every
+epoch end, as a default ``Trainer`` does), the wait of its ``state_dict`` for the run in flight.
+``rest = training thread - engine - analyze`` is what the run spends on media and logging (and
+bookkeeping). ``runs.analyse_run`` is timed on whichever thread it ran ("analysis").
 
 Workloads (``--workloads``, ``model:size`` items): ``smallcnn:64`` (the demo's ``SmallCNN``) and
 ``resnet18:224`` (torchvision, ``weights=None``) by default, also ``resnet18:64`` or
@@ -109,6 +114,7 @@ class RunRecorder:
         self.fit_hooks: dict[str, float] = {}
         self.analyses: list[tuple[str, float]] = []  # (thread, seconds) per analyse_run
         self._collect_s = 0.0  # _collect time inside the current fit hook
+        self._in_hook = 0  # inside one of the callback's hooks
 
     def count(self) -> Callable[[], None]:
         """Count ``GradCAM.explain`` calls made inside a callback hook and time every
@@ -163,7 +169,11 @@ class RunRecorder:
             try:
                 return fn(*args, **kw)
             finally:
-                rec._collect_s += time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                if rec._in_hook:
+                    rec._collect_s += dt
+                elif rec.runs:  # from outside its hooks: state_dict, for a checkpoint
+                    rec.runs[-1]["collect_s"] += dt
 
         return timed
 
@@ -174,9 +184,11 @@ class RunRecorder:
         def recorded(trainer: pl.Trainer, *args: Any, **kw: Any) -> Any:
             hooks0, parts0, calls0 = dict(inst.hooks), dict(inst.parts), rec.calls
             rec._collect_s = 0.0
+            rec._in_hook += 1
             try:
                 return fn(trainer, *args, **kw)
             finally:
+                rec._in_hook -= 1
                 hook_s = inst.hooks.get(name, 0.0) - hooks0.get(name, 0.0)
                 if name in RUN_HOOKS and rec.calls > calls0:
                     parts = {k: v - parts0.get(k, 0.0) for k, v in inst.parts.items()}
@@ -307,6 +319,12 @@ def fit_once(
     recorder = RunRecorder(inst)
     recorder.wrap(cam)
     run_dir = root / f"{model_name}-{size}-{probes}-{time.monotonic_ns()}"
+    independent = IndependentEngine(cam, recorder, args.device, args.independent_reps)
+    extra: list[pl.Callback] = []
+    if args.checkpoint:  # Lightning's default: a checkpoint at every epoch end
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        extra.append(ModelCheckpoint(dirpath=str(run_dir / "ckpt")))
     trainer = pl.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
         devices=1,
@@ -316,10 +334,10 @@ def fit_once(
         num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(run_dir), name="tb"),
         default_root_dir=str(run_dir),
-        enable_checkpointing=False,
+        enable_checkpointing=args.checkpoint,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[cam, IndependentEngine(cam, recorder, args.device, args.independent_reps)],
+        callbacks=[cam, independent, *extra],
     )
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), inst:
@@ -344,6 +362,7 @@ def fit_once(
         "fit_hooks": recorder.fit_hooks,
         "flags": sorted({f.kind for f in cam.flags}),
         "async": cam._sync_why is None,
+        "checkpoint": bool(args.checkpoint),
         "logged_files": media,
     }
 
@@ -405,6 +424,7 @@ def report(results: dict[str, Any]) -> str:
         label = f"{fit['model']} {fit['size']}px"
         probes = f"{fit['probes']}" + (" (default)" if fit["num_probes"] == "default" else "")
         where = "worker" if fit.get("async") else "training thread"
+        label += " + checkpoints" if fit.get("checkpoint") else ""
         rows.append([label, probes, where, s["runs"], _f(s["calls"], 0), _f(s["hook_ms"]),
                      _f(s["collect_ms"]), _f(s["engine_ms"]), _f(s["analyze_ms"]),
                      _f(s["rest_ms"]), _f(s["analysis_ms"]), _f(s["independent_ms"]),
@@ -537,6 +557,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the callback's async_analysis (default: on, as at defaults)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="a ModelCheckpoint saving at every epoch end (each save waits for the run in "
+        "flight: charged to the run as collect time)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
