@@ -56,6 +56,8 @@ class RunMedia:
         labels, preds, targets: one entry per probe (``None`` where unknown).
         confs: target-class confidence per probe (``NaN`` where unknown).
         per_probe: metric name -> one value per probe.
+        images_sent: the overlay grid was queued already (:meth:`Reporter.submit_images`, at
+            the run, before its analysis): :meth:`Reporter.submit` writes the tables only.
     """
 
     step: int
@@ -67,6 +69,7 @@ class RunMedia:
     targets: list[Any]
     confs: list[float]
     per_probe: dict[str, list[float]] = field(default_factory=dict)
+    images_sent: bool = False
 
 
 def shown_probes(labels: Tensor | None, n: int, limit: int) -> list[int]:
@@ -316,10 +319,21 @@ class Reporter:
         self._enqueue(job, f"run at step {media.step}")
         return errors
 
+    def submit_images(self, sinks: SinkGroup, media: RunMedia) -> list[str]:
+        """Queue a run's overlay grid now, while its analysis runs (the images need only the
+        maps and the predictions), and mark ``media`` so that :meth:`submit` skips them; returns
+        earlier faults (to warn about)."""
+        errors = self.pop_errors()
+        if self.log_images and media.images is not None and media.maps is not None:
+            media.images_sent = True
+            self._enqueue(lambda: self._write_images(sinks, media), f"images of step {media.step}")
+        return errors
+
     def _write_run(self, sinks: SinkGroup, media: RunMedia, flags: list[Any]) -> None:
         step, tag = media.step, self.prefix
         try:
-            if self.log_images and media.images is not None and media.maps is not None:
+            drawn = media.images is not None and media.maps is not None
+            if self.log_images and drawn and not media.images_sent:
                 self._write_images(sinks, media)
         finally:  # the tables and the flags are written even when the images fail
             n = len(media.labels)

@@ -16,6 +16,7 @@ flag.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,11 +69,13 @@ class Explanation:
     maps: Tensor  # finite, [N, h, w]
     skipped: list[int]  # probes whose map was not finite (zeroed)
     res: Explained
+    media: RunMedia  # what the artefacts show, without the per-probe metrics yet
 
 
 def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) -> Explanation:
     """The part of a run that needs the model as it trains: the maps of the probes (sharded over
-    DDP ranks), with non-finite maps zeroed and said in a warning."""
+    DDP ranks), with non-finite maps zeroed and said in a warning; the overlay grid, which needs
+    nothing else, is queued for the reporter's thread (rank zero) before the analysis starts."""
     probes = cb.explained_probes
     device = tu.module_device(pl_module)
     images = probes.images.to(device)
@@ -84,11 +87,22 @@ def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) ->
             batch_size=cb.batch_size, shard=shard_of(trainer), **plugin_kwargs(trainer),
         )  # fmt: skip
     maps, skipped = _finite_maps(cb, trainer, res.maps, stage, step)
-    return Explanation(
+    media = run_media(
+        step, probes, images, maps, res.logits if cb.target_fn is None else None, res.targets,
+        {}, cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
+    )  # fmt: skip
+    ex = Explanation(
         stage=stage, step=step, epoch=int(trainer.current_epoch), run=len(cb.history) + 1,
         baseline=stage == "baseline" or not cb.history, images=images, labels=labels,
-        maps=maps, skipped=skipped, res=res,
+        maps=maps, skipped=skipped, res=res, media=media,
     )  # fmt: skip
+    if trainer.is_global_zero:  # the overlays need no analysis: drawn while it runs
+        try:
+            for error in cb.reporter.submit_images(cb._sinks(trainer), media):
+                tu.warn(trainer, f"GradCAMCallback: {error}")
+        except Exception as err:  # a reporting fault never crashes training
+            tu.warn(trainer, f"GradCAMCallback: could not queue the run's images: {err!r}")
+    return ex
 
 
 def analyse_run(
@@ -128,11 +142,8 @@ def analyse_run(
         "epoch": ex.epoch, "global_step": ex.step, "stage": ex.stage,
         "metrics": metrics, "flags": [str(f.kind) for f in flags],
     }  # fmt: skip
-    media = run_media(
-        ex.step, probes, images, maps, logits, res.targets, analysis.per_probe,
-        cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
-    )  # fmt: skip
-    return record, flags, media
+    per_probe = {k: v.tolist() for k, v in analysis.per_probe.items()}
+    return record, flags, dataclasses.replace(ex.media, per_probe=per_probe)
 
 
 def compute_run(
