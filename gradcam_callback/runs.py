@@ -16,6 +16,7 @@ flag.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,7 +189,14 @@ def background_job(
         shadow, batch_size=cb.batch_size, dtype=ex.images.dtype, target_fn=cb.target_fn,
         **plugin_kwargs(trainer),
     )  # fmt: skip
-    return lambda: analyse_run(cb, ex, score_fn)
+    device = ex.images.device
+
+    def job() -> tuple[dict[str, Any], list[Flag], RunMedia]:
+        # a new thread's current CUDA device is device 0: make it the run's
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return analyse_run(cb, ex, score_fn)
+
+    return job
 
 
 def sync_reason(cb: Any, trainer: Any, pl_module: Any, stage: str) -> str | None:
