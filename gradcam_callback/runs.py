@@ -42,6 +42,7 @@ __all__ = [
     "background_job",
     "choose",
     "compute_run",
+    "draw_now",
     "explain_run",
     "plugin_kwargs",
     "prepare",
@@ -75,8 +76,8 @@ class Explanation:
 
 def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) -> Explanation:
     """The part of a run that needs the model as it trains: the maps of the probes (sharded over
-    DDP ranks), with non-finite maps zeroed and said in a warning; the overlay grid, which needs
-    nothing else, is queued for the reporter's thread (rank zero) before the analysis starts."""
+    DDP ranks), with non-finite maps zeroed and said in a warning, and what the run's artefacts
+    show of them."""
     probes = cb.explained_probes
     device = tu.module_device(pl_module)
     images = probes.images.to(device)
@@ -92,18 +93,25 @@ def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) ->
         step, probes, images, maps, res.logits if cb.target_fn is None else None, res.targets,
         {}, cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
     )  # fmt: skip
-    ex = Explanation(
+    return Explanation(
         stage=stage, step=step, epoch=int(trainer.current_epoch), run=len(cb.history) + 1,
         baseline=stage == "baseline" or not cb.history, images=images, labels=labels,
         maps=maps, skipped=skipped, res=res, media=media,
     )  # fmt: skip
-    if trainer.is_global_zero:  # the overlays need no analysis: drawn while it runs
-        try:
-            for error in cb.reporter.submit_images(cb._sinks(trainer), media):
-                tu.warn(trainer, f"GradCAMCallback: {error}")
-        except Exception as err:  # a reporting fault never crashes training
-            tu.warn(trainer, f"GradCAMCallback: could not queue the run's images: {err!r}")
-    return ex
+
+
+def draw_now(cb: Any, trainer: Any, ex: Explanation) -> None:
+    """Queue the run's overlay grid before its analysis on the training thread (rank zero): the
+    overlays need only the maps and predictions, so the reporter draws them meanwhile. (With
+    the analysis on the worker the grid follows it, with the tables: one background thread at a
+    time then competes with training for the cores.)"""
+    if not trainer.is_global_zero:
+        return
+    try:
+        for error in cb.reporter.submit_images(cb._sinks(trainer), ex.media):
+            tu.warn(trainer, f"GradCAMCallback: {error}")
+    except Exception as err:  # a reporting fault never crashes training
+        tu.warn(trainer, f"GradCAMCallback: could not queue the run's images: {err!r}")
 
 
 def analyse_run(
@@ -152,6 +160,7 @@ def compute_run(
 ) -> tuple[dict[str, Any], list[Flag], RunMedia]:
     """A whole run on the training thread: explain the probes, measure, decide."""
     ex = explain_run(cb, trainer, pl_module, stage, step)
+    draw_now(cb, trainer, ex)
     return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
 
 
@@ -174,6 +183,7 @@ def start_run(
             f"GradCAMCallback: {cb._sync_why}; the runs are analysed on the training thread "
             "(set async_analysis=False to say so up front)",
         )
+        draw_now(cb, trainer, ex)
         return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
     cb._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
     return None
@@ -227,6 +237,9 @@ def _sync_reason(cb: Any, trainer: Any, pl_module: Any) -> str | None:
         compiled="original_forward" in (getattr(pl_module, "_compiler_ctx", None) or {}),
         monitored=monitored,
         prefix=cb.prefix,
+        checkpoint_each_run=background.checkpoints_each_epoch(
+            getattr(trainer, "checkpoint_callbacks", None) or [], cb.every_n_epochs
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from gradcam_callback import GradCAMCallback
 from gradcam_callback.background import (
     AnalysisWorker,
     ModelShadow,
+    checkpoints_each_epoch,
     clone_structure,
     sync_reason,
 )
@@ -132,6 +133,7 @@ def test_worker_waits_for_the_oldest_job_when_full():
         ({"compiled": True}, "torch.compile"),
         ({"monitored": ["val_loss", "gradcam/attention/entropy"]}, "gradcam/attention/entropy"),
         ({"monitored": ["gradcamx/other"]}, None),
+        ({"checkpoint_each_run": True}, "after every run"),
     ],
 )
 def test_sync_reason(change, reason):
@@ -141,6 +143,24 @@ def test_sync_reason(change, reason):
     )  # fmt: skip
     got = sync_reason(**{**kw, **change})
     assert (got is None) if reason is None else (reason in got)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ours", "each_run"),
+    [
+        ({}, 1, True),  # no monitor: saves at every epoch end
+        ({"every_n_epochs": 2}, 1, False),
+        ({"every_n_epochs": 2}, 2, True),
+        ({"monitor": "val_loss"}, 1, False),  # only when the metric improves
+        ({"monitor": "val_loss", "save_last": True}, 1, True),
+        ({"save_top_k": 0}, 1, False),
+        ({"every_n_train_steps": 50}, 1, False),
+    ],
+)
+def test_checkpoints_each_epoch(tmp_path, kwargs, ours, each_run):
+    ck = ModelCheckpoint(dirpath=tmp_path, **kwargs)
+    assert checkpoints_each_epoch([ck], ours) is each_run
+    assert checkpoints_each_epoch([], ours) is False
 
 
 # ---------------------------------------------------------------------------- in a fit
@@ -181,14 +201,16 @@ def test_worker_and_training_thread_reach_the_same_runs(monkeypatch):
 
 
 def test_a_checkpoint_holds_the_run_in_flight(tmp_path):
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    # every second epoch: not after every run, so the runs go to the worker
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=2, save_top_k=-1)
     cb = GradCAMCallback(num_probes=4, verbose=False)
     train, val = loaders()
     pl.seed_everything(0)
     kw = trainer_kwargs(tmp_path, callbacks=[cb, ckpt], logger=False, enable_checkpointing=True)
     pl.Trainer(**{**kw, "max_epochs": 2}).fit(TinyModule(), train, val)
     assert cb._sync_why is None  # the runs went to the worker
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    (path,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+    state = torch.load(path, weights_only=True)
     (saved,) = [v for k, v in state["callbacks"].items() if "GradCAMCallback" in k]
     # saved right after the second validation: its run is in the checkpoint
     assert [r["stage"] for r in saved["history"]] == ["baseline", "fit", "fit"]
@@ -199,14 +221,17 @@ def test_monitored_metrics_and_acting_flags_keep_runs_on_the_training_thread(tmp
     from pytorch_lightning.callbacks import EarlyStopping
 
     es = EarlyStopping(monitor="gradcam/attention/entropy", mode="max", patience=5)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt")  # Lightning's default schedule
     cases = [
         (GradCAMCallback(num_probes=4, verbose=False), [es], "is monitored"),
         (GradCAMCallback(num_probes=4, verbose=False, on_flag="stop"), [], "on_flag='stop'"),
+        (GradCAMCallback(num_probes=4, verbose=False), [every_epoch], "after every run"),
     ]
     for cb, others, reason in cases:
         train, val = loaders()
+        kw = trainer_kwargs(tmp_path, logger=False, callbacks=[cb, *others], max_epochs=1)
         trainer = pl.Trainer(
-            **trainer_kwargs(tmp_path, logger=False, callbacks=[cb, *others], max_epochs=1)
+            **{**kw, "enable_checkpointing": bool(others) and others[0] is every_epoch}
         )
         trainer.fit(TinyModule(), train, val)
         assert reason in cb._sync_why and len(cb.history) == 2
