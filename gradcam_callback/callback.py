@@ -87,9 +87,9 @@ class GradCAMCallback(Callback):
             the model's weights taken at the run (one copy of the parameters and buffers), so the
             training thread pays only for the maps; results (logs, flags, ``cb.history``) arrive
             at the next training batch. ``False``, or automatically with ``on_flag="stop"`` or
-            ``"raise"``, under DDP, with a half/double-precision plugin, a compiled module, or
-            when another callback monitors a ``prefix/`` metric: on the training thread, as
-            ``validate()`` and ``test()`` runs are.
+            ``"raise"``, under DDP, with a half/double-precision plugin, a compiled module, when
+            another callback monitors a ``prefix/`` metric, or when a checkpoint is saved after
+            every run: on the training thread, as ``validate()`` and ``test()`` runs are.
 
     Example::
 
