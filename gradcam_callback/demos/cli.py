@@ -170,8 +170,13 @@ class FlagPrinter(pl.Callback):
                 print(line, flush=True)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After the GradCAMCallback's run of this validation."""
+        """After the GradCAMCallback's run of this validation (when it ran on this thread)."""
         self._drain(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """After the GradCAMCallback has collected a run analysed on its worker thread."""
+        if len(self.gradcam.flags) > self.seen:
+            self._drain(trainer)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Flags of the fit-end checks (e.g. the randomisation sanity check)."""
