@@ -94,6 +94,20 @@ FIT_HOOKS = ("setup", "on_fit_end")
 
 
 # ------------------------------------------------------------------------------ per-run timers
+def _stopwatch(fn: Callable[..., Any], done: Callable[[float], None]) -> Callable[..., Any]:
+    """``fn`` that hands its wall time in seconds to ``done`` after each call."""
+
+    @functools.wraps(fn)
+    def timed(*args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            done(time.perf_counter() - t0)
+
+    return timed
+
+
 class RunRecorder:
     """Per-hook-call deltas of an :class:`Instrument` (one record per callback run).
 
@@ -131,19 +145,12 @@ class RunRecorder:
                 rec.calls += 1
             return original(*args, **kw)
 
-        @functools.wraps(analyse)
-        def timed(*args: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return analyse(*args, **kw)
-            finally:
-                where = (
-                    "main" if threading.current_thread() is threading.main_thread() else "worker"
-                )
-                rec.analyses.append((where, time.perf_counter() - t0))
+        def done(dt: float) -> None:
+            main = threading.current_thread() is threading.main_thread()
+            rec.analyses.append(("main" if main else "worker", dt))
 
         GradCAM.explain = counted  # type: ignore[method-assign]
-        cb_runs.analyse_run = timed
+        cb_runs.analyse_run = _stopwatch(analyse, done)
 
         def undo() -> None:
             GradCAM.explain = original  # type: ignore[method-assign]
@@ -163,19 +170,13 @@ class RunRecorder:
     def _timed_collect(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         rec = self
 
-        @functools.wraps(fn)
-        def timed(*args: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                dt = time.perf_counter() - t0
-                if rec._in_hook:
-                    rec._collect_s += dt
-                elif rec.runs:  # from outside its hooks: state_dict, for a checkpoint
-                    rec.runs[-1]["collect_s"] += dt
+        def done(dt: float) -> None:
+            if rec._in_hook:
+                rec._collect_s += dt
+            elif rec.runs:  # from outside its hooks: state_dict, for a checkpoint
+                rec.runs[-1]["collect_s"] += dt
 
-        return timed
+        return _stopwatch(fn, done)
 
     def _record(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         rec, inst = self, self.inst

@@ -117,12 +117,12 @@ def _check_detached(model: nn.Module, copy_: nn.Module) -> None:
                 raise ValueError(f"{where} is {method}, a method of one of the model's own modules")
 
 
-def _layout(model: nn.Module) -> list[tuple[str, torch.Size, torch.dtype, torch.device]]:
-    return [(n, t.shape, t.dtype, t.device) for n, t in _tensors(model)]
-
-
 def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
     return [*model.named_parameters(), *model.named_buffers()]
+
+
+def _layout(tensors: list[tuple[str, Tensor]]) -> list[tuple[str, Any, Any, Any]]:
+    return [(n, t.shape, t.dtype, t.device) for n, t in tensors]
 
 
 class ModelShadow:
@@ -133,7 +133,8 @@ class ModelShadow:
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
-        self._layout: list[tuple[str, torch.Size, torch.dtype, torch.device]] = []
+        self._layout: list[tuple[str, Any, Any, Any]] = []
+        self._targets: list[Tensor] = []  # the copy's tensors, in the model's order
 
     def refresh(self, model: nn.Module) -> nn.Module:
         """Copy ``model``'s current parameters and buffers into the shadow (a new structural
@@ -143,18 +144,20 @@ class ModelShadow:
         exactly as the run's maps saw it. On CUDA the copies are queued on the current stream,
         ahead of any later forward of the shadow.
         """
-        layout = _layout(model)
+        sources = _tensors(model)  # one walk of the model per run
+        layout = _layout(sources)
         if self.model is None or layout != self._layout:
             self.model, self._layout = clone_structure(model), layout
+            self._targets = [t for _, t in _tensors(self.model)]
             return self.model
         with torch.no_grad():
-            for (_, dst), (_, src) in zip(_tensors(self.model), _tensors(model)):
+            for dst, (_, src) in zip(self._targets, sources):
                 dst.copy_(src)
         return self.model
 
     def release(self) -> None:
         """Drop the copy (its memory is freed)."""
-        self.model, self._layout = None, []
+        self.model, self._layout, self._targets = None, [], []
 
 
 class Finished:

@@ -402,8 +402,8 @@ class Reporter:
         shown = [self.thumb_steps[i] for i in cols]
         caption = f"a row per probe, a column per run; runs at steps {shown}"
         sinks.log_image(f"{self.prefix}/filmstrip", strip, step, caption=caption)
-        frames = self.frames if len(self.frames) == len(self.thumbs) else None
-        frames = frames or [gif_frame(_frame(t)) for t in self.thumbs]
+        made = len(self.frames) == len(self.thumbs)  # else thumbnails given from outside a run
+        frames = self.frames if made else [gif_frame(_frame(t)) for t in self.thumbs]
         gif = write_gif(frames, out_dir / "evolution.gif")
         sinks.log_gif(f"{self.prefix}/evolution", gif, step)
 

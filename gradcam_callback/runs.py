@@ -159,7 +159,13 @@ def compute_run(
     cb: Any, trainer: Any, pl_module: Any, stage: str, step: int
 ) -> tuple[dict[str, Any], list[Flag], RunMedia]:
     """A whole run on the training thread: explain the probes, measure, decide."""
-    ex = explain_run(cb, trainer, pl_module, stage, step)
+    return _analyse_here(cb, trainer, pl_module, explain_run(cb, trainer, pl_module, stage, step))
+
+
+def _analyse_here(
+    cb: Any, trainer: Any, pl_module: Any, ex: Explanation
+) -> tuple[dict[str, Any], list[Flag], RunMedia]:
+    """The analysis on the training thread, against the model itself (the grid drawn meanwhile)."""
     draw_now(cb, trainer, ex)
     return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
 
@@ -183,8 +189,7 @@ def start_run(
             f"GradCAMCallback: {cb._sync_why}; the runs are analysed on the training thread "
             "(set async_analysis=False to say so up front)",
         )
-        draw_now(cb, trainer, ex)
-        return analyse_run(cb, ex, score_fn_for(cb, trainer, pl_module, ex.images.dtype))
+        return _analyse_here(cb, trainer, pl_module, ex)
     cb._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
     return None
 
