@@ -25,7 +25,11 @@ Usage::
     .venv/bin/python benchmarks/bench_overhead.py                      # demo fit, CPU (~4 min)
     .venv/bin/python benchmarks/bench_overhead.py --quick              # smoke run (< 60 s)
     .venv/bin/python benchmarks/bench_overhead.py --model resnet18 --device cuda
-    .venv/bin/python benchmarks/bench_overhead.py --logger tensorboard # both arms log to TB
+    .venv/bin/python benchmarks/bench_overhead.py --threads 1 --no-checkpoint --logger none
+
+The defaults are the set-up users run: torch's default threads (all cores), default OpenMP
+settings, Lightning's default checkpointing and a TensorBoard logger in both arms; the other
+rows (``--threads 1``, ``OMP_WAIT_POLICY=PASSIVE``, ``--no-checkpoint``) go beside them.
 """
 
 from __future__ import annotations
@@ -222,6 +226,7 @@ def fit_once(args: argparse.Namespace, arm: str, root: Path) -> dict[str, Any]:
         "default_root_dir": str(run_dir),
         "logger": logger,
         "accelerator": "gpu" if args.device == "cuda" else "cpu",
+        "enable_checkpointing": args.checkpoint,  # Lightning's default ModelCheckpoint
     }
     if args.device == "cuda":
         trainer_kwargs["deterministic"] = False
@@ -268,7 +273,6 @@ def _fit_resnet(
     kwargs: dict[str, Any] = {
         "devices": 1,
         "max_epochs": args.epochs or 2,
-        "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
@@ -293,7 +297,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed fits per arm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
-    p.add_argument("--logger", default="none", choices=("none", "tensorboard"))
+    p.add_argument(
+        "--logger",
+        default="tensorboard",
+        choices=("none", "tensorboard"),
+        help="both arms log to TensorBoard (default), or to no logger",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Lightning's default checkpointing in both arms (default: on, as a default Trainer)",
+    )
     p.add_argument(
         "--callback-arg",
         action="append",
@@ -347,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cb = ", ".join(f"{k}={v!r}" for k, v in args.cb_kwargs.items())
     print(f"# bench_overhead: device={args.device} workload={workload}")
     print(f"callback: GradCAMCallback({cb})")
+    omp = os.environ.get("OMP_WAIT_POLICY", "default")
+    print(f"set-up: torch threads={torch.get_num_threads()}, OMP_WAIT_POLICY={omp}, "
+          f"checkpointing={'on' if args.checkpoint else 'off'}, logger={args.logger}")  # fmt: skip
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"loadavg start: {loadavg()}")
     if note := oversubscription_note(torch.get_num_threads()):

@@ -6,7 +6,8 @@ model's parameters and buffers taken at that moment. The :class:`AnalysisWorker`
 everything else (the monitor's measures and rules, its causal checks as forwards of the shadow,
 the periodic quality metrics) while training goes on. The callback collects the finished runs in
 order at its next hooks, and waits for the run in flight before anything that must see it: the
-next run, a checkpoint, the end of the fit, an exception.
+next run, the end of the fit, an exception. A checkpoint saved while a run is in flight holds the
+run's inputs instead (:class:`~gradcam_callback.runs.InFlight`), and a resumed fit finishes it.
 
 The shadow is a *structural* copy: new modules with their own parameter, buffer and hook
 dictionaries, sharing every other attribute with the model (a dataset a module holds is not
@@ -27,11 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .threads import quiet_pool
+
 __all__ = [
     "AnalysisWorker",
     "Finished",
     "ModelShadow",
-    "checkpoints_each_epoch",
     "clone_structure",
     "sync_reason",
 ]
@@ -193,7 +195,7 @@ class AnalysisWorker:
         while len(self._pending) >= self.max_pending:
             self._done.append(self._settle(*self._pending.popleft()))
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradcam-analysis")
+            self._pool = quiet_pool("gradcam-analysis")  # torch on one core there
         self._pending.append((what, self._pool.submit(job)))
 
     def collect(self, wait: bool = False) -> list[Finished]:
@@ -235,7 +237,6 @@ def sync_reason(
     compiled: bool,
     monitored: Iterable[str],
     prefix: str,
-    checkpoint_each_run: bool = False,
 ) -> str | None:
     """Why the runs must stay on the training thread (``None``: they can go to the worker).
 
@@ -249,10 +250,6 @@ def sync_reason(
         monitored: the metric names other callbacks monitor (EarlyStopping, ModelCheckpoint
             read them right after validation, when a background run is not finished yet).
         prefix: the callback's metric prefix.
-        checkpoint_each_run: a checkpoint is saved right after every run (as Lightning's
-            default ``ModelCheckpoint`` does after each epoch's validation); the save must hold
-            the run and so waits for it: nothing overlaps, and the analysis is faster on the
-            training thread than on a worker sharing the cores with the reporter.
     """
     if not enabled:
         return "async_analysis=False"
@@ -268,23 +265,4 @@ def sync_reason(
     watched = sorted(m for m in monitored if m.startswith(prefix + "/"))
     if watched:
         return f"{', '.join(watched)} is monitored by another callback right after validation"
-    if checkpoint_each_run:
-        return "a checkpoint is saved right after every run, and it waits for the run"
     return None
-
-
-def checkpoints_each_epoch(checkpoints: Iterable[Any], every_n_epochs: int) -> bool:
-    """Some ``ModelCheckpoint`` saves at the end of every ``every_n_epochs``-th epoch whatever
-    the metrics say: ``save_last``, or no ``monitor`` with ``save_top_k != 0``, on an epoch
-    schedule that divides ``every_n_epochs`` (checkpoints on a step or time schedule come at
-    other moments and rarely find a run in flight)."""
-    for ck in checkpoints:
-        if getattr(ck, "_every_n_train_steps", 0) or getattr(ck, "_train_time_interval", None):
-            continue
-        if getattr(ck, "save_last", None):
-            return True
-        n = int(getattr(ck, "_every_n_epochs", 1) or 0)
-        unconditional = getattr(ck, "monitor", None) is None and getattr(ck, "save_top_k", 1) != 0
-        if n >= 1 and every_n_epochs % n == 0 and unconditional:
-            return True
-    return False

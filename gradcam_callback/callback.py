@@ -31,7 +31,7 @@ from .sinks import SinkGroup
 
 __all__ = ["GradCAMCallback"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: a run in flight is saved as its inputs (``in_flight``)
 
 
 class GradCAMCallback(Callback):
@@ -88,8 +88,9 @@ class GradCAMCallback(Callback):
             training thread pays only for the maps; results (logs, flags, ``cb.history``) arrive
             at the next training batch. ``False``, or automatically with ``on_flag="stop"`` or
             ``"raise"``, under DDP, with a half/double-precision plugin, a compiled module, when
-            another callback monitors a ``prefix/`` metric, or when a checkpoint is saved after
-            every run: on the training thread, as ``validate()`` and ``test()`` runs are.
+            another callback monitors a ``prefix/`` metric: on the training thread, as
+            ``validate()`` and ``test()`` runs are. A checkpoint saved while a run is in flight
+            holds the run's inputs, and a fit resumed from it finishes the run.
 
     Example::
 
@@ -204,6 +205,8 @@ class GradCAMCallback(Callback):
         self._shadow = ModelShadow()  # the model's weights at the run in flight
         self._sync_why: str | None = "not set up"  # why runs stay on the training thread
         self._unacted: list[Flag] = []  # collected flags whose on_flag action is still due
+        self._in_flight: runs.InFlight | None = None  # the run on the worker, as saved
+        self._resumed: dict[str, Any] | None = None  # a run a checkpoint held in flight
         self._trainer_ref: weakref.ref[Any] | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -242,7 +245,7 @@ class GradCAMCallback(Callback):
                 "to keep them, or use one callback per model.",
             )
             self._engine, self.history, self.flags, self.layer_info = None, [], [], []
-            self._explained = self.explained_index = None
+            self._explained = self.explained_index = self._resumed = None
             self.reporter.reset()
             self.monitor.reset()
             if not self._explicit_probes:
@@ -251,6 +254,7 @@ class GradCAMCallback(Callback):
 
     # ------------------------------------------------------------------ schedule
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._finish_resumed(trainer, pl_module)
         if self.baseline and not self.history and not tu.fast_dev_run(trainer):
             self._run(trainer, pl_module, stage="baseline", use_log=False)
 
@@ -302,6 +306,7 @@ class GradCAMCallback(Callback):
         the analysis on the worker thread, the acting comes when the run is collected."""
         if self._disabled or self._probes is None or self._engine is None:
             return
+        self._finish_resumed(trainer, pl_module)
         self._collect(trainer, wait=True)  # the runs before this one come first
         step = tu.log_step(trainer)
         key = (stage, int(trainer.current_epoch), step)
@@ -322,10 +327,27 @@ class GradCAMCallback(Callback):
             self._publish(trainer, *done, use_log)
             self._act_on_flags(trainer)
 
+    def _finish_resumed(self, trainer: Any, pl_module: Any) -> None:
+        """Finish the run a checkpoint held in flight (this fit resumed from it), on the
+        training thread, before any other run: the model is the one its maps saw."""
+        if self._resumed is None or self._disabled or self._engine is None:
+            return
+        state, self._resumed = self._resumed, None
+        try:
+            with preserve_rng(), torch.inference_mode(False):
+                done = runs.resume_run(self, trainer, pl_module, state)
+        except Exception as err:
+            self._run_failed(trainer, f"step {state.get('step')} (resumed)", err)
+            return
+        self._publish(trainer, *done, bool(state.get("use_log", True)))
+        self._act_on_flags(trainer)
+
     def _collect(self, trainer: Any, wait: bool, act: bool = True) -> None:
         """Publish the runs the worker has finished (all of them with ``wait``), in order, and
         act on their flags (``act=False``: later, e.g. not from inside a checkpoint)."""
         finished = self._worker.collect(wait=wait)
+        if not self._worker.busy:
+            self._in_flight = None
         for done in finished:
             if done.error is not None:
                 self._run_failed(trainer, done.what.removeprefix("run at "), done.error)
@@ -370,17 +392,29 @@ class GradCAMCallback(Callback):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain Python values only: loads with ``torch.load(weights_only=True)``.
-        Waits for a run in flight on the worker thread, so the state includes it."""
+
+        A run whose analysis is still on the worker thread is saved as its inputs
+        (``in_flight``: the maps, scores and place of the run, with the monitor as it was before
+        it), without waiting, when no optimizer step came since the run (the checkpoint then
+        holds the weights its maps saw, and a resumed fit finishes it exactly); otherwise the
+        save waits for the run."""
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        held = None
         if trainer is not None:
-            self._collect(trainer, wait=True, act=False)
+            self._collect(trainer, wait=False, act=False)
+            flight = self._in_flight
+            if flight is not None and int(trainer.global_step) == flight.global_step:
+                held = flight
+            else:
+                self._collect(trainer, wait=True, act=False)
         return {
             "version": _STATE_VERSION,
             "probes": self._probes.state_dict() if self._probes is not None else None,
             "history": [dict(r) for r in self.history],
             "flags": [f.to_dict() for f in self.flags],
-            "monitor": self.monitor.state_dict(),
+            "monitor": held.monitor if held is not None else self.monitor.state_dict(),
             "layers": [i.name for i in self.layer_info],
+            "in_flight": held.state_dict() if held is not None else self._resumed,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -397,3 +431,4 @@ class GradCAMCallback(Callback):
         self.flags = [Flag(**f) for f in state_dict.get("flags", [])]
         if state_dict.get("monitor") is not None:
             self.monitor.load_state_dict(state_dict["monitor"])
+        self._resumed = state_dict.get("in_flight")  # finished at the next run or train start

@@ -40,6 +40,7 @@ from .render import (
     write_png,
 )
 from .sinks import SinkGroup, markdown_table
+from .threads import quiet_thread
 
 __all__ = ["Reporter", "RunMedia", "flag_report", "flag_warning", "run_media", "shown_probes"]
 
@@ -266,8 +267,7 @@ class Reporter:
             return
         if self._worker is None or not self._worker.is_alive():
             self._queue = queue.Queue(maxsize=self.queue_size)
-            self._worker = threading.Thread(target=self._loop, name="gradcam-reporter", daemon=True)
-            self._worker.start()
+            self._worker = quiet_thread(self._loop, "gradcam-reporter")  # torch on one core
         assert self._queue is not None
         self._queue.put(lambda: self._run(job, what))
 

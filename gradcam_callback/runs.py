@@ -17,6 +17,7 @@ flag.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .sinks import thread_safe_logger
 
 __all__ = [
     "Explanation",
+    "InFlight",
     "analyse_run",
     "announce",
     "background_job",
@@ -48,6 +50,7 @@ __all__ = [
     "prepare",
     "probe_metrics",
     "report_run",
+    "resume_run",
     "sanity_run",
     "score_fn_for",
     "shard_of",
@@ -78,10 +81,7 @@ def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) ->
     """The part of a run that needs the model as it trains: the maps of the probes (sharded over
     DDP ranks), with non-finite maps zeroed and said in a warning, and what the run's artefacts
     show of them."""
-    probes = cb.explained_probes
-    device = tu.module_device(pl_module)
-    images = probes.images.to(device)
-    labels = probes.labels.to(device) if probes.labels is not None else None
+    images, labels = _inputs(cb, tu.module_device(pl_module))
     use_label = cb.target == "label" and labels is not None and cb.target_fn is None
     with tu.eager_forward(pl_module):
         res = explain_probes(
@@ -89,14 +89,25 @@ def explain_run(cb: Any, trainer: Any, pl_module: Any, stage: str, step: int) ->
             batch_size=cb.batch_size, shard=shard_of(trainer), **plugin_kwargs(trainer),
         )  # fmt: skip
     maps, skipped = _finite_maps(cb, trainer, res.maps, stage, step)
-    media = run_media(
-        step, probes, images, maps, res.logits if cb.target_fn is None else None, res.targets,
-        {}, cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
-    )  # fmt: skip
     return Explanation(
         stage=stage, step=step, epoch=int(trainer.current_epoch), run=len(cb.history) + 1,
         baseline=stage == "baseline" or not cb.history, images=images, labels=labels,
-        maps=maps, skipped=skipped, res=res, media=media,
+        maps=maps, skipped=skipped, res=res, media=_media(cb, step, images, maps, res),
+    )  # fmt: skip
+
+
+def _inputs(cb: Any, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The explained probes' images and labels on ``device``."""
+    probes = cb.explained_probes
+    labels = probes.labels.to(device) if probes.labels is not None else None
+    return probes.images.to(device), labels
+
+
+def _media(cb: Any, step: int, images: Tensor, maps: Tensor, res: Explained) -> RunMedia:
+    """What the run's artefacts show (the per-probe metrics are added after the analysis)."""
+    return run_media(
+        step, cb.explained_probes, images, maps, res.logits if cb.target_fn is None else None,
+        res.targets, {}, cb.max_images if cb.log_images else 0, multilabel=cb._multilabel,
     )  # fmt: skip
 
 
@@ -173,9 +184,10 @@ def _analyse_here(
 def start_run(
     cb: Any, trainer: Any, pl_module: Any, stage: str, step: int, use_log: bool
 ) -> tuple[dict[str, Any], list[Flag], RunMedia] | None:
-    """A run, on the worker thread where the fit allows it (``None``: queued on ``cb._worker``;
-    its ``(record, flags, media, use_log)`` is collected later), else here: ``(record, flags,
-    media)``. A model whose copy fails keeps this and the later runs here (said once)."""
+    """A run, on the worker thread where the fit allows it (``None``: queued on ``cb._worker``,
+    its :class:`InFlight` in ``cb._in_flight``; its ``(record, flags, media, use_log)`` is
+    collected later), else here: ``(record, flags, media)``. A model whose copy fails keeps this
+    and the later runs here (said once)."""
     if cb._sync_why is not None or stage not in ("baseline", "fit"):
         return compute_run(cb, trainer, pl_module, stage, step)
     ex = explain_run(cb, trainer, pl_module, stage, step)
@@ -190,8 +202,61 @@ def start_run(
             "(set async_analysis=False to say so up front)",
         )
         return _analyse_here(cb, trainer, pl_module, ex)
+    before = copy.deepcopy(cb.monitor.state_dict())  # no run in flight: the monitor is still
     cb._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
+    cb._in_flight = InFlight(ex, use_log, int(trainer.global_step), before)
     return None
+
+
+@dataclass
+class InFlight:
+    """A run whose analysis is on the worker thread, as a checkpoint saved meanwhile holds it
+    (instead of waiting for it): the run's engine results, and the monitor as it was before the
+    run. A fit resumed from that checkpoint finishes the run (:func:`resume_run`) against the
+    restored model, which is the model the maps saw when no optimizer step came between the run
+    and the save (``global_step``; the callback waits for the run otherwise)."""
+
+    ex: Explanation
+    use_log: bool
+    global_step: int  # optimizer steps at the run
+    monitor: dict[str, Any]  # ShortcutMonitor.state_dict() before the run
+
+    def state_dict(self) -> dict[str, Any]:
+        """CPU tensors and plain Python only (loads with ``torch.load(weights_only=True)``)."""
+        ex, res = self.ex, self.ex.res
+        return {
+            "stage": ex.stage, "step": ex.step, "epoch": ex.epoch, "run": ex.run,
+            "baseline": ex.baseline, "skipped": list(ex.skipped), "maps": _cpu(ex.maps),
+            "scores": _cpu(res.scores), "logits": _cpu(res.logits),
+            "targets": _cpu(res.targets), "use_log": self.use_log,
+            "global_step": self.global_step,
+        }  # fmt: skip
+
+
+def resume_run(
+    cb: Any, trainer: Any, pl_module: Any, state: dict[str, Any]
+) -> tuple[dict[str, Any], list[Flag], RunMedia]:
+    """Finish, on the training thread, a run that a checkpoint saved in flight
+    (:meth:`InFlight.state_dict`): ``(record, flags, media)`` as the worker would have made them,
+    with the monitor restored to its state before the run."""
+    device = tu.module_device(pl_module)
+    images, labels = _inputs(cb, device)
+    res = Explained(
+        maps=state["maps"].to(device), scores=state["scores"].to(device),
+        logits=_to(state["logits"], device), targets=_to(state["targets"], device),
+    )  # fmt: skip
+    step = int(state["step"])
+    ex = Explanation(
+        stage=str(state["stage"]), step=step, epoch=int(state["epoch"]), run=int(state["run"]),
+        baseline=bool(state["baseline"]), images=images, labels=labels, maps=res.maps,
+        skipped=[int(i) for i in state["skipped"]], res=res,
+        media=_media(cb, step, images, res.maps, res),
+    )  # fmt: skip
+    return _analyse_here(cb, trainer, pl_module, ex)
+
+
+def _cpu(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().cpu()
 
 
 def background_job(
@@ -242,9 +307,6 @@ def _sync_reason(cb: Any, trainer: Any, pl_module: Any) -> str | None:
         compiled="original_forward" in (getattr(pl_module, "_compiler_ctx", None) or {}),
         monitored=monitored,
         prefix=cb.prefix,
-        checkpoint_each_run=background.checkpoints_each_epoch(
-            getattr(trainer, "checkpoint_callbacks", None) or [], cb.every_n_epochs
-        ),
     )
 
 

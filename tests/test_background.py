@@ -17,7 +17,6 @@ from gradcam_callback import GradCAMCallback
 from gradcam_callback.background import (
     AnalysisWorker,
     ModelShadow,
-    checkpoints_each_epoch,
     clone_structure,
     sync_reason,
 )
@@ -133,7 +132,6 @@ def test_worker_waits_for_the_oldest_job_when_full():
         ({"compiled": True}, "torch.compile"),
         ({"monitored": ["val_loss", "gradcam/attention/entropy"]}, "gradcam/attention/entropy"),
         ({"monitored": ["gradcamx/other"]}, None),
-        ({"checkpoint_each_run": True}, "after every run"),
     ],
 )
 def test_sync_reason(change, reason):
@@ -143,24 +141,6 @@ def test_sync_reason(change, reason):
     )  # fmt: skip
     got = sync_reason(**{**kw, **change})
     assert (got is None) if reason is None else (reason in got)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "ours", "each_run"),
-    [
-        ({}, 1, True),  # no monitor: saves at every epoch end
-        ({"every_n_epochs": 2}, 1, False),
-        ({"every_n_epochs": 2}, 2, True),
-        ({"monitor": "val_loss"}, 1, False),  # only when the metric improves
-        ({"monitor": "val_loss", "save_last": True}, 1, True),
-        ({"save_top_k": 0}, 1, False),
-        ({"every_n_train_steps": 50}, 1, False),
-    ],
-)
-def test_checkpoints_each_epoch(tmp_path, kwargs, ours, each_run):
-    ck = ModelCheckpoint(dirpath=tmp_path, **kwargs)
-    assert checkpoints_each_epoch([ck], ours) is each_run
-    assert checkpoints_each_epoch([], ours) is False
 
 
 # ---------------------------------------------------------------------------- in a fit
@@ -200,41 +180,29 @@ def test_worker_and_training_thread_reach_the_same_runs(monkeypatch):
     assert {f.kind for f in on.flags} >= {"artifact"}
 
 
-def test_a_checkpoint_holds_the_run_in_flight(tmp_path):
-    # every second epoch: not after every run, so the runs go to the worker
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=2, save_top_k=-1)
-    cb = GradCAMCallback(num_probes=4, verbose=False)
-    train, val = loaders()
-    pl.seed_everything(0)
-    kw = trainer_kwargs(tmp_path, callbacks=[cb, ckpt], logger=False, enable_checkpointing=True)
-    pl.Trainer(**{**kw, "max_epochs": 2}).fit(TinyModule(), train, val)
-    assert cb._sync_why is None  # the runs went to the worker
-    (path,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
-    state = torch.load(path, weights_only=True)
-    (saved,) = [v for k, v in state["callbacks"].items() if "GradCAMCallback" in k]
-    # saved right after the second validation: its run is in the checkpoint
-    assert [r["stage"] for r in saved["history"]] == ["baseline", "fit", "fit"]
-    assert saved["monitor"]["previous_maps"] is not None
-
-
 def test_monitored_metrics_and_acting_flags_keep_runs_on_the_training_thread(tmp_path):
     from pytorch_lightning.callbacks import EarlyStopping
 
     es = EarlyStopping(monitor="gradcam/attention/entropy", mode="max", patience=5)
-    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt")  # Lightning's default schedule
     cases = [
         (GradCAMCallback(num_probes=4, verbose=False), [es], "is monitored"),
         (GradCAMCallback(num_probes=4, verbose=False, on_flag="stop"), [], "on_flag='stop'"),
-        (GradCAMCallback(num_probes=4, verbose=False), [every_epoch], "after every run"),
     ]
     for cb, others, reason in cases:
         train, val = loaders()
         kw = trainer_kwargs(tmp_path, logger=False, callbacks=[cb, *others], max_epochs=1)
-        trainer = pl.Trainer(
-            **{**kw, "enable_checkpointing": bool(others) and others[0] is every_epoch}
-        )
-        trainer.fit(TinyModule(), train, val)
+        pl.Trainer(**kw).fit(TinyModule(), train, val)
         assert reason in cb._sync_why and len(cb.history) == 2
+
+
+def test_default_checkpointing_keeps_the_runs_on_the_worker(tmp_path):
+    cb = GradCAMCallback(num_probes=4, verbose=False)
+    train, val = loaders()
+    kw = trainer_kwargs(tmp_path, logger=False, callbacks=[cb], enable_checkpointing=True)
+    trainer = pl.Trainer(**kw)  # Lightning's default ModelCheckpoint: a save after each epoch
+    trainer.fit(TinyModule(), train, val)
+    assert trainer.checkpoint_callback is not None and cb._sync_why is None
+    assert [r["stage"] for r in cb.history] == ["baseline", "fit", "fit"]
 
 
 class Captures(nn.Module):
@@ -291,3 +259,101 @@ def test_a_model_that_cannot_be_copied_keeps_runs_on_the_training_thread(tmp_pat
     trainer.fit(Hooked(), train, val)
     assert "cannot be copied" in cb._sync_why and "capture" in cb._sync_why
     assert len(cb.history) == 2 and cb._shadow.model is None
+
+
+# ---------------------------------------------------------------------------- threads
+def test_background_threads_run_torch_on_one_core():
+    from gradcam_callback.reporting import Reporter
+
+    own = torch.get_num_threads()
+    torch.set_num_threads(2)  # a count the limit must change (and leave alone here)
+    try:
+        worker = AnalysisWorker()
+        worker.submit(torch.get_num_threads, "count")
+        (done,) = worker.close()
+        reporter, seen = Reporter(), []
+        reporter._enqueue(lambda: seen.append(torch.get_num_threads()), "count")
+        assert reporter.close() == []
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert (done.value, seen) == (1, [1])  # both background threads: one intra-op thread
+        assert torch.get_num_threads() == 2 and later == [2]  # this thread and later ones: not
+    finally:
+        torch.set_num_threads(own)
+
+
+# ---------------------------------------------------------------------------- resume
+def _ordered_loaders() -> tuple:
+    from lit_helpers import TupleDataset, blob_data
+    from torch.utils.data import DataLoader
+
+    train = TupleDataset(blob_data(64, seed=1), "xy")
+    val = TupleDataset(blob_data(32, seed=2), "xy")
+    return DataLoader(train, batch_size=16), DataLoader(val, batch_size=16)  # no shuffling
+
+
+class _SavedEvent(pl.Callback):
+    """Sets ``event`` once a checkpoint of ``epoch`` has been written (after every state_dict)."""
+
+    def __init__(self, event: threading.Event, epoch: int) -> None:
+        self.event, self.epoch = event, epoch
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.event.set()
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_saved_with_a_run_in_flight(tmp_path, monkeypatch):
+    from gradcam_callback import runs
+
+    saved, analyse = threading.Event(), runs.analyse_run
+
+    def gated(cb, ex, score_fn):  # the worker's run of epoch 1 waits for the checkpoint
+        if ex.epoch == 1 and threading.current_thread() is not threading.main_thread():
+            assert saved.wait(60)
+        return analyse(cb, ex, score_fn)
+
+    monkeypatch.setattr(runs, "analyse_run", gated)
+
+    def fit(max_epochs: int, root, ckpt_path=None) -> GradCAMCallback:
+        cb = GradCAMCallback(num_probes=8, verbose=False, log_images=False)
+        ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1)  # a save after each run
+        kw = trainer_kwargs(root, logger=False, enable_checkpointing=True, max_epochs=max_epochs)
+        kw["callbacks"] = [cb, ckpt, _SavedEvent(saved, 1)]
+        pl.seed_everything(0)
+        model = TinyModule()
+        model.net[3] = nn.Identity()  # no dropout: training resumes bit for bit
+        pl.Trainer(**kw).fit(model, *_ordered_loaders(), ckpt_path=ckpt_path)
+        assert cb._sync_why is None  # the default checkpoint schedule keeps the worker
+        return cb
+
+    whole = fit(3, tmp_path / "whole")
+    saved.clear()
+    fit(2, tmp_path / "cut")
+    (path,) = (tmp_path / "cut" / "ckpt").glob("epoch=1-*.ckpt")
+    state = torch.load(path, weights_only=True)
+    (held,) = [v for k, v in state["callbacks"].items() if "GradCAMCallback" in k]
+    assert held["in_flight"]["epoch"] == 1  # saved while the run of epoch 1 was in flight
+    assert [r["stage"] for r in held["history"]] == ["baseline", "fit"]
+    saved.set()
+    resumed = fit(3, tmp_path / "resumed", ckpt_path=str(path))
+    assert [(r["stage"], r["epoch"]) for r in resumed.history] == [
+        (r["stage"], r["epoch"]) for r in whole.history
+    ]
+    assert [(r["stage"], r["epoch"]) for r in whole.history] == [
+        ("baseline", 0),
+        ("fit", 0),
+        ("fit", 1),
+        ("fit", 2),
+    ]
+    for i, (a, b) in enumerate(zip(whole.history, resumed.history)):
+        assert a["flags"] == b["flags"] and a["global_step"] == b["global_step"]
+        assert _same(a["metrics"], b["metrics"]), i
+    assert [f.to_dict() for f in resumed.flags] == [f.to_dict() for f in whole.flags]
+    ref_a, ref_b = whole.monitor.state_dict(), resumed.monitor.state_dict()
+    assert torch.equal(ref_a["baseline_maps"], ref_b["baseline_maps"])
+    assert torch.equal(ref_a["previous_maps"], ref_b["previous_maps"])
+    assert ref_a["causal"] == ref_b["causal"] and ref_a["active"] == ref_b["active"]
