@@ -274,9 +274,6 @@ class GradCAMCallback(Callback):
         if self._worker.busy or self._unacted:
             self._collect(trainer, wait=False)
 
-    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Any) -> None:
-        self._flush(trainer)  # every run before the checkpoint is written out
-
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._collect(trainer, wait=True, act=False)
         self._flush(trainer)

@@ -4,8 +4,9 @@
 hands them to a :class:`~gradcam_callback.sinks.SinkGroup`. Rendering, PNG/GIF encoding and the
 writes run **off the training thread**, on one worker thread fed by a bounded queue (a full queue
 makes the training thread wait: nothing is dropped). :meth:`Reporter.flush` waits until every
-queued run is written; the callback calls it at fit end, on an exception and before a checkpoint
-is saved, so no run's image is lost when the fit ends right after it. A fault in the worker
+queued run is written; the callback calls it at fit end and on an exception, so no run's image is
+lost when the fit ends right after it (a checkpoint does not wait for the media: they are not in
+its state). A fault in the worker
 (a rendering or writing error) is kept and given to the training thread as one warning at the next
 :meth:`~Reporter.submit` or :meth:`~Reporter.flush`: it never crashes training.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 
@@ -265,12 +267,13 @@ def test_a_model_that_cannot_be_copied_keeps_runs_on_the_training_thread(tmp_pat
 def test_background_threads_run_torch_on_one_core():
     from gradcam_callback.reporting import Reporter
 
-    own = torch.get_num_threads()
+    own, own_nice = torch.get_num_threads(), _nice()
     torch.set_num_threads(2)  # a count the limit must change (and leave alone here)
     try:
         worker = AnalysisWorker()
         worker.submit(torch.get_num_threads, "count")
-        (done,) = worker.close()
+        worker.submit(_nice, "priority")
+        done, nice = worker.close()
         reporter, seen = Reporter(), []
         reporter._enqueue(lambda: seen.append(torch.get_num_threads()), "count")
         assert reporter.close() == []
@@ -280,8 +283,14 @@ def test_background_threads_run_torch_on_one_core():
         thread.join()
         assert (done.value, seen) == (1, [1])  # both background threads: one intra-op thread
         assert torch.get_num_threads() == 2 and later == [2]  # this thread and later ones: not
+        if sys.platform.startswith("linux"):  # the worker yields the cores to training
+            assert nice.value == 19 and _nice() == own_nice
     finally:
         torch.set_num_threads(own)
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 # ---------------------------------------------------------------------------- resume
