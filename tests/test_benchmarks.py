@@ -113,7 +113,9 @@ def test_bench_run_cost_quick(one_thread: None, capsys: pytest.CaptureFixture[st
     cost = _table(found, "Per-run cost")
     assert cost[0][:5] == ["workload", "probes", "analysis on", "runs", "engine calls/run"]
     assert cost[0][-2:] == ["cost (inside)", "cost (independent)"]
-    assert [r[:2] for r in cost[1:]] == [["smallcnn 32px", "16 (default)"], ["smallcnn 32px", "16"]]
+    # the default set-up: Lightning's default checkpointing on
+    label = "smallcnn 32px + checkpoints"
+    assert [r[:2] for r in cost[1:]] == [[label, "16 (default)"], [label, "16"]]
     for row in cost[1:]:
         assert row[2] == "worker"  # at defaults the analysis leaves the training thread
         assert int(row[3]) == 2  # one validation run per epoch (2 epochs; baseline apart)
