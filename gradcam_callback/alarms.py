@@ -119,6 +119,16 @@ class ShortcutMonitor:
         hotspot_stability: ... over image pixels at least this stable across the class's images
             (pasted marks are; moving objects and random backgrounds score 0); confirmed by
             ``dependence`` on its footprint.
+        partial_enrichment: partial-reliance artifact rule (masks): where the class's attention
+            on the artifact masks is at least this but under ``artifact_enrichment`` (elevated,
+            not dominant: an artifact that tells a group of classes apart, the object the class
+            within it), the artifact is erased for the class's probes ...
+        partial_consistency: ... and likewise, without masks, where the hot-spot consistency is
+            at least this but under ``hotspot_consistency`` (offset and stability as for the
+            hot-spot rule) ...
+        partial_dependence: ... and such a rule is confirmed only by a strong measured
+            dependence: at least this share of the class's tested probes depend on the region
+            (``dependence`` is the share for the rules over their thresholds).
         diffuse_entropy: diffuse background rule (no masks needed): the class's mean normalised
             map entropy is at least this (attention spread over the whole image) ...
         focus_drop: ... and erasing each map's hottest ``focus_frac`` removes on average less
@@ -169,6 +179,9 @@ class ShortcutMonitor:
         hotspot_consistency: float | None = 2.0,
         hotspot_offset: float = 0.3,
         hotspot_stability: float = 0.15,
+        partial_enrichment: float | None = 1.5,
+        partial_consistency: float | None = 1.5,
+        partial_dependence: float = 0.9,
         diffuse_entropy: float | None = 0.95,
         focus_drop: float = 0.5,
         hotspot_frac: float = 0.05,
@@ -213,6 +226,7 @@ class ShortcutMonitor:
         """Threshold name -> value, as the rule table reads them."""
         names = {c.threshold for r in self.rules for c in r.conditions}
         names |= {r.drop_setting for r in self.rules if r.drop_setting}
+        names |= {r.dependence_setting for r in self.rules if r.confirm == "depends"}
         return {n: getattr(self, n) for n in sorted(names)}
 
     def reset(self) -> None:
@@ -328,7 +342,7 @@ class ShortcutMonitor:
         confirmed, words = {}, None
         if causal:
             confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
-            words = self.memory.words(x.classes, stats, tested)
+            words = self.memory.words(x.classes, stats, self.memory.conclusive)
         flags = [
             word_flag(self, kind, hits, x, per, stats, words, epoch, step)
             for kind, hits in fired(decisions, confirmed).items()
@@ -400,6 +414,8 @@ _OPTIONAL = frozenset(
         "artifact_enrichment",
         "object_enrichment",
         "hotspot_consistency",
+        "partial_enrichment",
+        "partial_consistency",
         "diffuse_entropy",
         "focus_mass",
         "border_enrichment",

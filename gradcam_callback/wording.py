@@ -85,6 +85,8 @@ def word_flag(
         if (k.endswith("@set") if suffix else not k.endswith("@set"))
     }
     fields["value"] = value = float(head[best])
+    fields["map_cells"] = f"{x.cells[0]}x{x.cells[1]}"  # what the mask measures compared with
+    fields["hotspot_shift"] = x.shift
     text = _FMT.format(rule.summary, **fields)
     if rule.per_class:
         classes = tuple(x.classes[g] for g in all_groups)
