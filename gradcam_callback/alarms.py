@@ -21,8 +21,11 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
 ``"artifact"``
     Attention sits on a label artifact (watermark, text tag, hospital token, ruler, border band,
     stamp) in the probes of some class: with artifact masks, the attention enrichment inside the
-    masks; with or without masks, an *anchored hot spot* where the maps of different images of one
-    class pile up at the same off-centre place over pixels that barely change between images.
+    masks (as the map's cells see them); with or without masks, an *anchored hot spot* where the
+    maps of different images of one class pile up at the same off-centre place over pixels that
+    barely change between images (up to a shift of half a map cell). Where the attention is only
+    elevated (partial reliance, e.g. an artifact that tells a group of classes apart), a strong
+    measured dependence on the region confirms.
     Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
     the target's evidence from most of the class's probes.
 ``"background"``
@@ -40,9 +43,11 @@ are near-uniform whatever the model looks at, and cannot localise an artifact.
 
 Metric names (relative; the callback prefixes them): ``drift/{pearson,spearman,js,iou,com_shift}
 _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enrichment}``,
-``attention/{object,artifact}_{share,enrichment}``, ``attention/object_pointing``,
-``attention/hotspot_{share,enrichment}`` (per probe) and ``attention/hotspot_{consistency,offset,
-stability,area}`` (per class), ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
+``attention/{object,artifact}_{share,enrichment}``, ``attention/artifact_{pixel,cell}_enrichment``
+(the artifact enrichment is the larger of the two: the masks as the map's cells see them),
+``attention/object_pointing``, ``attention/hotspot_{share,enrichment}`` (per probe) and
+``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
+class; stability is the larger of the pixel and the shift-tolerant reading), ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
 ``artifact, hotspot, object, focus, border`` (``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
