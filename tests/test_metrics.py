@@ -358,5 +358,12 @@ def test_shift_tolerant_stability_sees_a_jittered_token_and_not_noise() -> None:
     wts = torch.ones(n, 1)
     std0 = M.shift_tolerant_std(images, wts, 0)
     torch.testing.assert_close(std0[0], images.std(0, unbiased=False).mean(0).flatten())
+    # the local extremes are those of a stride-1 max pool (computed faster)
+    hi = torch.nn.functional.max_pool2d(images, 5, 1, 2)
+    lo = -torch.nn.functional.max_pool2d(-images, 5, 1, 2)
+    ref = torch.minimum(hi.std(0, unbiased=False), lo.std(0, unbiased=False)).mean(0).flatten()
+    torch.testing.assert_close(
+        M.shift_tolerant_std(images, wts / n, 2)[0], ref, atol=1e-5, rtol=1e-4
+    )
     # a constant image set has no deviation, shifted or not
     assert float(M.shift_tolerant_std(torch.ones(n, 3, h, w), wts, 2).abs().max()) == 0.0
