@@ -47,7 +47,8 @@ _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enri
 (the artifact enrichment is the larger of the two: the masks as the map's cells see them),
 ``attention/object_pointing``, ``attention/hotspot_{share,enrichment}`` (per probe) and
 ``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
-class; stability is the larger of the pixel and the shift-tolerant reading), ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
+class; stability is the larger of the pixel and the shift-tolerant reading),
+``causal/{region}_{flip,drop,evidence,depends}`` for the regions
 ``artifact, hotspot, object, focus, border`` (``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,

@@ -59,9 +59,8 @@ class Inputs:
     logits: Tensor | None
     can_localise: bool
     cells: tuple[int, int] = (0, 0)  # the layer map's own grid (h, w)
-    artifact_cells: Tensor | None = (
-        None  # [N, gh, gw] bool: the artifact masks as the map sees them
-    )
+    # [N, gh, gw] bool: the artifact masks as the map sees them (the cells they touch)
+    artifact_cells: Tensor | None = None
 
     @property
     def stride(self) -> float:

@@ -364,9 +364,10 @@ def cell_mask(mask: Tensor, cells: tuple[int, int], size: tuple[int, int] | None
     """A mask as a map of ``cells`` cells sees it: every cell the mask touches, whole.
 
     A Grad-CAM map of stride ``s`` has one value per ``s x s`` cell; upsampled, it spreads the
-    evidence of a line thinner than a cell over the whole cell, so the attention inside a thin
-    mask is at most about ``mask width / s`` of what the map puts on it. Compared with the cells
-    the mask touches instead, a map that reads the line scores as high as one that reads a blob.
+    evidence of a line thinner than a cell over the whole cell and ramps it between cells, so the
+    pixels of a thin mask (above all one off a cell's centre) can get less than the map puts on
+    the cells around it. Compared with the cells the mask touches, a map that reads the line
+    scores what it puts there.
 
     Args:
         mask: bool ``[N, H, W]`` (or ``[H, W]``) at any resolution.
