@@ -25,7 +25,9 @@ on the ``present``, ``removed`` and ``swapped`` variants. Epochs are 0-based, as
 
 Scores per case (world x {shortcut, clean} x {masks, nomask}): flagged at the final epoch (an
 ``artifact`` or ``background`` flag raised at the callback's last run, new or persistent), the
-flag kinds, the first flag epoch, the first reliance epoch; on clean controls a false alarm is
+flag kinds, the first flag epoch, the first reliance epoch; a final flag counts when it names a
+class whose images carry the artifact (for a one-class token or a group shortcut: that class or
+a class of the group); on clean controls a false alarm is
 any ``artifact`` / ``background`` flag at any trained epoch. W4 (moving artifact) counts only with
 masks.
 
@@ -215,8 +217,15 @@ def _detail(flag: Any) -> str:
     return _kind(flag) + (f"({','.join(map(str, classes))})" if classes else "")
 
 
-def score_callback(cb: GradCAMCallback) -> dict[str, Any]:
-    """What one callback said: flags at its last run, first flag epoch, kinds, all flags."""
+def score_callback(
+    cb: GradCAMCallback, shortcut_classes: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """What one callback said: flags at its last run, first flag epoch, kinds, all flags.
+
+    ``shortcut_classes``: the classes whose images carry an artifact (``None``: all). A final
+    flag counts when it names one of them (or names no class); the classes final flags name
+    besides them are listed in ``final_wrong_classes``.
+    """
     runs = [h for h in cb.history if h.get("stage") != "baseline"]
     last = cb.history[-1] if cb.history else None
     alarms = [f for f in cb.flags if _kind(f) in ALARM_KINDS and f.global_step > 0]
@@ -225,10 +234,18 @@ def score_callback(cb: GradCAMCallback) -> dict[str, Any]:
         for f in alarms
         if last is not None and (f.epoch, f.global_step) == (last["epoch"], last["global_step"])
     ]
+    right = None if shortcut_classes is None else {int(c) for c in shortcut_classes}
+
+    def names(f: Any) -> set[int]:
+        return {int(c) for c in getattr(f, "classes", None) or ()}
+
+    hits = [f for f in final if right is None or not names(f) or names(f) & right]
+    wrong = sorted(set().union(*(names(f) for f in final)) - right) if right is not None else []
     return {
         "runs": len(runs),
         "last_run_epoch": None if last is None else int(last["epoch"]),
-        "flagged_final": bool(final),
+        "flagged_final": bool(hits),
+        "final_wrong_classes": wrong,
         "final_kinds": sorted({_kind(f) for f in final}),
         "final_detail": sorted({_detail(f) for f in final}),
         "kinds": sorted({_kind(f) for f in cb.flags}),
@@ -278,7 +295,10 @@ def run_world(
                 **truth,
                 "final_truth": records[-1] if records else {},
                 "truth_per_epoch": records,
-                "modes": {mode: score_callback(cb) for mode, cb in cbs.items()},
+                "shortcut_classes": list(dw.shortcut_classes(spec)),
+                "modes": {
+                    mode: score_callback(cb, dw.shortcut_classes(spec)) for mode, cb in cbs.items()
+                },
                 "fit_s": fit_s,
                 "total_s": time.perf_counter() - start,
             }
@@ -328,6 +348,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _flagged_cell(m: dict[str, Any]) -> str:
+    """``yes`` / ``no``, and the classes the final flags name that carry no artifact."""
+    wrong = m.get("final_wrong_classes") or []
+    extra = f" (also names {','.join(map(str, wrong))})" if wrong else ""
+    return _fmt(m["flagged_final"]) + extra
+
+
 def _alarm_cell(m: dict[str, Any]) -> str:
     """``no``, or ``yes (epochs ...)`` with the epochs at which artifact/background flags fired."""
     if not m["any_alarm"]:
@@ -360,7 +387,7 @@ def case_rows(results: list[dict[str, Any]]) -> list[str]:
                         r["case"],
                         mode,
                         valid,
-                        "-" if clean else _fmt(m["flagged_final"]),
+                        "-" if clean else _flagged_cell(m),
                         _fmt(m["final_detail"]),
                         _fmt(m["first_flag_epoch"]),
                         "-" if clean else _fmt(r["first_reliance_epoch"]),
@@ -382,7 +409,9 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [
         "",
         "Epochs are 0-based (`Trainer.current_epoch`, as `Flag.epoch`). 'flagged final': an "
-        "artifact/background flag at the callback's last run; 'final flags': their kinds (and "
+        "artifact/background flag at the callback's last run that names a class carrying the "
+        "artifact (a group shortcut: a class of the group; '(also names ...)': other classes a "
+        "final flag names); 'final flags': their kinds (and "
         "`Flag.classes` where given, as label indices). 'first reliance': first epoch with "
         f"acc_present - acc_swapped >= {RELIANCE_DROP}. 'false alarm': any artifact/background "
         "flag at a trained epoch of a clean control.",

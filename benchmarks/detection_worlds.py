@@ -19,11 +19,22 @@ W5    corner tag (bottom right, colour per class), 90/10 correlation  4 vs 9    
 W6    border band along the left edge (colour per class)              0 vs 6    rn18   held-out
 W7    text-like tag, top left (dark "characters" per class on white)  10        rn18   held-out
 W8    corner watermark glyph ("coarse maps": layer4 is 2x2 at 64 px)  3 vs 8    rn18   calibration
+W9    thin ruler: 1-px line + 2-px ticks along the bottom edge         2 vs 7    cnn    calibration
+W10   thin 2-px vertical line near the right edge (64 px)             5 vs 9    rn18   held-out
+W11   jittered token: 5x5 square, top right, +-3 px per image         0 vs 3    cnn    calibration
+W12   jittered scanner text: glyph pair, bottom left, +-4 px (64 px)  1, 6, 8   cnn    held-out
+W13   group shortcut: top ruler on 95% of classes 0-1, 5% of rest     0-4       cnn    calibration
+W14   group shortcut: scale bar on 95% of classes 2, 4, 5% of the rest 5-9      rn18   held-out
 ====  =============================================================  ========  =====  ============
 
-So CALIBRATION = W1, W3, W5, W8 and HELD-OUT = W2, W4, W6, W7: both splits have small-CNN and
-ResNet-18 worlds; the held-out split has the two 10-class worlds, the one-class artifact and the
-moving artifact. W4 is scored with object/artifact masks only (without masks nothing tells the
+So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 and HELD-OUT = W2, W4, W6, W7, W10, W12, W14: both
+splits have small-CNN and ResNet-18 worlds; the held-out split has the two 10-class worlds, the
+one-class artifact and the moving artifact. W9-W14 are three families the first eight did not
+have, one calibration and one held-out world each, differing in geometry, colour, classes, image
+size and model: *thin* artifacts (a line thinner than a map cell), *jittered* tokens (a mark that
+shifts by a few pixels from image to image) and *group* shortcuts (one artifact shared by two of
+five classes: it tells the group, the digit tells the class inside it; "swapped" takes it off the
+group's images and puts it on the others'). W4 is scored with object/artifact masks only (without masks nothing tells the
 callback where a moving mark is).
 
 Every world comes as a shortcut world (the artifact follows the label with probability
@@ -58,7 +69,21 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 MODES = ("present", "removed", "swapped")
 Mode = Literal["present", "removed", "swapped"]
-ArtifactKind = Literal["watermark", "token", "texture", "moving", "tag", "border", "text"]
+ArtifactKind = Literal[
+    "watermark",
+    "token",
+    "texture",
+    "moving",
+    "tag",
+    "border",
+    "text",
+    "ruler",
+    "line",
+    "jitter_square",
+    "jitter_text",
+    "group_bar",
+    "group_scale",
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,9 @@ class WorldSpec:
         batch_size: training batch size.
         masks_only: score only the run that uses masks (the nomask run is reported, not counted).
         digit_contrast: opacity of the digit's ink in (0, 1] (lower: digits harder to read).
+        group: the classes that share one artifact (``artifact="group_*"`` only): it is on
+            ``correlation`` of their images and on ``1 - correlation`` of the others' images.
+        jitter: the artifact moves by up to this many pixels per image and axis (``jitter_*``).
     """
 
     name: str
@@ -101,6 +129,8 @@ class WorldSpec:
     batch_size: int = 64
     masks_only: bool = False
     digit_contrast: float = 1.0
+    group: tuple[int, ...] = ()
+    jitter: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -178,6 +208,71 @@ WORLDS: dict[str, WorldSpec] = {
             n_val=200,
             epochs=3,
         ),
+        WorldSpec(
+            "W9",
+            "thin ruler (1-px line, 2-px ticks) along the bottom edge, colour per class",
+            "calibration",
+            (2, 7),
+            "ruler",
+        ),
+        WorldSpec(
+            "W10",
+            "thin 2-px vertical line near the right edge, colour per class, ResNet-18",
+            "heldout",
+            (5, 9),
+            "line",
+            arch="resnet18",
+            image_size=64,
+            digit_size=32,
+            n_train=600,
+            n_val=200,
+            epochs=3,
+        ),
+        WorldSpec(
+            "W11",
+            "jittered token (5x5 square near the top right, +-3 px per image), colour per class",
+            "calibration",
+            (0, 3),
+            "jitter_square",
+            jitter=3,
+        ),
+        WorldSpec(
+            "W12",
+            "jittered scanner text (3x7 px glyph pair, bottom left, +-4 px), 3 classes, 64 px",
+            "heldout",
+            (1, 6, 8),
+            "jitter_text",
+            image_size=64,
+            digit_size=32,
+            jitter=4,
+            epochs=5,
+        ),
+        WorldSpec(
+            "W13",
+            "group shortcut: dark ruler along the top edge on 95% of classes 0-1 of 5, 5% of others",
+            "calibration",
+            (0, 1, 2, 3, 4),
+            "group_bar",
+            correlation=0.95,
+            group=(0, 1),
+            n_train=1500,
+            epochs=6,
+        ),
+        WorldSpec(
+            "W14",
+            "group shortcut: scale bar (bottom left) on 95% of classes 2, 4 of 5, 5% of others",
+            "heldout",
+            (5, 6, 7, 8, 9),
+            "group_scale",
+            arch="resnet18",
+            image_size=64,
+            digit_size=32,
+            correlation=0.95,
+            group=(2, 4),
+            n_train=1000,
+            n_val=200,
+            epochs=4,
+        ),
     )
 }
 
@@ -248,8 +343,21 @@ def _text_chars(num_classes: int) -> list[Tensor]:
     return out
 
 
+def _jitter_glyphs() -> list[Tensor]:
+    """Per class a ``[3, 7]`` bitmap: two 3x3 "characters" one pixel apart."""
+    rows = (
+        [[1, 0, 1, 0, 1, 1, 1], [0, 1, 0, 0, 1, 0, 0], [1, 0, 1, 0, 1, 1, 1]],
+        [[1, 1, 1, 0, 0, 1, 0], [1, 0, 1, 0, 1, 1, 1], [1, 1, 1, 0, 0, 1, 0]],
+        [[0, 1, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 1, 0], [0, 1, 0, 0, 0, 1, 1]],
+    )
+    return [torch.tensor(r, dtype=torch.float) for r in rows]
+
+
 BORDER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.85, 0.3))
 TAG_COLOURS = ((1.0, 0.8, 0.0), (0.0, 0.75, 1.0))
+RULER_COLOURS = ((1.0, 0.95, 0.2), (0.2, 0.95, 1.0))
+LINE_COLOURS = ((0.95, 0.2, 0.95), (0.95, 0.95, 0.95))
+JITTER_COLOURS = ((1.0, 0.5, 0.0), (0.3, 1.0, 0.3), (0.6, 0.3, 1.0))
 MOVING_COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.4, 1.0))
 
 
@@ -257,7 +365,14 @@ def design_of(spec: WorldSpec, cls: int) -> int | None:
     """The artifact design of class ``cls``; ``None``: the class carries no artifact."""
     if spec.artifact == "token":
         return 0 if cls == spec.token_class else None
+    if spec.artifact.startswith("group_"):
+        return 0 if cls in spec.group else None
     return cls
+
+
+def shortcut_classes(spec: WorldSpec) -> tuple[int, ...]:
+    """The classes whose images carry an artifact design: the ones a flag should name."""
+    return tuple(c for c in range(spec.num_classes) if design_of(spec, c) is not None)
 
 
 def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
@@ -273,6 +388,19 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, 0, s, 6)
     if spec.artifact == "text":
         return (0, 0, 10, 16)
+    if spec.artifact == "ruler":
+        return (s - 6, 0, s, s)
+    if spec.artifact == "line":
+        return (0, s - 6, s, s)
+    j = spec.jitter
+    if spec.artifact == "jitter_square":
+        return (7 - j - 1, s - 12 - j - 1, 12 + j + 1, s - 7 + j + 1)
+    if spec.artifact == "jitter_text":
+        return (s - 12 - j - 1, 6 - j - 1, s - 7 + j + 1, 13 + j + 1)
+    if spec.artifact == "group_bar":
+        return (0, 0, 5, s)
+    if spec.artifact == "group_scale":
+        return (s - 10, 0, s, 26)
     return None
 
 
@@ -290,7 +418,8 @@ def apply_artifact(
         base: the image without artifact, ``[3, H, W]`` float in [0, 1] (not modified).
         design: the design index (``None``: no artifact).
         digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture avoids it).
-        mark_pos: ``(y, x)`` top-left corner of the moving mark (``artifact="moving"`` only).
+        mark_pos: ``(y, x)`` top-left corner of the moving mark (``artifact="moving"``), or the
+            artifact's per-image shift (``jitter_*``).
 
     Returns:
         ``(image [3, H, W] float in [0, 1], artifact_mask [H, W] bool)``; the image equals
@@ -337,6 +466,34 @@ def apply_artifact(
         mask[1:8, 1:14] = True
         patch[:] = 0.97
         patch[:, 2:7, 2:13] = torch.where(bitmap.bool(), 0.05, 0.97)
+    elif kind == "ruler":  # 1-px line on row h-2, 2-px ticks every 4 px above it
+        mask[h - 2, 2 : w - 2] = True
+        mask[h - 4 : h - 2, 4 : w - 3 : 4] = True
+        patch[:] = torch.tensor(RULER_COLOURS[design]).view(3, 1, 1)
+    elif kind == "line":  # 2-px vertical line, the middle 3/4 of the height
+        mask[h // 8 : h - h // 8, w - 4 : w - 2] = True
+        patch[:] = torch.tensor(LINE_COLOURS[design]).view(3, 1, 1)
+    elif kind == "jitter_square":
+        dy, dx = mark_pos
+        mask[7 + dy : 12 + dy, w - 12 + dx : w - 7 + dx] = True
+        patch[:] = torch.tensor(JITTER_COLOURS[design]).view(3, 1, 1)
+    elif kind == "jitter_text":  # two 3x3 "characters" on a dark strip, ink colour per class
+        dy, dx = mark_pos
+        y, x = h - 12 + dy, 6 + dx
+        mask[y : y + 5, x : x + 7] = True
+        patch[:] = 0.08
+        ink = _jitter_glyphs()[design]
+        patch[:, y + 1 : y + 4, x + 0 : x + 7] = torch.where(
+            ink.bool(), torch.tensor(JITTER_COLOURS[design]).view(3, 1, 1), 0.08
+        )
+    elif kind == "group_bar":  # a dark ruler along the top edge: 1-px line, 2-px ticks
+        mask[1, 4 : w - 4] = True
+        mask[2:4, 4 : w - 4 : 6] = True
+        patch[:] = 0.05
+    elif kind == "group_scale":  # a white scale bar with dark ticks, bottom left
+        mask[h - 7 : h - 3, 3:23] = True
+        patch[:] = 0.97
+        patch[:, h - 7 : h - 5, 3:23:5] = 0.05
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -434,7 +591,15 @@ class DigitWorld:
             )
             object_masks[i, y0 : y0 + d, x0 : x0 + d] = ink[i] > 0.3
             boxes.append(box)
-            marks.append(self._place_mark(g, s, box) if spec.artifact == "moving" else (0, 0))
+            if spec.artifact == "moving":
+                marks.append(self._place_mark(g, s, box))
+            elif spec.jitter:
+                dy, dx = (
+                    int(v) for v in torch.randint(-spec.jitter, spec.jitter + 1, (2,), generator=g)
+                )
+                marks.append((dy, dx))
+            else:
+                marks.append((0, 0))
         # Artifact assignment: its own generator, so the clean control keeps the same images.
         ga = torch.Generator().manual_seed(
             _seed("assign", spec.name, split, self.seed, self.shortcut)

@@ -21,8 +21,11 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
 ``"artifact"``
     Attention sits on a label artifact (watermark, text tag, hospital token, ruler, border band,
     stamp) in the probes of some class: with artifact masks, the attention enrichment inside the
-    masks; with or without masks, an *anchored hot spot* where the maps of different images of one
-    class pile up at the same off-centre place over pixels that barely change between images.
+    masks (as the map's cells see them); with or without masks, an *anchored hot spot* where the
+    maps of different images of one class pile up at the same off-centre place over pixels that
+    barely change between images (up to a shift of half a map cell). Where the attention is only
+    elevated (partial reliance, e.g. an artifact that tells a group of classes apart), a strong
+    measured dependence on the region confirms.
     Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
     the target's evidence from most of the class's probes.
 ``"background"``
@@ -40,9 +43,12 @@ are near-uniform whatever the model looks at, and cannot localise an artifact.
 
 Metric names (relative; the callback prefixes them): ``drift/{pearson,spearman,js,iou,com_shift}
 _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enrichment}``,
-``attention/{object,artifact}_{share,enrichment}``, ``attention/object_pointing``,
-``attention/hotspot_{share,enrichment}`` (per probe) and ``attention/hotspot_{consistency,offset,
-stability,area}`` (per class), ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
+``attention/{object,artifact}_{share,enrichment}``, ``attention/artifact_{pixel,cell}_enrichment``
+(the artifact enrichment is the larger of the two: the masks as the map's cells see them),
+``attention/object_pointing``, ``attention/hotspot_{share,enrichment}`` (per probe) and
+``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
+class; stability is the larger of the pixel and the shift-tolerant reading),
+``causal/{region}_{flip,drop,evidence,depends}`` for the regions
 ``artifact, hotspot, object, focus, border`` (``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
@@ -119,6 +125,16 @@ class ShortcutMonitor:
         hotspot_stability: ... over image pixels at least this stable across the class's images
             (pasted marks are; moving objects and random backgrounds score 0); confirmed by
             ``dependence`` on its footprint.
+        partial_enrichment: partial-reliance artifact rule (masks): where the class's attention
+            on the artifact masks is at least this but under ``artifact_enrichment`` (elevated,
+            not dominant: an artifact that tells a group of classes apart, the object the class
+            within it), the artifact is erased for the class's probes ...
+        partial_consistency: ... and likewise, without masks, where the hot-spot consistency is
+            at least this but under ``hotspot_consistency`` (offset and stability as for the
+            hot-spot rule) ...
+        partial_dependence: ... and such a rule is confirmed only by a strong measured
+            dependence: at least this share of the class's tested probes depend on the region
+            (``dependence`` is the share for the rules over their thresholds).
         diffuse_entropy: diffuse background rule (no masks needed): the class's mean normalised
             map entropy is at least this (attention spread over the whole image) ...
         focus_drop: ... and erasing each map's hottest ``focus_frac`` removes on average less
@@ -169,6 +185,9 @@ class ShortcutMonitor:
         hotspot_consistency: float | None = 2.0,
         hotspot_offset: float = 0.3,
         hotspot_stability: float = 0.15,
+        partial_enrichment: float | None = 1.5,
+        partial_consistency: float | None = 1.5,
+        partial_dependence: float = 0.9,
         diffuse_entropy: float | None = 0.95,
         focus_drop: float = 0.5,
         hotspot_frac: float = 0.05,
@@ -213,6 +232,7 @@ class ShortcutMonitor:
         """Threshold name -> value, as the rule table reads them."""
         names = {c.threshold for r in self.rules for c in r.conditions}
         names |= {r.drop_setting for r in self.rules if r.drop_setting}
+        names |= {r.dependence_setting for r in self.rules if r.confirm == "depends"}
         return {n: getattr(self, n) for n in sorted(names)}
 
     def reset(self) -> None:
@@ -328,7 +348,7 @@ class ShortcutMonitor:
         confirmed, words = {}, None
         if causal:
             confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
-            words = self.memory.words(x.classes, stats, tested)
+            words = self.memory.words(x.classes, stats, self.memory.conclusive)
         flags = [
             word_flag(self, kind, hits, x, per, stats, words, epoch, step)
             for kind, hits in fired(decisions, confirmed).items()
@@ -400,6 +420,8 @@ _OPTIONAL = frozenset(
         "artifact_enrichment",
         "object_enrichment",
         "hotspot_consistency",
+        "partial_enrichment",
+        "partial_consistency",
         "diffuse_entropy",
         "focus_mass",
         "border_enrichment",

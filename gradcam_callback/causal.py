@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .rules import Rule, RuleDecision
 
-__all__ = ["CausalMemory", "CausalValues", "Finding", "regions_to_erase", "verdict"]
+__all__ = ["CausalMemory", "CausalValues", "Finding", "measured", "regions_to_erase", "verdict"]
 
 #: ``(rule, group) -> (the group's causal statistics, epoch of the test or None for this run)``
 CausalValues = Callable[[Rule, int], tuple[Mapping[str, float], "int | None"]]
@@ -64,21 +64,29 @@ def verdict(
     Only measured evidence counts: at least ``mon.min_probes`` of the class's probes must have a
     defined evidence drop (a positive target log-odds before the erasure: a model that does not
     yet predict the class has no evidence to lose, and says nothing about shortcuts).
-    ``"depends"``: at least ``mon.dependence`` of them depend on the region (or the optional
-    ``flip_rate`` / ``score_drop`` confirm); ``"indifferent"``: the mean evidence lost is below
-    the rule's ``drop_setting``.
+    ``"depends"``: at least the rule's ``dependence_setting`` (``mon.dependence``, or
+    ``mon.partial_dependence`` for a partial-reliance rule) of them depend on the region (or the
+    optional ``flip_rate`` / ``score_drop`` confirm); ``"indifferent"``: the mean evidence lost is
+    below the rule's ``drop_setting``.
     """
     r = rule.region
-    measured = counts[f"causal/{r}_evidence"] >= mon.min_probes
+    tested = measured(mon, rule, counts)
     if rule.confirm == "depends":
-        ok = stats[f"causal/{r}_depends"] >= mon.dependence  # NaN fails
+        need = float(getattr(mon, rule.dependence_setting))
+        ok = stats[f"causal/{r}_depends"] >= need  # NaN fails
         if mon.flip_rate is not None:
             ok |= stats[f"causal/{r}_flip"] >= mon.flip_rate
         if mon.score_drop is not None:
             ok |= stats[f"causal/{r}_drop"] >= mon.score_drop
-        return measured & ok
+        return tested & ok
     drop = float(mon.settings[rule.drop_setting])
-    return measured & (stats[f"causal/{r}_evidence"] < drop)
+    return tested & (stats[f"causal/{r}_evidence"] < drop)
+
+
+def measured(mon: Any, rule: Rule, counts: Mapping[str, Tensor]) -> Tensor:
+    """Bool ``[G]``: this run measured the rule's region on at least ``mon.min_probes`` probes
+    of the class (a defined evidence drop: the probe had the region and evidence to lose)."""
+    return counts[f"causal/{rule.region}_evidence"] >= mon.min_probes
 
 
 def regions_to_erase(
@@ -117,6 +125,8 @@ class CausalMemory:
     def __init__(self) -> None:
         self.findings: dict[tuple[str, int], Finding] = {}
         self.run = 0
+        #: rule name -> {group: probes} of the last :meth:`settle`'s conclusive tests
+        self.conclusive: dict[str, dict[int, int]] = {}
 
     def reset(self) -> None:
         """Forget every finding (a new baseline, a new probe set)."""
@@ -232,21 +242,29 @@ class CausalMemory:
         tested: Mapping[str, Mapping[int, int]],
         epoch: int = 0,
     ) -> dict[str, Tensor]:
-        """Rule name -> bool ``[G]``: confirmed by this run's test where it tested the class,
-        else by a carried finding; then :meth:`record` this run's findings."""
+        """Rule name -> bool ``[G]``: confirmed by this run's test where it tested the class
+        conclusively (at least ``mon.min_probes`` probes measured, :func:`measured`), else by a
+        carried finding; then :meth:`record` this run's conclusive findings (kept in
+        :attr:`conclusive` for :meth:`words`)."""
         self.run += 1
         out: dict[str, Tensor] = {}
         verdicts: dict[str, Tensor] = {}
+        conclusive: dict[str, dict[int, int]] = {}
         for d in decisions:
             if not _testable(d):
                 continue
             name = d.rule.name
             verdicts[name] = verdict(mon, d.rule, stats, counts)
+            # a test with too few measured probes (no artifact in them, or no evidence to lose)
+            # is inconclusive: it neither confirms nor refutes a finding carried from before
+            ok = (measured(mon, d.rule, counts)).tolist()
+            conclusive[name] = {g: k for g, k in tested.get(name, {}).items() if ok[g]}
             now = torch.zeros_like(verdicts[name])
-            now[list(tested.get(name, {}))] = True
+            now[list(conclusive[name])] = True
             carried = torch.tensor(self.carried(name, classes), device=now.device)
             out[name] = torch.where(now, verdicts[name], carried)
-        self.record(decisions, classes, tested, verdicts, stats, epoch)
+        self.record(decisions, classes, conclusive, verdicts, stats, epoch)
+        self.conclusive = conclusive
         return out
 
     def words(

@@ -58,6 +58,22 @@ class Inputs:
     artifact_full: Tensor | None
     logits: Tensor | None
     can_localise: bool
+    cells: tuple[int, int] = (0, 0)  # the layer map's own grid (h, w)
+    # [N, gh, gw] bool: the artifact masks as the map sees them (the cells they touch)
+    artifact_cells: Tensor | None = None
+
+    @property
+    def stride(self) -> float:
+        """Analysis-grid pixels per map cell (``1`` for maps at the grid's resolution or finer)."""
+        gh, gw = self.maps.shape[-2:]
+        if min(self.cells) <= 0:
+            return 1.0
+        return max(1.0, gh / self.cells[0], gw / self.cells[1])
+
+    @property
+    def shift(self) -> int:
+        """The hot spot's shift tolerance: half a map cell, in analysis-grid pixels."""
+        return int(self.stride // 2)
 
 
 class RankCache:
@@ -131,6 +147,7 @@ def prepare(
         return None if m is None else m.to(dev, torch.bool)
 
     obj, art = full(object_masks), full(artifact_masks)
+    cells = (int(map_size[0]), int(map_size[1]))
     return Inputs(
         maps=g_maps,
         images=images.to(dev),
@@ -145,6 +162,8 @@ def prepare(
         artifact_full=art,
         logits=None if logits is None else logits.detach().float().to(dev),
         can_localise=can_localise,
+        cells=cells,
+        artifact_cells=None if art is None else M.cell_mask(art, cells, grid),
     )
 
 
@@ -179,6 +198,14 @@ def measure(
             per["attention/object_pointing"] = torch.where(
                 has, M.pointing_game(maps, mask), torch.nan
             )
+    if x.artifact_cells is not None:
+        # the masks as the map sees them: the cells they touch (a line thinner than a cell gets
+        # the cell's attention); the rule reads the larger of the pixel and the cell reading
+        pixel = per["attention/artifact_enrichment"]
+        cell = M.enrichment(maps, x.artifact_cells)
+        per["attention/artifact_pixel_enrichment"] = pixel
+        per["attention/artifact_cell_enrichment"] = cell
+        per["attention/artifact_enrichment"] = torch.fmax(pixel, cell)
     hot = M.anchored_hotspot(
         maps,
         x.images_grid,
@@ -186,6 +213,7 @@ def measure(
         num_groups=len(x.classes),
         frac=mon.hotspot_frac,
         min_group=mon.min_probes,
+        shift=x.shift,
     )
     per["attention/hotspot_share"] = hot.share
     per["attention/hotspot_enrichment"] = hot.enrichment
@@ -193,6 +221,8 @@ def measure(
         "attention/hotspot_consistency": hot.consistency,
         "attention/hotspot_offset": hot.offset,
         "attention/hotspot_stability": hot.stability,
+        "attention/hotspot_pixel_stability": hot.pixel_stability,
+        "attention/hotspot_shift_stability": hot.shift_stability,
         "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
     }
     return per, group, hot

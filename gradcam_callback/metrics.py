@@ -35,6 +35,7 @@ __all__ = [
     "anchored_hotspot",
     "border_enrichment",
     "border_mask",
+    "cell_mask",
     "center_of_mass",
     "com_shift",
     "corner_enrichment",
@@ -52,6 +53,7 @@ __all__ = [
     "mass_share",
     "pearson",
     "pointing_game",
+    "shift_tolerant_std",
     "spearman",
     "top_region",
     "topk_iou",
@@ -358,6 +360,37 @@ def pointing_game(maps: Tensor, mask: Tensor, tolerance: int = 0) -> Tensor:
     return torch.where((hi > lo)[:, 0], hit, _nan(hit))
 
 
+def cell_mask(mask: Tensor, cells: tuple[int, int], size: tuple[int, int] | None = None) -> Tensor:
+    """A mask as a map of ``cells`` cells sees it: every cell the mask touches, whole.
+
+    A Grad-CAM map of stride ``s`` has one value per ``s x s`` cell; upsampled, it spreads the
+    evidence of a line thinner than a cell over the whole cell and ramps it between cells, so the
+    pixels of a thin mask (above all one off a cell's centre) can get less than the map puts on
+    the cells around it. Compared with the cells the mask touches, a map that reads the line
+    scores what it puts there.
+
+    Args:
+        mask: bool ``[N, H, W]`` (or ``[H, W]``) at any resolution.
+        cells: ``(h, w)`` of the map's own grid (the layer's feature map).
+        size: ``(H', W')`` of the returned mask (``None``: the mask's own size).
+
+    Returns:
+        bool ``[N, H', W']`` (or ``[H', W']``): the cells the mask touches, at ``size``.
+        Equals ``mask`` when the map has a cell per pixel (``cells`` at least the mask's size
+        and ``size`` the mask's size); a map finer than ``size`` is read at ``size``; empty
+        masks stay empty.
+    """
+    squeeze = mask.dim() == 2
+    m = mask[None] if squeeze else mask
+    out_size = tuple(m.shape[-2:]) if size is None else (int(size[0]), int(size[1]))
+    # never finer than the mask or the output: a map finer than the output grid is read at it
+    h = min(int(cells[0]), m.shape[-2], out_size[0])
+    w = min(int(cells[1]), m.shape[-1], out_size[1])
+    touched = F.adaptive_max_pool2d(m[:, None].float(), (h, w))
+    out = F.interpolate(touched, size=out_size, mode="nearest")[:, 0] > 0
+    return out[0] if squeeze else out
+
+
 # ----------------------------------------------------------------------------- mask-free
 def border_mask(
     height: int, width: int, frac: float = 0.125, device: torch.device | str | None = None
@@ -432,8 +465,14 @@ class Hotspot:
         stability: float32 ``[G]`` in ``[0, 1]``, how constant the image pixels under the hot
             spot are across the group's images, relative to the whole image: ``1 - std_region /
             std_image`` of the per-pixel standard deviation across images (images weighted by
-            each probe's share, hot-spot pixels by the group's mean attention). Near 1 for pasted watermarks, tags and tokens; near 0 (clamped) for
-            moving objects or random texture.
+            each probe's share, hot-spot pixels by the group's mean attention). Near 1 for pasted
+            watermarks, tags and tokens; near 0 (clamped) for moving objects or random texture.
+            The larger of ``pixel_stability`` and ``shift_stability``.
+        pixel_stability: float32 ``[G]``, the same from the pixels as they are.
+        shift_stability: float32 ``[G]``, the same from the images' local maxima and minima over
+            ``shift`` pixels each way (:func:`shift_tolerant_std`): a token that moves by up to
+            ``shift`` pixels from image to image is stable here (equals ``pixel_stability``
+            when ``shift`` is 0).
         size: float32 ``[G]``, number of usable maps in each group.
         footprint: bool ``[N, H, W]``, the group's hot spot grown over stable pixels (see
             :func:`grow_region`): the likely extent of a pasted artifact, e.g. a whole border
@@ -451,6 +490,8 @@ class Hotspot:
     offset: Tensor
     stability: Tensor
     size: Tensor
+    pixel_stability: Tensor | None = None
+    shift_stability: Tensor | None = None
 
 
 def anchored_hotspot(
@@ -462,6 +503,7 @@ def anchored_hotspot(
     min_group: int = 4,
     stable_ratio: float = 0.5,
     max_area: float = 0.25,
+    shift: int = 0,
 ) -> Hotspot:
     """Attention piled up at one place across *different* probe images.
 
@@ -481,6 +523,11 @@ def anchored_hotspot(
         stable_ratio: a pixel is *stable* when its standard deviation across the group's images
             is below this fraction of the image-wide mean; the footprint grows over those.
         max_area: the footprint stops growing before it covers more than this image fraction.
+        shift: shift tolerance in pixels (e.g. half the map's stride): stability is also
+            measured on the images' local extremes over ``shift`` pixels each way, so that a
+            mark that moves by a few pixels from image to image (burned-in text, a token pasted
+            by another device) counts as stable; where that reading is the higher one, the
+            footprint is dilated by ``shift`` (the mark is erased wherever it went).
 
     Returns:
         :class:`Hotspot`.
@@ -498,10 +545,19 @@ def anchored_hotspot(
     enough = (size >= min_group) & (area > 0)
     consistency = (onehot.T @ torch.nan_to_num(enr)) / size.clamp_min(1.0)
     wreg = (mean * greg).view(num_groups, h, w)
-    std, stability = _pixel_stability(images, onehot * torch.nan_to_num(share)[:, None], wreg)
+    wts = onehot * torch.nan_to_num(share)[:, None]
+    std, pixel_stab = _pixel_stability(images, wts, wreg)
     # the artifact's likely extent: the hot spot grown over pixels that barely change
     stable = (std < stable_ratio * std.mean(1)[:, None]).view(num_groups, h, w)
     foot = grow_region(greg.view(num_groups, h, w), stable, max_area=max_area)
+    shift_stab = pixel_stab
+    if shift > 0:
+        _, shift_stab = _pixel_stability(images, wts, wreg, shift)
+        shifted = torch.nan_to_num(shift_stab, nan=-1.0) > torch.nan_to_num(pixel_stab, nan=-1.0)
+        k = 2 * shift + 1
+        wide = F.max_pool2d(foot[:, None].float(), k, 1, shift)[:, 0] > 0
+        foot = torch.where(shifted[:, None, None], wide, foot)
+    stability = torch.fmax(pixel_stab, shift_stab)
     return Hotspot(
         region=region.view(n, h, w),
         group_region=greg.view(num_groups, h, w),
@@ -513,6 +569,8 @@ def anchored_hotspot(
         offset=torch.where(area > 0, _offset(wreg), _nan(area)),
         stability=torch.where(enough, stability, _nan(stability)),
         size=size,
+        pixel_stability=torch.where(enough, pixel_stab, _nan(pixel_stab)),
+        shift_stability=torch.where(enough, shift_stab, _nan(shift_stab)),
     )
 
 
@@ -553,12 +611,66 @@ def _offset(wreg: Tensor) -> Tensor:
     return ((com - centre).norm(dim=1) / half_diag).clamp(0.0, 1.0)
 
 
-def _pixel_stability(images: Tensor, wts: Tensor, wreg: Tensor) -> tuple[Tensor, Tensor]:
+def _weighted_std(x: Tensor, wts: Tensor) -> Tensor:
+    """Per-group, per-pixel weighted standard deviation across images: ``x`` ``[N, C, P]``,
+    ``wts`` ``[N, G]`` -> float ``[G, C, P]``."""
+    tiny = torch.finfo(wts.dtype).tiny
+    wsum = wts.sum(0).clamp_min(tiny)  # [G]
+    mu = torch.einsum("ng,ncp->gcp", wts, x) / wsum[:, None, None]
+    ex2 = torch.einsum("ng,ncp->gcp", wts, x * x) / wsum[:, None, None]
+    return (ex2 - mu * mu).clamp_min(0).sqrt()
+
+
+def shift_tolerant_std(images: Tensor, wts: Tensor, shift: int) -> Tensor:
+    """Per-pixel standard deviation across images that a shift of up to ``shift`` px ignores.
+
+    Each image is replaced by its local maximum and its local minimum over a ``2 * shift + 1``
+    square window; a bright (or dark) mark that moves by at most ``shift`` pixels between images
+    gives the same local maximum (minimum) over its middle in every image. Per pixel and channel
+    the smaller of the two deviations counts (a mark brighter than its surroundings in one
+    channel may be darker in another), then the mean over channels.
+
+    Args:
+        images: float ``[N, C, H, W]``.
+        wts: float ``[N, G]``, the weight of each image in each group (``0``: not in it).
+        shift: pixels each way (``0``: the plain per-pixel deviation).
+
+    Returns:
+        float ``[G, H * W]``.
+    """
+    x = images.float()
+    if shift <= 0:
+        return _weighted_std(x.flatten(2), wts).mean(1)
+    hi, lo = _local_max(x, shift), -_local_max(-x, shift)
+    std_hi = _weighted_std(hi.flatten(2), wts)
+    std_lo = _weighted_std(lo.flatten(2), wts)
+    return torch.minimum(std_hi, std_lo).mean(1)
+
+
+def _local_max(x: Tensor, r: int) -> Tensor:
+    """Max over a ``(2r + 1)`` square window of ``[N, C, H, W]`` (same size; the window is
+    clipped at the borders), as two separable passes of shifted maxima (a stride-1
+    ``max_pool2d`` is several times slower on a CPU)."""
+    h, w = x.shape[-2:]
+    p = F.pad(x, (r, r, r, r), mode="replicate")  # a replicated border never wins a max wrongly
+    rows = p[..., :, 0:w]
+    for d in range(1, 2 * r + 1):
+        rows = torch.maximum(rows, p[..., :, d : d + w])
+    out = rows[..., 0:h, :]
+    for d in range(1, 2 * r + 1):
+        out = torch.maximum(out, rows[..., d : d + h, :])
+    return out
+
+
+def _pixel_stability(
+    images: Tensor, wts: Tensor, wreg: Tensor, shift: int = 0
+) -> tuple[Tensor, Tensor]:
     """How little the image pixels under each group's hot spot change across its images.
 
     Args:
         images: ``[N, C, H, W]``; ``wts``: float ``[N, G]`` probe weights per group (the
             probe's share on the hot spot); ``wreg``: float ``[G, H, W]`` hot-spot weights.
+        shift: read the images shift-tolerantly (:func:`shift_tolerant_std`).
 
     Returns:
         ``(std [G, P], stability [G])``: the weighted per-pixel standard deviation (mean over
@@ -566,11 +678,7 @@ def _pixel_stability(images: Tensor, wts: Tensor, wreg: Tensor) -> tuple[Tensor,
         where the images do not vary at all).
     """
     tiny = torch.finfo(wts.dtype).tiny
-    x = images.flatten(2).float()  # [N, C, P]
-    wsum = wts.sum(0).clamp_min(tiny)  # [G]
-    mu = torch.einsum("ng,ncp->gcp", wts, x) / wsum[:, None, None]
-    ex2 = torch.einsum("ng,ncp->gcp", wts, x * x) / wsum[:, None, None]
-    std = (ex2 - mu * mu).clamp_min(0).sqrt().mean(1)  # [G, P]
+    std = shift_tolerant_std(images, wts, shift)  # [G, P]
     std_all = std.mean(1)
     wflat = wreg.flatten(1)
     std_reg = (std * wflat).sum(1) / wflat.sum(1).clamp_min(tiny)

@@ -121,6 +121,8 @@ class Rule:
             ``"indifferent"``: confirmed when erasing the region removes on average less than the
             setting named by ``drop_setting`` (the model does not need what the map should show).
         drop_setting: the setting of an ``"indifferent"`` confirmation.
+        dependence_setting: the setting that holds the share of tested probes a ``"depends"``
+            confirmation needs (``"dependence"``; the partial-reliance rules ask for more).
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
@@ -136,6 +138,7 @@ class Rule:
     region: str | None = None
     confirm: Literal["depends", "indifferent"] | None = None
     drop_setting: str | None = None
+    dependence_setting: str = "dependence"
     per_class: bool = True
     after_trained_run: bool = False
     summary: str = ""
@@ -167,7 +170,10 @@ RULES: tuple[Rule, ...] = (
         confirm="depends",
         summary=(
             "attention on the label-artifact masks is {value:.1f}x their area share "
-            "({attention/artifact_share:pct} of the maps' mass)"
+            "({attention/artifact_share:pct} of the maps' mass; compared as the map sees them: "
+            "the larger of {attention/artifact_pixel_enrichment:.1f}x on the mask pixels and "
+            "{attention/artifact_cell_enrichment:.1f}x on the cells of the {map_cells} map they "
+            "touch)"
         ),
         advice=(
             "The model reads the artifact, not the object: see attention/artifact_enrichment "
@@ -187,11 +193,60 @@ RULES: tuple[Rule, ...] = (
         summary=(
             "the probes pile their attention on one off-centre spot ({value:.1f}x its area "
             "share, {attention/hotspot_offset:pct} of the way from the centre to a corner) over "
-            "pixels that are {attention/hotspot_stability:pct} stable across images"
+            "pixels that are {attention/hotspot_stability:pct} stable across images (allowing "
+            "a shift of {hotspot_shift} px)"
         ),
         advice=(
             "A watermark, tag, token or border at a fixed place is a likely shortcut: see "
             "attention/hotspot_consistency and the overlays."
+        ),
+    ),
+    Rule(
+        name="artifact_masks_partial",
+        kind=FlagKind.artifact,
+        conditions=(
+            Condition("attention/artifact_enrichment", ">=", "partial_enrichment"),
+            Condition("attention/artifact_enrichment", "<", "artifact_enrichment"),
+        ),
+        needs="artifact_masks",
+        region="artifact",
+        confirm="depends",
+        dependence_setting="partial_dependence",
+        summary=(
+            "attention on the label-artifact masks is elevated but under the artifact threshold "
+            "({value:.1f}x their area share, as the map sees them: the larger of "
+            "{attention/artifact_pixel_enrichment:.1f}x on the mask pixels and "
+            "{attention/artifact_cell_enrichment:.1f}x on the cells of the {map_cells} map they "
+            "touch), and the model depends on them (partial reliance)"
+        ),
+        advice=(
+            "The model uses the artifact for part of its decision (e.g. to tell a group of "
+            "classes from the others): see attention/artifact_enrichment and "
+            "causal/artifact_dependence."
+        ),
+    ),
+    Rule(
+        name="artifact_hotspot_partial",
+        kind=FlagKind.artifact,
+        conditions=(
+            Condition("attention/hotspot_consistency", ">=", "partial_consistency"),
+            Condition("attention/hotspot_consistency", "<", "hotspot_consistency"),
+            Condition("attention/hotspot_offset", ">=", "hotspot_offset"),
+            Condition("attention/hotspot_stability", ">=", "hotspot_stability"),
+        ),
+        region="hotspot",
+        confirm="depends",
+        dependence_setting="partial_dependence",
+        summary=(
+            "the probes put elevated attention on one off-centre spot ({value:.1f}x its area "
+            "share, under the hot-spot threshold; {attention/hotspot_offset:pct} of the way from "
+            "the centre to a corner, over pixels {attention/hotspot_stability:pct} stable across "
+            "images), and the model depends on it (partial reliance)"
+        ),
+        advice=(
+            "A fixed-place mark may tell a group of classes apart even where the maps do not "
+            "pile up on it: see attention/hotspot_consistency, causal/hotspot_dependence and "
+            "the overlays."
         ),
     ),
     Rule(

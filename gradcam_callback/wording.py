@@ -85,6 +85,9 @@ def word_flag(
         if (k.endswith("@set") if suffix else not k.endswith("@set"))
     }
     fields["value"] = value = float(head[best])
+    fields["map_cells"] = f"{x.cells[0]}x{x.cells[1]}"  # what the mask measures compared with
+    # the hot spot's shift tolerance, in image pixels (it is measured on the analysis grid)
+    fields["hotspot_shift"] = round(x.shift * x.images.shape[-2] / x.maps.shape[-2])
     text = _FMT.format(rule.summary, **fields)
     if rule.per_class:
         classes = tuple(x.classes[g] for g in all_groups)

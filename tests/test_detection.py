@@ -141,6 +141,55 @@ def test_token_world_marks_one_class_only() -> None:
     assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
 
 
+def test_group_world_marks_the_group_and_swapped_moves_it() -> None:
+    spec = dw.WORLDS["W13"]
+    world = dw.DigitWorld(spec, n_train=10, n_val=400)
+    _, labels, _, art = world.val.tensors
+    has = art.flatten(1).any(1)
+    in_group = torch.isin(labels, torch.tensor(spec.group))
+    assert dw.shortcut_classes(spec) == spec.group
+    assert 0.88 < has[in_group].float().mean().item() < 1.0  # ~95 %
+    assert 0.0 < has[~in_group].float().mean().item() < 0.12  # ~5 %
+    _, labels, _, art = world.variant("swapped").tensors
+    assert torch.equal(art.flatten(1).any(1), ~in_group)  # the group loses it, the others get it
+    # the clean control: on ~2/5 of the images, whatever the label
+    clean = dw.DigitWorld(spec, shortcut=False, n_train=10, n_val=400)
+    _, labels, _, art = clean.val.tensors
+    has = art.flatten(1).any(1)
+    in_group = torch.isin(labels, torch.tensor(spec.group))
+    for part in (has[in_group], has[~in_group]):
+        assert 0.25 < part.float().mean().item() < 0.55
+
+
+@pytest.mark.parametrize("name", ["W11", "W12"])
+def test_jittered_token_moves_by_at_most_the_jitter(name: str) -> None:
+    spec = dw.WORLDS[name]
+    _, labels, _, art = _world(name).val.tensors
+    ys, xs = [], []
+    for m in art:
+        idx = torch.nonzero(m)
+        ys.append(int(idx[:, 0].min()))
+        xs.append(int(idx[:, 1].min()))
+    ys_t, xs_t = torch.tensor(ys), torch.tensor(xs)
+    assert int(ys_t.max() - ys_t.min()) <= 2 * spec.jitter
+    assert int(xs_t.max() - xs_t.min()) <= 2 * spec.jitter
+    assert len(set(zip(ys, xs))) > 5  # it does move
+    # same class, same design: equal mask shapes up to the shift
+    first = art[0][ys[0] :, xs[0] :]
+    j = next(i for i in range(1, len(labels)) if labels[i] == labels[0])
+    assert torch.equal(art[j][ys[j] :, xs[j] :][:8, :8], first[:8, :8])
+
+
+def test_thin_worlds_draw_lines_thinner_than_a_map_cell() -> None:
+    for name, stride in (("W9", 4), ("W10", 8)):
+        spec = dw.WORLDS[name]
+        _, _, _, art = _world(name).val.tensors
+        m = art[0]
+        thickness = min(int(m.any(1).sum()), int(m.any(0).sum()))
+        assert 1 <= thickness < stride, name
+        assert int(m.sum()) > 3 * spec.image_size // 4  # long: most of a side
+
+
 @pytest.mark.parametrize("name", ["W1", "W6"])
 def test_models_are_deterministic_without_the_global_rng(name: str) -> None:
     spec = dw.WORLDS[name]

@@ -296,3 +296,74 @@ def test_values_stay_in_documented_ranges() -> None:
     ent = M.focus_entropy(a)
     assert ((ent >= 0) & (ent <= 1)).all()
     assert math.isclose(float(M.border_enrichment(torch.ones(1, 12, 12))[0]), 1.0, rel_tol=1e-5)
+
+
+def test_cell_mask_is_the_mask_as_a_coarse_map_sees_it() -> None:
+    mask = torch.zeros(2, 16, 16, dtype=torch.bool)
+    mask[0, 14, 2:14] = True  # a 1-px line along the bottom
+    # probe 1: empty
+    cells = M.cell_mask(mask, (4, 4))
+    assert cells.shape == (2, 16, 16)
+    torch.testing.assert_close(cells[0, 12:].all(), torch.tensor(True))  # the whole row of cells
+    assert not cells[0, :12].any() and not cells[1].any()
+    # a map with a cell per pixel sees the mask as it is; a finer map is read at the output size
+    torch.testing.assert_close(M.cell_mask(mask, (16, 16)), mask)
+    assert M.cell_mask(mask, (64, 64), (8, 8))[0, 7, 1:7].all()
+    assert M.cell_mask(mask[0], (4, 4)).shape == (16, 16)
+    # a stride-4 map that reads a line on the edge of its cells (all its mass on that row of
+    # cells), upsampled bilinearly: the line's pixels get the ramp between two cells, the cells
+    # it touches their whole value; a uniform cell would read the same both ways
+    edge = torch.zeros(1, 16, 16, dtype=torch.bool)
+    edge[0, 12, :] = True
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 3, :] = 1.0
+    up = torch.nn.functional.interpolate(maps[:, None], size=(16, 16), mode="bilinear")[:, 0]
+    at_cells = M.enrichment(up, M.cell_mask(edge, (4, 4)))
+    at_pixels = M.enrichment(up, edge)
+    assert float(at_cells) > 1.3 * float(at_pixels) > 1.0
+    flat = torch.nn.functional.interpolate(maps[:, None], size=(16, 16), mode="nearest")[:, 0]
+    torch.testing.assert_close(
+        M.enrichment(flat, M.cell_mask(edge, (4, 4))), M.enrichment(flat, edge)
+    )
+    # a map that ignores the line scores 0 both ways
+    away = torch.zeros(1, 16, 16)
+    away[0, :4, :4] = 1.0
+    assert float(M.enrichment(away, M.cell_mask(mask[:1], (4, 4)))) == 0.0
+
+
+def test_shift_tolerant_stability_sees_a_jittered_token_and_not_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 12, 32, 32
+    images = torch.rand(n, 3, h, w, generator=g) * 0.5
+    shifts = torch.randint(-2, 3, (n, 2), generator=g)
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        images[i, :, 4 + dy : 9 + dy, 22 + dx : 27 + dx] = 1.0  # a 5x5 token, +-2 px
+    maps = torch.stack([_bump(h, w, 6, 24, 2.0) for _ in range(n)])
+    plain = M.anchored_hotspot(maps, images)
+    tolerant = M.anchored_hotspot(maps, images, shift=2)
+    assert plain.pixel_stability is not None and tolerant.shift_stability is not None
+    torch.testing.assert_close(plain.stability, plain.pixel_stability)  # shift 0: unchanged
+    torch.testing.assert_close(tolerant.pixel_stability, plain.pixel_stability)
+    assert float(tolerant.shift_stability[0]) > float(plain.pixel_stability[0]) + 0.2
+    torch.testing.assert_close(
+        tolerant.stability, torch.fmax(tolerant.pixel_stability, tolerant.shift_stability)
+    )
+    # the footprint is dilated by the shift where the shift-tolerant reading is the higher one
+    assert tolerant.group_footprint.sum() > plain.group_footprint.sum()
+    # the same spot over pixels that are noise everywhere: no stability, shift or not
+    noise = torch.rand(n, 3, h, w, generator=g)
+    cold = M.anchored_hotspot(maps, noise, shift=2)
+    assert float(cold.stability[0]) < 0.2
+    # the plain deviation equals shift_tolerant_std with shift 0
+    wts = torch.ones(n, 1)
+    std0 = M.shift_tolerant_std(images, wts, 0)
+    torch.testing.assert_close(std0[0], images.std(0, unbiased=False).mean(0).flatten())
+    # the local extremes are those of a stride-1 max pool (computed faster)
+    hi = torch.nn.functional.max_pool2d(images, 5, 1, 2)
+    lo = -torch.nn.functional.max_pool2d(-images, 5, 1, 2)
+    ref = torch.minimum(hi.std(0, unbiased=False), lo.std(0, unbiased=False)).mean(0).flatten()
+    torch.testing.assert_close(
+        M.shift_tolerant_std(images, wts / n, 2)[0], ref, atol=1e-5, rtol=1e-4
+    )
+    # a constant image set has no deviation, shifted or not
+    assert float(M.shift_tolerant_std(torch.ones(n, 3, h, w), wts, 2).abs().max()) == 0.0

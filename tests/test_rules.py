@@ -317,3 +317,112 @@ def test_the_causal_plan_tests_one_rule_per_kind_and_class_first_and_shares_the_
     a = regions_to_erase({"artifact_masks": {0: 4}}, decisions, groups, turn=0)["artifact"]
     b = regions_to_erase({"artifact_masks": {0: 4}}, decisions, groups, turn=1)["artifact"]
     assert a.sum() == b.sum() == 4 and not (a & b).any() and not (a | b)[8:].any()
+
+
+def _partial_world(share: float) -> tuple[torch.Tensor, ...]:
+    """Two classes of 8; class 1 carries the corner mark and its maps put ``share`` of their
+    mass on it (the rest on the moving object)."""
+    k, per = 2, 8
+    targets = torch.arange(k).repeat_interleave(per)
+    n = targets.numel()
+    objects, centres = _objects(n, seed=4)
+    marked = targets == 1
+    images = _images(objects, marked)
+
+    def norm(m: torch.Tensor) -> torch.Tensor:
+        return m / m.sum()
+
+    maps = torch.stack(
+        [
+            share * float(m) * norm(_bump(2.5, 2.5)) + (1 - share * float(m)) * norm(_bump(y, x))
+            for m, (y, x) in zip(marked.tolist(), centres.float().tolist())
+        ]
+    )
+    return maps, images, targets, CORNER.expand(n, H, W) & marked[:, None, None]
+
+
+def test_partial_reliance_is_confirmed_by_a_strong_measured_dependence_only() -> None:
+    maps, images, targets, arts = _partial_world(0.1)
+    mon = ShortcutMonitor(causal_budget=None)
+    a = _analyze(mon, maps, images, targets, artifact_masks=arts, score_fn=Reader(2, 1))
+    enr = a.summary["attention/artifact_enrichment/class_1"]
+    assert mon.partial_enrichment <= enr < mon.artifact_enrichment  # elevated, under threshold
+    (flag,) = [f for f in a.flags if f.kind == "artifact"]
+    assert flag.classes == (1,) and "partial reliance" in flag.message
+    assert flag.threshold == mon.partial_enrichment and a.tested["artifact"] == 8
+    # the same attention, a model that does not read the mark: tested, not confirmed
+    b = _analyze(
+        ShortcutMonitor(causal_budget=None),
+        maps,
+        images,
+        targets,
+        artifact_masks=arts,
+        score_fn=Reader(2, None),
+    )
+    assert b.tested.get("artifact") == 8 and not [f for f in b.flags if f.kind == "artifact"]
+    # below the partial threshold nothing is tested; switched off, nothing fires
+    maps_low, *_ = _partial_world(0.03)
+    reader = Reader(2, 1)
+    c = _analyze(ShortcutMonitor(), maps_low, images, targets, artifact_masks=arts, score_fn=reader)
+    assert "artifact" not in c.tested and not c.flags
+    off = ShortcutMonitor(partial_enrichment=None, causal_budget=None)
+    d = _analyze(off, maps, images, targets, artifact_masks=arts, score_fn=Reader(2, 1))
+    assert not d.flags and d.skipped["artifact_masks_partial"] == "switched off"
+    # a dependence short of partial_dependence does not confirm a partial rule
+    strict = ShortcutMonitor(causal_budget=None, partial_dependence=1.01)
+    e = _analyze(strict, maps, images, targets, artifact_masks=arts, score_fn=Reader(2, 1))
+    assert not [f for f in e.flags if f.kind == "artifact"]
+
+
+def test_partial_hotspot_rule_is_the_band_under_the_hotspot_threshold() -> None:
+    from gradcam_callback.rules import evaluate
+
+    rule = next(r for r in RULES if r.name == "artifact_hotspot_partial")
+    assert rule.dependence_setting == "partial_dependence" and rule.region == "hotspot"
+    mon = ShortcutMonitor()
+    cons = torch.tensor([1.2, 1.6, 1.9, 2.5, 1.8])
+    stats = {
+        "attention/hotspot_consistency": cons,
+        "attention/hotspot_offset": torch.tensor([0.6, 0.6, 0.6, 0.6, 0.1]),
+        "attention/hotspot_stability": torch.tensor([0.9, 0.9, 0.9, 0.9, 0.9]),
+    }
+    counts = {"attention/hotspot_consistency": torch.full((5,), 8.0)}
+    (d,) = evaluate(
+        [rule],
+        stats,
+        counts,
+        mon.settings,
+        available=frozenset(),
+        can_localise=True,
+        after_trained_run=True,
+        min_probes=4,
+        margin=1.0,
+    )
+    # in the band [1.5, 2.0), off-centre: classes 1 and 2; 2.5 belongs to the full rule
+    assert d.attention.tolist() == [False, True, True, False, False]
+    assert "partial_dependence" in mon.settings and "partial_consistency" in mon.settings
+
+
+def test_an_inconclusive_test_keeps_a_carried_finding() -> None:
+    """A confirmed finding stays confirmed through a later test that measured fewer than
+    ``min_probes`` probes, and a conclusive test replaces it."""
+    from gradcam_callback.causal import CausalMemory
+    from gradcam_callback.rules import RuleDecision
+
+    mon = ShortcutMonitor()
+    rule = next(r for r in RULES if r.name == "artifact_masks")
+    yes = torch.tensor([True])
+    d = RuleDecision(rule, True, usable=yes, attention=yes, near=yes)
+    memory = CausalMemory()
+
+    def settle(measured: float, depends: float, epoch: int) -> bool:
+        stats = {"causal/artifact_depends": torch.tensor([depends])}
+        counts = {"causal/artifact_evidence": torch.tensor([measured])}
+        out = memory.settle(mon, [7], [d], stats, counts, {rule.name: {0: 8}}, epoch)
+        return bool(out[rule.name][0])
+
+    assert settle(8.0, 1.0, 1)  # conclusive, confirmed
+    assert settle(2.0, 0.0, 2)  # inconclusive: the epoch-1 finding is carried
+    assert memory.findings[(rule.name, 7)].epoch == 1 and memory.conclusive == {rule.name: {}}
+    assert not settle(8.0, 0.0, 3)  # conclusive, refuted
+    assert not settle(2.0, 1.0, 4)  # inconclusive: nothing to carry
