@@ -48,6 +48,7 @@ class FlagKind(str, Enum):
     background = "background"
     drift = "drift"
     unfaithful = "unfaithful"
+    few_probes = "few_probes"
 
     def __str__(self) -> str:
         return self.value
@@ -58,14 +59,15 @@ class FlagKind(str, Enum):
     @property
     def alarming(self) -> bool:
         """``True`` for the kinds that mean "the model or its explanation is not to be trusted"
-        (``on_flag="stop"`` / ``"raise"`` act on these); ``drift`` is informational."""
+        (``on_flag="stop"`` / ``"raise"`` act on these); ``drift`` and ``few_probes`` are
+        informational."""
         return self in ALARM_KINDS
 
 
 ALARM_KINDS: frozenset[FlagKind] = frozenset(
     {FlagKind.artifact, FlagKind.background, FlagKind.unfaithful}
 )
-INFO_KINDS: frozenset[FlagKind] = frozenset({FlagKind.drift})
+INFO_KINDS: frozenset[FlagKind] = frozenset({FlagKind.drift, FlagKind.few_probes})
 
 _OPS: dict[str, Callable[[Tensor, float], Tensor]] = {
     ">=": operator.ge,
@@ -259,6 +261,8 @@ class RuleDecision:
         usable: bool ``[G]``: groups with at least ``min_probes`` usable probes.
         attention: bool ``[G]``: every condition holds (before causal confirmation).
         near: bool ``[G]``: usable and within the margin of holding (worth a causal test).
+        weak: bool ``[G]``: every condition holds, but on fewer than ``min_probes`` probes of
+            a (learned) class: weak evidence, never flagged, said in a ``few_probes`` note.
     """
 
     rule: Rule
@@ -267,6 +271,7 @@ class RuleDecision:
     usable: Tensor | None = None
     attention: Tensor | None = None
     near: Tensor | None = None
+    weak: Tensor | None = None
 
 
 def evaluate(
@@ -310,16 +315,20 @@ def evaluate(
             continue
         head = rule.headline.metric + suffix
         usable = counts[head] >= min_probes
+        few = (counts[head] > 0) & ~usable if rule.per_class else torch.zeros_like(usable)
         if rule.per_class and learned is not None:
-            usable = usable & learned
-        attention = usable.clone()
-        near = usable.clone()
+            usable, few = usable & learned, few & learned
+        attention, near, weak = usable.clone(), usable.clone(), few.clone()
         for cond in rule.conditions:
             value = stats[cond.metric + suffix]
             thr = float(settings[cond.threshold])  # type: ignore[arg-type]
-            attention &= cond.holds(value, thr)
+            holds = cond.holds(value, thr)
+            attention &= holds
+            weak &= holds
             near &= cond.near(value, thr, margin)
-        out.append(RuleDecision(rule, True, usable=usable, attention=attention, near=near))
+        out.append(
+            RuleDecision(rule, True, usable=usable, attention=attention, near=near, weak=weak)
+        )
     return out
 
 
