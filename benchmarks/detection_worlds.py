@@ -602,18 +602,22 @@ def build_model(spec: WorldSpec, seed: int = 0) -> nn.Module:
 @dataclass(frozen=True)
 class MultiLabelSpec(WorldSpec):
     """A multi-label world: ``digits`` are the *findings*; an image shows each finding's digit
-    (a real handwritten one) with probability ``prevalence``, independently, in distinct cells
+    (a real handwritten one) with its ``prevalence``, independently, in distinct cells
     of a ``cells x cells`` grid (one corner cell is kept for the token).
 
     Attributes (beyond :class:`WorldSpec`; ``token_class`` is the finding the token is tied to,
     ``correlation`` the probability that the token's presence follows that finding's):
-        prevalence: probability that each finding is present in an image.
+        prevalence: per finding, the probability that it is present in an image (findings are
+            as unevenly common as in a radiology or dermatology set: a frequent finding is
+            predicted present everywhere before it is learned).
+        token_rate: the token's probability in the clean control (independent of the findings).
         token: ``"square"`` (a red square) or ``"sticker"`` (a white label with a dark bar).
         corner: ``"top_right"`` or ``"bottom_left"``: the token's cell.
         cells: the grid's cells per side.
     """
 
-    prevalence: float = 0.5
+    prevalence: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
+    token_rate: float = 0.5
     token: Literal["square", "sticker"] = "square"
     corner: Literal["top_right", "bottom_left"] = "top_right"
     cells: int = 3
@@ -686,7 +690,7 @@ class MultiLabelWorld:
 
     Shortcut world: the token is present when the tied finding (``spec.token_class``) is, with
     probability ``correlation`` (else the opposite). Clean control: the token is present with
-    probability ``prevalence``, independently of every finding. Same images in both (only the
+    probability ``token_rate``, independently of every finding. Same images in both (only the
     token differs). Variants: ``"present"``, ``"removed"`` (no token), ``"swapped"`` (the token
     toggled: on every image without it, off every image with it).
 
@@ -732,7 +736,7 @@ class MultiLabelWorld:
         half = order[: len(order) * 6 // 10] if split == "train" else order[len(order) * 6 // 10 :]
         pools = [half[targets[half] == digit] for digit in spec.digits]
         g = torch.Generator().manual_seed(_seed("images", spec.name, split, self.seed))
-        labels = (torch.rand(n, k, generator=g) < spec.prevalence).float()
+        labels = (torch.rand(n, k, generator=g) < torch.tensor(spec.prevalence)).float()
         blobs = torch.rand(n, 3, 5, 5, generator=g) * 0.35 + 0.1
         base = F.interpolate(blobs, size=(s, s), mode="bilinear", align_corners=False)
         base = (base + 0.03 * torch.randn(n, 3, s, s, generator=g)).clamp(0, 1)
@@ -763,7 +767,7 @@ class MultiLabelWorld:
             follow = torch.rand(n, generator=ga) < spec.correlation
             token = torch.where(follow, tied, ~tied)
         else:
-            token = torch.rand(n, generator=ga) < spec.prevalence
+            token = torch.rand(n, generator=ga) < spec.token_rate
         return _MLSplit(base, labels, object_masks, token)
 
     def variant(self, mode: Mode = "present", split: str = "val") -> TensorDataset:
@@ -820,9 +824,10 @@ WORLDS.update(
                 image_size=54,
                 digit_size=16,
                 token_class=0,
-                n_train=1600,
+                prevalence=(0.75, 0.6, 0.45, 0.3),
+                n_train=2000,
                 n_val=400,
-                epochs=6,
+                epochs=10,
             ),
             MultiLabelSpec(
                 "W16",
@@ -834,11 +839,12 @@ WORLDS.update(
                 image_size=64,
                 digit_size=18,
                 token_class=2,
+                prevalence=(0.3, 0.7, 0.5, 0.6),
                 token="sticker",
                 corner="bottom_left",
                 n_train=1000,
                 n_val=240,
-                epochs=4,
+                epochs=6,
             ),
             FewProbeSpec(
                 "W17",
@@ -849,7 +855,6 @@ WORLDS.update(
                 token_class=0,
                 n_train=2000,
                 epochs=10,
-                masks_only=True,
                 few_class=0,
                 few_probes=2,
             ),
@@ -859,9 +864,8 @@ WORLDS.update(
                 "heldout",
                 ALL_DIGITS,
                 "text",
-                n_train=1200,
-                epochs=6,
-                masks_only=True,
+                n_train=2000,
+                epochs=10,
                 few_class=6,
                 few_probes=3,
             ),

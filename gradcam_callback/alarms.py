@@ -381,6 +381,7 @@ class ShortcutMonitor:
             min_probes=self.min_probes,
             margin=self.confirm_margin,
             learned=learned,
+            sizes=x.onehot.sum(0),
         )
 
     def _test(

@@ -286,6 +286,7 @@ def evaluate(
     min_probes: int,
     margin: float,
     learned: Tensor | None = None,
+    sizes: Tensor | None = None,
 ) -> list[RuleDecision]:
     """Apply every rule's conditions to every class group (the attention half of a decision).
 
@@ -302,6 +303,10 @@ def evaluate(
         margin: see :meth:`Condition.near`.
         learned: bool ``[G]``, the classes the model has learned (per-class rules skip the
             others); ``None``: all.
+        sizes: float ``[G]``, the probes of each class: weak evidence
+            (:attr:`RuleDecision.weak`) is kept for classes with fewer than ``min_probes``
+            probes (a class with enough probes, of which few carry the measure, is not short
+            of probes); ``None``: judged on the measure's count alone.
 
     Returns:
         One :class:`RuleDecision` per rule, in order.
@@ -316,6 +321,8 @@ def evaluate(
         head = rule.headline.metric + suffix
         usable = counts[head] >= min_probes
         few = (counts[head] > 0) & ~usable if rule.per_class else torch.zeros_like(usable)
+        if sizes is not None and rule.per_class:
+            few = few & (sizes < min_probes)
         if rule.per_class and learned is not None:
             usable, few = usable & learned, few & learned
         attention, near, weak = usable.clone(), usable.clone(), few.clone()

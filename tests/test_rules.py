@@ -360,6 +360,12 @@ def test_a_class_with_too_few_probes_is_said_in_a_few_probes_note() -> None:
     a = _analyze(ShortcutMonitor(), maps, images, targets, score_fn=Reader(10, 7), **masks)
     assert [f.classes for f in a.flags if f.kind == "artifact"] == [(7,)]
     assert not [f for f in a.flags if f.kind == "few_probes"]
+    # a class with enough probes, only two of which carry an artifact mask, is not short of probes
+    artifacts[28:30] = False
+    masks = {"artifact_masks": artifacts, "object_masks": objects}
+    a = _analyze(ShortcutMonitor(), maps, images, targets, score_fn=Reader(10, 7), **masks)
+    assert a.summary["attention/artifact_enrichment/class_7"] > 3.0
+    assert not [f for f in a.flags if f.kind == "few_probes"], [f.message for f in a.flags]
 
 
 def test_no_few_probes_note_for_a_class_the_model_has_not_learned() -> None:
