@@ -125,11 +125,12 @@ def word_few_probes(
     step: int,
 ) -> Flag | None:
     """The ``few_probes`` note of a run: the rules whose attention conditions hold for a learned
-    class with fewer than ``mon.min_probes`` probes behind the measure (``RuleDecision.weak``),
-    unless a flag of the rule's kind already names the class. ``None`` when there is none.
+    class with fewer than ``mon.min_probes`` probes (``RuleDecision.weak``), unless a flag of
+    the rule's kind already names the class. ``None`` when there is none.
 
-    One note per run names every such (class, rule) with its value, threshold and probe count;
-    the first one gives the note's value, threshold and metric.
+    One note per run names every such class with its first rule's value, threshold and probe
+    count (and the other rules that hold); the first class gives the note's value, threshold
+    and metric.
     """
     flagged = {(kind, g) for kind, kind_hits in hits.items() for _, gs in kind_hits for g in gs}
     items: list[tuple[int, RuleDecision]] = []
@@ -143,15 +144,18 @@ def word_few_probes(
         return None
     items.sort(key=lambda item: item[0])  # by class, rules in table order
     parts = []
-    for g, d in items:
+    for g in sorted({g for g, _ in items}):
+        rules = [d for h, d in items if h == g]
+        lead = rules[0]
         fields = {k: float(v[g]) for k, v in stats.items() if not k.endswith("@set")}
-        head = d.rule.headline
-        fields["value"] = float(stats[head.metric][g])
-        n = int(counts[head.metric][g])
+        fields["value"] = float(stats[lead.rule.headline.metric][g])
+        n = int(counts[lead.rule.headline.metric][g])
+        also = f"; also {', '.join(d.rule.name for d in rules[1:])}" if len(rules) > 1 else ""
+        thr = float(lead.rule.threshold(mon.settings))  # type: ignore[arg-type]
         parts.append(
-            f"class {x.classes[g]} ({n} probe{'s' if n != 1 else ''}, {d.rule.name}): "
-            + _FMT.format(d.rule.summary, **fields)
-            + f" (threshold {float(d.rule.threshold(mon.settings)):g})"  # type: ignore[arg-type]
+            f"class {x.classes[g]} ({n} probe{'s' if n != 1 else ''}): "
+            + _FMT.format(lead.rule.summary, **fields)
+            + f" ({lead.rule.name}, threshold {thr:g}{also})"
         )
     groups = sorted({g for g, _ in items})
     classes = tuple(x.classes[g] for g in groups)

@@ -209,6 +209,23 @@ def test_few_probe_worlds_annotate_few_probes_of_one_class() -> None:
         dw.annotated_probe_index(_world("W1"))
 
 
+def test_multilabel_validity_and_the_right_label() -> None:
+    bench = _load("bench_detection")
+    rec = {"epoch": 3, "acc_present": 0.9, "acc_removed": 0.6, "acc_swapped": 0.2}
+    assert bench.judge_truth([rec], True, 4, multilabel=True)["valid"]  # chance 0.5, not 0.25
+    assert not bench.judge_truth([{**rec, "acc_present": 0.8}], True, 4, multilabel=True)["valid"]
+    clean = {"epoch": 3, "acc_present": 0.8, "acc_removed": 0.8, "acc_swapped": 0.78}
+    assert bench.judge_truth([{**clean, "labels_present": 0.8}], False, 4, True)["valid"]
+    # every finding must be learned, not only the tied one
+    assert not bench.judge_truth([{**clean, "labels_present": 0.7}], False, 4, True)["valid"]
+    ml = {"family": "multilabel", "expected_class": 2, "few_class": None}
+    assert bench._right_class(ml, {"final_classes": [2], "final_notes": []})
+    assert not bench._right_class(ml, {"final_classes": [0, 1], "final_notes": []})
+    few = {"family": "few_probes", "expected_class": 0, "few_class": 6}
+    assert bench._right_class(few, {"final_classes": [], "final_notes": ["few_probes(3,6)"]})
+    assert not bench._right_class(few, {"final_classes": [6], "final_notes": ["drift"]})
+
+
 @pytest.mark.slow
 def test_end_to_end_w1_ground_truth_and_report(tmp_path: Path) -> None:
     bench = _load("bench_detection")

@@ -350,7 +350,8 @@ def test_a_class_with_too_few_probes_is_said_in_a_few_probes_note() -> None:
     assert note.metric == "attention/artifact_enrichment" and note.threshold == 3.0
     assert note.value == pytest.approx(a.summary["attention/artifact_enrichment/class_7"])
     assert note.value > 3.0 and set(note.probes) == {28, 29}
-    assert "class 7 (2 probes, artifact_masks)" in note.message
+    assert "class 7 (2 probes): attention on the label-artifact masks" in note.message
+    assert "(artifact_masks, threshold 3" in note.message
     assert "at least 4 probes" in note.message and "probes_per_class" in note.message
     again = _analyze(mon, maps, images, targets, score_fn=Reader(10, 7), **masks)
     assert [f.persistent for f in again.flags if f.kind == "few_probes"] == [True]
