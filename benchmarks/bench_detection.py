@@ -27,7 +27,10 @@ Scores per case (world x {shortcut, clean} x {masks, nomask}): flagged at the fi
 ``artifact`` or ``background`` flag raised at the callback's last run, new or persistent), the
 flag kinds, the first flag epoch, the first reliance epoch; on clean controls a false alarm is
 any ``artifact`` / ``background`` flag at any trained epoch. W4 (moving artifact) counts only with
-masks.
+masks. Multi-label worlds (W15, W16) are judged on the tied label's balanced accuracy; a
+few-probe world (W17, W18: an annotated ProbeSet with fewer probes of the shortcut class than the
+rules need) counts as caught when a ``few_probes`` note names that class at the final run. The
+report's last table lists, for these worlds, whether the flags name the right class or label.
 
 Usage::
 
@@ -414,6 +417,15 @@ def _classes(detail: str) -> list[int]:
     return [int(c) for c in inner.split(",") if c]
 
 
+def _caught(r: dict[str, Any], mode: str) -> bool:
+    """A shortcut is caught at the final run: a flag (an artifact/background flag; in a
+    few-probe world, whose class cannot be flagged, the ``few_probes`` note for its class)."""
+    m = r["modes"][mode]
+    if r.get("family") == "few_probes":
+        return _right_class(r, m)
+    return bool(m["flagged_final"])
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts over valid, scored cases: shortcuts flagged at the final epoch, false alarms."""
     s: dict[str, Any] = {}
@@ -422,7 +434,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         short = [r for r in scored if r["case"] == "shortcut"]
         clean = [r for r in scored if r["case"] == "clean"]
         s[mode] = {
-            "flagged": sum(r["modes"][mode]["flagged_final"] for r in short),
+            "flagged": sum(_caught(r, mode) for r in short),
             "shortcuts": len(short),
             "false_alarms": sum(r["modes"][mode]["any_alarm"] for r in clean),
             "clean": len(clean),
