@@ -334,11 +334,11 @@ class ShortcutMonitor:
         if causal:
             confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
             words = self.memory.words(x.classes, stats, tested)
-        hits = fired(decisions, confirmed)
         flags = [
-            word_flag(self, kind, kind_hits, x, per, stats, words, epoch, step)
-            for kind, kind_hits in hits.items()
+            word_flag(self, kind, hits, x, per, stats, words, epoch, step)
+            for kind, hits in fired(decisions, confirmed).items()
         ]
+        hits = fired(decisions, confirmed)  # the classes flagged: a note does not repeat them
         note = word_few_probes(self, decisions, hits, x, stats, counts, epoch, step)
         flags += [note] if note is not None else []
         out, self.active = mark_persistent(flags, self.active, epoch, step)
