@@ -29,7 +29,10 @@ flag kinds, the first flag epoch, the first reliance epoch; a final flag counts 
 class whose images carry the artifact (for a one-class token or a group shortcut: that class or
 a class of the group); on clean controls a false alarm is
 any ``artifact`` / ``background`` flag at any trained epoch. W4 (moving artifact) counts only with
-masks.
+masks. Multi-label worlds (W15, W16) are judged on the tied label's balanced accuracy; a
+few-probe world (W17, W18: an annotated ProbeSet with fewer probes of the shortcut class than the
+rules need) counts as caught when a ``few_probes`` note names that class at the final run. The
+report's last table lists, for these worlds, whether the flags name the right class or label.
 
 Usage::
 
@@ -61,7 +64,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import detection_worlds as dw
 
-from gradcam_callback import GradCAMCallback
+from gradcam_callback import GradCAMCallback, ProbeSet
 
 ALARM_KINDS = ("artifact", "background")
 RELIANCE_DROP = 0.3
@@ -99,6 +102,34 @@ class LitClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": CosineAnnealingLR(opt, T_max=epochs)}
 
 
+class LitMultiLabel(LitClassifier):
+    """Binary cross-entropy on ``[N, K]`` sigmoid logits (a multi-label world's findings)."""
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        loss = nn.functional.binary_cross_entropy_with_logits(self(x), y.float())
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        acc = ((self(x) > 0) == (y > 0)).float().mean()
+        self.log("val_acc", acc, on_step=False, on_epoch=True)
+
+
+@torch.no_grad()
+def balanced_accuracies(
+    model: nn.Module, data: torch.utils.data.TensorDataset, batch: int = 256
+) -> Tensor:
+    """Per-label balanced accuracy ``[K]`` (mean of the true-positive and true-negative rates,
+    a label predicted present when its logit is positive) of a multi-label model."""
+    x, y = data.tensors[0], data.tensors[1] > 0
+    pred = torch.cat([model(x[i : i + batch]) > 0 for i in range(0, len(y), batch)])
+    tpr = (pred & y).sum(0) / y.sum(0).clamp_min(1)
+    tnr = (~pred & ~y).sum(0) / (~y).sum(0).clamp_min(1)
+    return ((tpr + tnr) / 2).float()
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset, batch: int = 256) -> float:
     """Top-1 accuracy of ``model`` (in its current mode) on a TensorDataset."""
@@ -112,7 +143,7 @@ def accuracy(model: nn.Module, data: torch.utils.data.TensorDataset, batch: int 
 class GroundTruth(pl.Callback):
     """After each validation epoch: accuracy on the world's present / removed / swapped sets."""
 
-    def __init__(self, world: dw.DigitWorld) -> None:
+    def __init__(self, world: dw.DigitWorld | dw.MultiLabelWorld) -> None:
         self.world = world
         self.records: list[dict[str, float]] = []
 
@@ -123,13 +154,26 @@ class GroundTruth(pl.Callback):
         pl_module.eval()
         record: dict[str, Any] = {"epoch": int(trainer.current_epoch)}
         for mode in dw.MODES:
-            record[f"acc_{mode}"] = accuracy(pl_module, self.world.variant(mode))
+            if isinstance(self.world, dw.MultiLabelWorld):  # the tied label; all labels' mean
+                bal = balanced_accuracies(pl_module, self.world.variant(mode))
+                record[f"acc_{mode}"] = float(bal[self.world.spec.token_class])
+                record[f"labels_{mode}"] = float(bal.mean())
+            else:
+                record[f"acc_{mode}"] = accuracy(pl_module, self.world.variant(mode))
         pl_module.train(was_training)
         self.records.append(record)
 
 
+def annotated_probes(world: dw.DigitWorld) -> ProbeSet | None:
+    """The explicit annotated :class:`ProbeSet` of a few-probe world (``None``: zero-config)."""
+    if not isinstance(world.spec, dw.FewProbeSpec):
+        return None
+    image, label, obj, art = (t[dw.annotated_probe_index(world)] for t in world.val.tensors)
+    return ProbeSet(image, label, object_masks=obj, artifact_masks=art)
+
+
 def fit_world(
-    world: dw.DigitWorld, epochs: int, seed: int = 0
+    world: dw.DigitWorld | dw.MultiLabelWorld, epochs: int, seed: int = 0
 ) -> tuple[list[dict[str, Any]], dict[str, GradCAMCallback], float]:
     """Train the world's model once with both Grad-CAM callbacks and the ground-truth callback.
 
@@ -137,7 +181,9 @@ def fit_world(
         ``(ground_truth_records, {"masks": cb, "nomask": cb}, fit_seconds)``.
     """
     spec = world.spec
-    model = LitClassifier(dw.build_model(spec, seed=seed), lr=spec.lr)
+    lit = LitMultiLabel if isinstance(world, dw.MultiLabelWorld) else LitClassifier
+    model = lit(dw.build_model(spec, seed=seed), lr=spec.lr)
+    probes = annotated_probes(world) if isinstance(world, dw.DigitWorld) else None
     train = DataLoader(
         world.train,
         batch_size=spec.batch_size,
@@ -148,10 +194,11 @@ def fit_world(
     truth = GroundTruth(world)
     cbs = {
         "masks": GradCAMCallback(
-            prefix=MODES["masks"], log_images=False, filmstrip=False, verbose=False
+            prefix=MODES["masks"], probes=probes, log_images=False, filmstrip=False, verbose=False
         ),
         "nomask": GradCAMCallback(
             prefix=MODES["nomask"],
+            probes=probes,
             use_masks=False,
             log_images=False,
             filmstrip=False,
@@ -183,8 +230,17 @@ def fit_world(
 
 
 # ---------------------------------------------------------------------------------- scoring
-def judge_truth(records: list[dict[str, Any]], shortcut: bool, num_classes: int) -> dict[str, Any]:
-    """Validity and first reliance epoch from the per-epoch ground-truth records."""
+def judge_truth(
+    records: list[dict[str, Any]], shortcut: bool, num_classes: int, multilabel: bool = False
+) -> dict[str, Any]:
+    """Validity and first reliance epoch from the per-epoch ground-truth records.
+
+    Multi-label worlds: the accuracies are the tied label's balanced accuracy (chance 0.5), and
+    a clean control is valid only when the mean balanced accuracy of all labels is at least
+    0.75 too (every finding learned, not only the tied one).
+    """
+    if multilabel:
+        num_classes = 2
     final = records[-1] if records else {}
     present, swapped = final.get("acc_present", float("nan")), final.get("acc_swapped", 0.0)
     gap = present - swapped
@@ -201,8 +257,12 @@ def judge_truth(records: list[dict[str, Any]], shortcut: bool, num_classes: int)
         why = "" if valid else f"acc_present {present:.2f}, drop on swapped {gap:.2f}"
     else:
         learned = present >= chance + 0.5 * (1 - chance)
+        if multilabel:
+            learned = learned and final.get("labels_present", 0.0) >= 0.75
         valid = learned and abs(gap) <= CLEAN_MAX_GAP
         why = "" if valid else f"acc_present {present:.2f}, gap to swapped {gap:.2f}"
+        if multilabel and not valid:
+            why += f", all labels {final.get('labels_present', float('nan')):.2f}"
     return {"valid": bool(valid), "invalid_reason": why, "first_reliance_epoch": reliance}
 
 
@@ -248,6 +308,19 @@ def score_callback(
         "final_wrong_classes": wrong,
         "final_kinds": sorted({_kind(f) for f in final}),
         "final_detail": sorted({_detail(f) for f in final}),
+        "final_classes": sorted({int(c) for f in final for c in getattr(f, "classes", ()) or ()}),
+        "final_notes": sorted(
+            {
+                _detail(f)
+                for f in cb.flags
+                if _kind(f) not in ALARM_KINDS
+                and last is not None
+                and (f.epoch, f.global_step) == (last["epoch"], last["global_step"])
+            }
+        ),
+        "note_epochs": sorted(
+            {int(f.epoch) for f in cb.flags if _kind(f) == "few_probes" and f.global_step > 0}
+        ),
         "kinds": sorted({_kind(f) for f in cb.flags}),
         "first_flag_epoch": min((int(f.epoch) for f in alarms), default=None),
         "alarm_epochs": sorted({int(f.epoch) for f in alarms}),
@@ -277,10 +350,11 @@ def run_world(
     out = []
     for shortcut in (True, False):
         start = time.perf_counter()
-        world = dw.DigitWorld(spec, shortcut=shortcut, seed=seed, n_train=n_train, n_val=n_val)
+        world = dw.make_world(spec, shortcut=shortcut, seed=seed, n_train=n_train, n_val=n_val)
         n_epochs = spec.epochs if epochs is None else epochs
         records, cbs, fit_s = fit_world(world, n_epochs, seed=seed)
-        truth = judge_truth(records, shortcut, spec.num_classes)
+        multilabel = isinstance(spec, dw.MultiLabelSpec)
+        truth = judge_truth(records, shortcut, spec.num_classes, multilabel)
         out.append(
             {
                 "world": spec.name,
@@ -292,6 +366,9 @@ def run_world(
                 "case": "shortcut" if shortcut else "clean",
                 "epochs": n_epochs,
                 "masks_only": spec.masks_only,
+                "family": _family(spec),
+                "few_class": getattr(spec, "few_class", None),
+                "expected_class": spec.token_class if spec.artifact == "token" else None,
                 **truth,
                 "final_truth": records[-1] if records else {},
                 "truth_per_epoch": records,
@@ -306,6 +383,69 @@ def run_world(
     return out
 
 
+def _family(spec: dw.WorldSpec) -> str | None:
+    """``"multilabel"`` / ``"few_probes"`` for the worlds of issue 19 (parts 4-5), else ``None``."""
+    if isinstance(spec, dw.MultiLabelSpec):
+        return "multilabel"
+    return "few_probes" if isinstance(spec, dw.FewProbeSpec) else None
+
+
+FAMILY_HEADER = (
+    "| world | case | mode | valid | final flags | right class | final notes | alarm epochs "
+    "| note epochs | tied acc present / removed / swapped | all labels present |"
+)
+
+
+def family_rows(results: list[dict[str, Any]]) -> list[str]:
+    """The multi-label and few-probe worlds: the class or label each flag names, and the notes.
+
+    'right class': a multi-label shortcut is flagged (artifact/background) for its tied label;
+    a few-probe shortcut gets a ``few_probes`` note for its few-probe class (its flags cannot
+    fire: the class has fewer probes than the rules' minimum)."""
+    rows = [FAMILY_HEADER, "|" + "---|" * 11]
+    for r in results:
+        if r["family"] is None:
+            continue
+        t = r["final_truth"]
+        for mode in MODES:
+            m = r["modes"][mode]
+            counted = not (mode == "nomask" and r["masks_only"])
+            valid = ("yes" if r["valid"] else "INVALID") + ("" if counted else " (not counted)")
+            right = "-"
+            if r["case"] == "shortcut":
+                right = _fmt(_right_class(r, m))
+            acc = "/".join(_fmt(t.get(f"acc_{k}")) for k in dw.MODES)
+            rows.append(
+                f"| {r['world']} | {r['case']} | {mode} | {valid} | {_fmt(m['final_detail'])} | "
+                f"{right} | {_fmt(m['final_notes'])} | {_fmt(m['alarm_epochs'])} | "
+                f"{_fmt(m['note_epochs'])} | {acc} | {_fmt(t.get('labels_present'))} |"
+            )
+    return rows
+
+
+def _right_class(r: dict[str, Any], m: dict[str, Any]) -> bool:
+    """The shortcut's class or label is named at the final run (see :func:`family_rows`)."""
+    want = r["expected_class"] if r["family"] == "multilabel" else r.get("few_class")
+    if r["family"] == "multilabel":
+        return want in m["final_classes"]
+    return any(n.startswith("few_probes(") and want in _classes(n) for n in m["final_notes"])
+
+
+def _classes(detail: str) -> list[int]:
+    """``"kind(1,2)" -> [1, 2]``."""
+    inner = detail.partition("(")[2].rstrip(")")
+    return [int(c) for c in inner.split(",") if c]
+
+
+def _caught(r: dict[str, Any], mode: str) -> bool:
+    """A shortcut is caught at the final run: a flag (an artifact/background flag; in a
+    few-probe world, whose class cannot be flagged, the ``few_probes`` note for its class)."""
+    m = r["modes"][mode]
+    if r.get("family") == "few_probes":
+        return _right_class(r, m)
+    return bool(m["flagged_final"])
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts over valid, scored cases: shortcuts flagged at the final epoch, false alarms."""
     s: dict[str, Any] = {}
@@ -314,7 +454,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         short = [r for r in scored if r["case"] == "shortcut"]
         clean = [r for r in scored if r["case"] == "clean"]
         s[mode] = {
-            "flagged": sum(r["modes"][mode]["flagged_final"] for r in short),
+            "flagged": sum(_caught(r, mode) for r in short),
             "shortcuts": len(short),
             "false_alarms": sum(r["modes"][mode]["any_alarm"] for r in clean),
             "clean": len(clean),
@@ -423,6 +563,8 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             continue
         lines += [f"## {title}", "", *case_rows(part), "", summary_line(summarise(part)), ""]
     lines += ["## All worlds", "", summary_line(summarise(results)), ""]
+    if any(r["family"] for r in results):
+        lines += ["## Multi-label and few-probe worlds", "", *family_rows(results), ""]
     invalid = summarise(results)["invalid"]
     if invalid:
         lines += [f"INVALID (not scored): {', '.join(invalid)}", ""]

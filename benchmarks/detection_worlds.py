@@ -756,3 +756,284 @@ def build_model(spec: WorldSpec, seed: int = 0) -> nn.Module:
             model = resnet18(weights=None, num_classes=spec.num_classes)
         return init_weights(model, seed)
     raise ValueError(f"unknown arch {spec.arch!r}")
+
+
+# ------------------------------------------------------------ multi-label and few-probe worlds
+# W15-W18 (issue 19, parts 4 and 5): a multi-label "findings" world whose token comes with one
+# finding (and its clean control, where the token is independent of the findings), and
+# single-label worlds whose annotated probe set has only a few probes of the shortcut class.
+
+
+@dataclass(frozen=True)
+class MultiLabelSpec(WorldSpec):
+    """A multi-label world: ``digits`` are the *findings*; an image shows each finding's digit
+    (a real handwritten one) with its ``prevalence``, independently, in distinct cells
+    of a ``cells x cells`` grid (one corner cell is kept for the token).
+
+    Attributes (beyond :class:`WorldSpec`; ``token_class`` is the finding the token is tied to,
+    ``correlation`` the probability that the token's presence follows that finding's):
+        prevalence: per finding, the probability that it is present in an image (findings are
+            as unevenly common as in a radiology or dermatology set: a frequent finding is
+            predicted present everywhere before it is learned).
+        token_rate: the token's probability in the clean control (independent of the findings).
+        token: ``"square"`` (a red square) or ``"sticker"`` (a white label with a dark bar).
+        corner: ``"top_right"`` or ``"bottom_left"``: the token's cell.
+        cells: the grid's cells per side.
+    """
+
+    prevalence: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
+    token_rate: float = 0.5
+    token: Literal["square", "sticker"] = "square"
+    corner: Literal["top_right", "bottom_left"] = "top_right"
+    cells: int = 3
+
+    @property
+    def multilabel(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class FewProbeSpec(WorldSpec):
+    """A single-label world watched through an explicit annotated probe set of ``num_probes``
+    validation images (object and artifact masks), of which only ``few_probes`` are of class
+    ``few_class`` (the others round-robin over the remaining classes)."""
+
+    num_probes: int = 32
+    few_class: int = 0
+    few_probes: int = 2
+
+
+def annotated_probe_index(world: DigitWorld) -> Tensor:
+    """Long ``[num_probes]``: the validation images of a :class:`FewProbeSpec` world's annotated
+    probe set, in a fixed random order per world: ``few_probes`` of ``few_class``, the rest taken
+    round-robin over the other classes (so they get ``num_probes - few_probes`` split evenly)."""
+    spec = world.spec
+    if not isinstance(spec, FewProbeSpec):
+        raise TypeError(f"{spec.name} has no annotated probe set")
+    labels = world.val.tensors[1]
+    g = torch.Generator().manual_seed(_seed("probes", spec.name, world.seed))
+    order = torch.randperm(len(labels), generator=g)
+    queues = {c: [int(i) for i in order if int(labels[i]) == c] for c in range(spec.num_classes)}
+    picked = queues[spec.few_class][: spec.few_probes]
+    others = [c for c in range(spec.num_classes) if c != spec.few_class]
+    turn = 0
+    while len(picked) < spec.num_probes and any(queues[c] for c in others):
+        c = others[turn % len(others)]
+        turn += 1
+        if queues[c]:
+            picked.append(queues[c].pop(0))
+    return torch.tensor(sorted(picked), dtype=torch.long)
+
+
+def _token_patch(spec: MultiLabelSpec, s: int) -> tuple[Tensor, Tensor]:
+    """The token of a multi-label world: ``(colour [3, s, s], mask [s, s] bool)``."""
+    cell = s // spec.cells
+    mask = torch.zeros(s, s, dtype=torch.bool)
+    colour = torch.zeros(3, s, s)
+    y0 = 2 if spec.corner == "top_right" else s - cell + 2
+    x0 = s - cell + 2 if spec.corner == "top_right" else 2
+    if spec.token == "square":
+        mask[y0 : y0 + 6, x0 : x0 + 6] = True
+        colour[:] = torch.tensor([1.0, 0.15, 0.15]).view(3, 1, 1)
+    else:  # a white sticker with a dark bar
+        mask[y0 : y0 + 6, x0 : x0 + 10] = True
+        colour[:] = 0.97
+        colour[:, y0 + 2 : y0 + 4, x0 + 2 : x0 + 8] = 0.05
+    return colour, mask
+
+
+@dataclass
+class _MLSplit:
+    base: Tensor  # [N, 3, H, W] float in [0, 1], no token
+    labels: Tensor  # [N, K] float 0/1: the findings present
+    object_masks: Tensor  # [N, H, W] bool: every finding's ink
+    token: Tensor  # [N] bool: the token is present ("present" variant)
+
+
+class MultiLabelWorld:
+    """A :class:`MultiLabelSpec` world (shortcut or clean control) with train and val sets.
+
+    Shortcut world: the token is present when the tied finding (``spec.token_class``) is, with
+    probability ``correlation`` (else the opposite). Clean control: the token is present with
+    probability ``token_rate``, independently of every finding. Same images in both (only the
+    token differs). Variants: ``"present"``, ``"removed"`` (no token), ``"swapped"`` (the token
+    toggled: on every image without it, off every image with it).
+
+    A sample is ``(image [3, H, W] float32 normalised, labels [K] float32 0/1, object_mask
+    [H, W] bool, artifact_mask [H, W] bool)``.
+    """
+
+    def __init__(
+        self,
+        spec: MultiLabelSpec,
+        shortcut: bool = True,
+        seed: int = 0,
+        n_train: int | None = None,
+        n_val: int | None = None,
+    ) -> None:
+        self.spec = replace(
+            spec,
+            n_train=spec.n_train if n_train is None else n_train,
+            n_val=spec.n_val if n_val is None else n_val,
+        )
+        self.shortcut = shortcut
+        self.seed = seed
+        self._splits: dict[str, _MLSplit] = {}
+        self._cache: dict[tuple[str, str], TensorDataset] = {}
+
+    @property
+    def correlation(self) -> float | None:
+        return self.spec.correlation if self.shortcut else None
+
+    def _split(self, split: str) -> _MLSplit:
+        if split not in self._splits:
+            self._splits[split] = self._generate(split)
+        return self._splits[split]
+
+    def _generate(self, split: str) -> _MLSplit:
+        spec = self.spec
+        n = spec.n_train if split == "train" else spec.n_val
+        s, d, k, c = spec.image_size, spec.digit_size, spec.num_classes, spec.cells
+        cell = s // c
+        images, targets = _digits()
+        g = torch.Generator().manual_seed(_seed("pool", self.seed))
+        order = torch.randperm(len(targets), generator=g)
+        half = order[: len(order) * 6 // 10] if split == "train" else order[len(order) * 6 // 10 :]
+        pools = [half[targets[half] == digit] for digit in spec.digits]
+        g = torch.Generator().manual_seed(_seed("images", spec.name, split, self.seed))
+        labels = (torch.rand(n, k, generator=g) < torch.tensor(spec.prevalence)).float()
+        blobs = torch.rand(n, 3, 5, 5, generator=g) * 0.35 + 0.1
+        base = F.interpolate(blobs, size=(s, s), mode="bilinear", align_corners=False)
+        base = (base + 0.03 * torch.randn(n, 3, s, s, generator=g)).clamp(0, 1)
+        token_cell = (0, c - 1) if spec.corner == "top_right" else (c - 1, 0)
+        free = [(r, q) for r in range(c) for q in range(c) if (r, q) != token_cell]
+        object_masks = torch.zeros(n, s, s, dtype=torch.bool)
+        for i in range(n):
+            slots = torch.randperm(len(free), generator=g).tolist()
+            for j, f in enumerate(torch.nonzero(labels[i]).flatten().tolist()):
+                pool = pools[f]
+                ink = images[pool[int(torch.randint(len(pool), (1,), generator=g))]]
+                ink = F.interpolate(ink[None, None], size=(d, d), mode="bilinear")[0, 0]
+                ink = ink.clamp(0, 1)
+                r, q = free[slots[j]]
+                jy, jx = (int(v) for v in torch.randint(cell - d + 1, (2,), generator=g))
+                y0, x0 = r * cell + jy, q * cell + jx
+                colour = torch.rand(3, generator=g) * 0.35 + 0.65
+                region = base[i, :, y0 : y0 + d, x0 : x0 + d]
+                base[i, :, y0 : y0 + d, x0 : x0 + d] = (
+                    region * (1 - ink) + colour.view(3, 1, 1) * ink
+                )
+                object_masks[i, y0 : y0 + d, x0 : x0 + d] |= ink > 0.3
+        ga = torch.Generator().manual_seed(
+            _seed("assign", spec.name, split, self.seed, self.shortcut)
+        )
+        tied = labels[:, spec.token_class] > 0
+        if self.shortcut:
+            follow = torch.rand(n, generator=ga) < spec.correlation
+            token = torch.where(follow, tied, ~tied)
+        else:
+            token = torch.rand(n, generator=ga) < spec.token_rate
+        return _MLSplit(base, labels, object_masks, token)
+
+    def variant(self, mode: Mode = "present", split: str = "val") -> TensorDataset:
+        """The ``split`` set in one ground-truth variant (see the class docstring); cached."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        key = (split, mode)
+        if key not in self._cache:
+            sp = self._split(split)
+            has = {"present": sp.token, "removed": torch.zeros_like(sp.token)}.get(mode, ~sp.token)
+            colour, mask = _token_patch(self.spec, self.spec.image_size)
+            masks = mask[None] & has[:, None, None]
+            images = torch.where(masks[:, None], colour[None], sp.base)
+            mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(STD).view(1, 3, 1, 1)
+            self._cache[key] = TensorDataset(
+                ((images - mean) / std).float(), sp.labels.clone(), sp.object_masks.clone(), masks
+            )
+        return self._cache[key]
+
+    @property
+    def train(self) -> TensorDataset:
+        return self.variant("present", "train")
+
+    @property
+    def val(self) -> TensorDataset:
+        return self.variant("present", "val")
+
+
+def make_world(
+    spec: WorldSpec,
+    shortcut: bool = True,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_val: int | None = None,
+) -> DigitWorld | MultiLabelWorld:
+    """The world object of any spec (:class:`MultiLabelWorld` for a :class:`MultiLabelSpec`)."""
+    cls = MultiLabelWorld if isinstance(spec, MultiLabelSpec) else DigitWorld
+    return cls(spec, shortcut=shortcut, seed=seed, n_train=n_train, n_val=n_val)  # type: ignore[arg-type]
+
+
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            MultiLabelSpec(
+                "W15",
+                "multi-label, 4 findings; red square token (top right) tied to finding 0",
+                "calibration",
+                (0, 1, 2, 3),
+                "token",
+                image_size=54,
+                digit_size=16,
+                token_class=0,
+                prevalence=(0.75, 0.6, 0.45, 0.3),
+                n_train=2000,
+                n_val=400,
+                epochs=10,
+            ),
+            MultiLabelSpec(
+                "W16",
+                "multi-label, 4 findings; white sticker (bottom left) tied to finding 2, ResNet-18",
+                "heldout",
+                (4, 5, 6, 7),
+                "token",
+                arch="resnet18",
+                image_size=64,
+                digit_size=18,
+                token_class=2,
+                prevalence=(0.3, 0.7, 0.5, 0.6),
+                token="sticker",
+                corner="bottom_left",
+                n_train=1000,
+                n_val=240,
+                epochs=6,
+            ),
+            FewProbeSpec(
+                "W17",
+                "token on class 0 only; 32 annotated probes, 2 of class 0",
+                "calibration",
+                ALL_DIGITS,
+                "token",
+                token_class=0,
+                n_train=2000,
+                epochs=10,
+                few_class=0,
+                few_probes=2,
+            ),
+            FewProbeSpec(
+                "W18",
+                "text-like tag per class; 32 annotated probes, 3 of class 6",
+                "heldout",
+                ALL_DIGITS,
+                "text",
+                n_train=2000,
+                epochs=10,
+                few_class=6,
+                few_probes=3,
+            ),
+        )
+    }
+)

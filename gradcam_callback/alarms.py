@@ -34,6 +34,11 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     the whole image (as over a class-tied texture) and no compact region whose erasure matters.
 ``"drift"``
     Informational: the maps changed suddenly between two consecutive trained runs.
+``"few_probes"``
+    Informational: a rule's attention conditions hold for a learned class that has fewer than
+    ``min_probes`` probes carrying its measure (weak evidence: neither tested causally nor
+    flagged); the note names the class, its value, the threshold and the probe count, and asks
+    for more probes of the class.
 
 A rule that keeps firing is reported again with ``persistent=True`` and the epoch its streak began
 (``since_epoch``) instead of as new noise. The baseline run never raises a flag, and ``NaN``
@@ -70,7 +75,7 @@ from . import evidence as E
 from .causal import CausalMemory, regions_to_erase
 from .flags import FLAG_KINDS, Flag, ShortcutDetected, mark_persistent
 from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate, fired
-from .wording import word_flag
+from .wording import word_few_probes, word_flag
 
 __all__ = ["FLAG_KINDS", "Analysis", "Flag", "FlagKind", "ShortcutDetected", "ShortcutMonitor"]
 
@@ -349,10 +354,13 @@ class ShortcutMonitor:
         if causal:
             confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
             words = self.memory.words(x.classes, stats, self.memory.conclusive)
+        hits = fired(decisions, confirmed)  # the classes flagged: a note does not repeat them
         flags = [
-            word_flag(self, kind, hits, x, per, stats, words, epoch, step)
-            for kind, hits in fired(decisions, confirmed).items()
+            word_flag(self, kind, kind_hits, x, per, stats, words, epoch, step)
+            for kind, kind_hits in hits.items()
         ]
+        note = word_few_probes(self, decisions, hits, x, stats, counts, epoch, step)
+        flags += [note] if note is not None else []
         out, self.active = mark_persistent(flags, self.active, epoch, step)
         return out
 
@@ -393,6 +401,7 @@ class ShortcutMonitor:
             min_probes=self.min_probes,
             margin=self.confirm_margin,
             learned=learned,
+            sizes=x.onehot.sum(0),
         )
 
     def _test(

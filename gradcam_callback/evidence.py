@@ -30,6 +30,7 @@ __all__ = [
     "class_stats",
     "confirm",
     "group_mean",
+    "label_presence",
     "learned_classes",
     "measure",
     "nanmean",
@@ -212,7 +213,7 @@ def measure(
         x.groups,
         num_groups=len(x.classes),
         frac=mon.hotspot_frac,
-        min_group=mon.min_probes,
+        min_group=min(mon.min_probes, 2),  # smaller groups: weak evidence (a few_probes note)
         shift=x.shift,
     )
     per["attention/hotspot_share"] = hot.share
@@ -232,24 +233,48 @@ def learned_classes(x: Inputs, share: float | None, multilabel: bool = False) ->
     """Bool ``[G]``: the classes the model has learned on the probes.
 
     A class is learned when its Youden index on the probes, the share of its probes predicted
-    as the class minus the share of the other probes predicted as it, is at least ``share``
-    (multi-label: the share of its probes whose label logit is positive). A model that predicts
-    one class for everything, or is still at chance, scores 0: it has learned nothing a rule could
-    call a shortcut. All ``True`` without logits (``target_fn``) or with ``share=None``.
+    as the class minus the share of the other probes predicted as it, is at least ``share``.
+    A model that predicts one class for everything, or is still at chance, scores 0: it has
+    learned nothing a rule could call a shortcut. All ``True`` without logits (``target_fn``) or
+    with ``share=None``.
+
+    Multi-label (sigmoid outputs): the same index per label, over the probe *images* (see
+    :func:`label_presence`): the share of the images that carry the label whose label logit is
+    positive, minus the share of the images without it whose logit is positive too (0 when
+    every image carries it). A label the model predicts everywhere, or nowhere, is not judged.
     """
     g = len(x.classes)
     if share is None or x.logits is None or x.logits.dim() != 2:
         return torch.ones(g, dtype=torch.bool, device=x.maps.device)
-    if multilabel:
-        z = x.logits.gather(1, x.targets[:, None])[:, 0]
-        recall = ((z > 0).float() @ x.onehot) / x.onehot.sum(0).clamp_min(1)
-        return recall >= share
     cls = torch.tensor(x.classes, device=x.maps.device)
-    hit = (x.logits.argmax(1)[:, None] == cls[None, :]).float()  # [N, G]: predicted as g
-    own, other = x.onehot, 1.0 - x.onehot
-    recall = (hit * own).sum(0) / own.sum(0).clamp_min(1)
-    false_rate = (hit * other).sum(0) / other.sum(0).clamp_min(1)
+    if multilabel:
+        present, weight = label_presence(x)  # [N, G] bool, [N] (each image counts once)
+        predicted = (x.logits[:, cls] > 0).float()  # [N, G]
+        own, other = present.float() * weight[:, None], (~present).float() * weight[:, None]
+    else:
+        predicted = (x.logits.argmax(1)[:, None] == cls[None, :]).float()  # [N, G]
+        own, other = x.onehot, 1.0 - x.onehot
+    recall = (predicted * own).sum(0) / own.sum(0).clamp_min(1e-9)
+    false_rate = (predicted * other).sum(0) / other.sum(0).clamp_min(1e-9)
     return recall - false_rate >= share
+
+
+def label_presence(x: Inputs) -> tuple[Tensor, Tensor]:
+    """Which explained labels each row's image carries, for multi-label probes.
+
+    A multi-label probe is explained once per positive label, each row a copy of its image
+    (:func:`~gradcam_callback.multilabel.expand_positive_labels`): rows with identical images
+    are taken to be one probe, whose label set is the rows' targets. Probes with no positive
+    label are not explained, so the images without a label are those of the other labels.
+
+    Returns:
+        ``(present, weight)``: bool ``[N, G]``, row ``i``'s image carries ``classes[g]``; float
+        ``[N]``, ``1 / (rows of that image)``, so that sums over rows count each image once.
+    """
+    _, probe = torch.unique(x.images.flatten(1), dim=0, return_inverse=True)  # [N]
+    rows = F.one_hot(probe).float()  # [N, U]
+    sets = (rows.T @ x.onehot) > 0  # [U, G]: the labels explained on each probe image
+    return sets[probe], 1.0 / rows.sum(0)[probe]
 
 
 def class_stats(

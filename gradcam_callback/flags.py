@@ -23,7 +23,7 @@ class Flag:
 
     Attributes:
         kind: a :class:`~gradcam_callback.rules.FlagKind` (compares equal to its name:
-            ``"artifact"``, ``"background"``, ``"drift"``, ``"unfaithful"``).
+            ``"artifact"``, ``"background"``, ``"drift"``, ``"unfaithful"``, ``"few_probes"``).
         epoch, global_step: when the analysis ran.
         probe: the probe index when one probe is at fault, ``None`` for several.
         value: the measured value that crossed ``threshold`` (see ``metric``), for the class

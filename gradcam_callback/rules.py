@@ -48,6 +48,7 @@ class FlagKind(str, Enum):
     background = "background"
     drift = "drift"
     unfaithful = "unfaithful"
+    few_probes = "few_probes"
 
     def __str__(self) -> str:
         return self.value
@@ -58,14 +59,15 @@ class FlagKind(str, Enum):
     @property
     def alarming(self) -> bool:
         """``True`` for the kinds that mean "the model or its explanation is not to be trusted"
-        (``on_flag="stop"`` / ``"raise"`` act on these); ``drift`` is informational."""
+        (``on_flag="stop"`` / ``"raise"`` act on these); ``drift`` and ``few_probes`` are
+        informational."""
         return self in ALARM_KINDS
 
 
 ALARM_KINDS: frozenset[FlagKind] = frozenset(
     {FlagKind.artifact, FlagKind.background, FlagKind.unfaithful}
 )
-INFO_KINDS: frozenset[FlagKind] = frozenset({FlagKind.drift})
+INFO_KINDS: frozenset[FlagKind] = frozenset({FlagKind.drift, FlagKind.few_probes})
 
 _OPS: dict[str, Callable[[Tensor, float], Tensor]] = {
     ">=": operator.ge,
@@ -314,6 +316,8 @@ class RuleDecision:
         usable: bool ``[G]``: groups with at least ``min_probes`` usable probes.
         attention: bool ``[G]``: every condition holds (before causal confirmation).
         near: bool ``[G]``: usable and within the margin of holding (worth a causal test).
+        weak: bool ``[G]``: every condition holds, but on fewer than ``min_probes`` probes of
+            a (learned) class: weak evidence, never flagged, said in a ``few_probes`` note.
     """
 
     rule: Rule
@@ -322,6 +326,7 @@ class RuleDecision:
     usable: Tensor | None = None
     attention: Tensor | None = None
     near: Tensor | None = None
+    weak: Tensor | None = None
 
 
 def evaluate(
@@ -336,6 +341,7 @@ def evaluate(
     min_probes: int,
     margin: float,
     learned: Tensor | None = None,
+    sizes: Tensor | None = None,
 ) -> list[RuleDecision]:
     """Apply every rule's conditions to every class group (the attention half of a decision).
 
@@ -352,6 +358,10 @@ def evaluate(
         margin: see :meth:`Condition.near`.
         learned: bool ``[G]``, the classes the model has learned (per-class rules skip the
             others); ``None``: all.
+        sizes: float ``[G]``, the probes of each class: weak evidence
+            (:attr:`RuleDecision.weak`) is kept for classes with fewer than ``min_probes``
+            probes (a class with enough probes, of which few carry the measure, is not short
+            of probes); ``None``: judged on the measure's count alone.
 
     Returns:
         One :class:`RuleDecision` per rule, in order.
@@ -365,16 +375,22 @@ def evaluate(
             continue
         head = rule.headline.metric + suffix
         usable = counts[head] >= min_probes
+        few = (counts[head] > 0) & ~usable if rule.per_class else torch.zeros_like(usable)
+        if sizes is not None and rule.per_class:
+            few = few & (sizes < min_probes)
         if rule.per_class and learned is not None:
-            usable = usable & learned
-        attention = usable.clone()
-        near = usable.clone()
+            usable, few = usable & learned, few & learned
+        attention, near, weak = usable.clone(), usable.clone(), few.clone()
         for cond in rule.conditions:
             value = stats[cond.metric + suffix]
             thr = float(settings[cond.threshold])  # type: ignore[arg-type]
-            attention &= cond.holds(value, thr)
+            holds = cond.holds(value, thr)
+            attention &= holds
+            weak &= holds
             near &= cond.near(value, thr, margin)
-        out.append(RuleDecision(rule, True, usable=usable, attention=attention, near=near))
+        out.append(
+            RuleDecision(rule, True, usable=usable, attention=attention, near=near, weak=weak)
+        )
     return out
 
 

@@ -21,7 +21,7 @@ from .evidence import Inputs
 from .flags import Flag
 from .rules import FlagKind, Rule, RuleDecision
 
-__all__ = ["fmt_list", "pct", "word_flag"]
+__all__ = ["fmt_list", "pct", "word_few_probes", "word_flag"]
 
 # the per-probe measure that ranks a rule's probes (group statistics have none of their own)
 _PROBE_METRIC = {"attention/hotspot_consistency": "attention/hotspot_enrichment"}
@@ -113,6 +113,76 @@ def word_flag(
         message=text,
         probes=tuple(probes),
         metric=rule.headline.metric,
+        classes=classes,
+    )
+
+
+def word_few_probes(
+    mon: Any,
+    decisions: Sequence[RuleDecision],
+    hits: dict[FlagKind, list[tuple[RuleDecision, list[int]]]],
+    x: Inputs,
+    stats: dict[str, Tensor],
+    counts: dict[str, Tensor],
+    epoch: int,
+    step: int,
+) -> Flag | None:
+    """The ``few_probes`` note of a run: the rules whose attention conditions hold for a learned
+    class with fewer than ``mon.min_probes`` probes (``RuleDecision.weak``), unless a flag of
+    the rule's kind already names the class. ``None`` when there is none.
+
+    One note per run names every such class with its first rule's value, threshold and probe
+    count (and the other rules that hold); the first class gives the note's value, threshold
+    and metric.
+    """
+    flagged = {(kind, g) for kind, kind_hits in hits.items() for _, gs in kind_hits for g in gs}
+    items: list[tuple[int, RuleDecision]] = []
+    for d in decisions:
+        if d.weak is None:
+            continue
+        for g in torch.nonzero(d.weak).flatten().tolist():
+            if (d.rule.kind, int(g)) not in flagged:
+                items.append((int(g), d))
+    if not items:
+        return None
+    items.sort(key=lambda item: item[0])  # by class, rules in table order
+    parts = []
+    for g in sorted({g for g, _ in items}):
+        rules = [d for h, d in items if h == g]
+        lead = rules[0]
+        fields = {k: float(v[g]) for k, v in stats.items() if not k.endswith("@set")}
+        fields["value"] = float(stats[lead.rule.headline.metric][g])
+        n = int(counts[lead.rule.headline.metric][g])
+        also = f"; also {', '.join(d.rule.name for d in rules[1:])}" if len(rules) > 1 else ""
+        thr = float(lead.rule.threshold(mon.settings))  # type: ignore[arg-type]
+        parts.append(
+            f"class {x.classes[g]} ({n} probe{'s' if n != 1 else ''}): "
+            + _FMT.format(lead.rule.summary, **fields)
+            + f" ({lead.rule.name}, threshold {thr:g}{also})"
+        )
+    groups = sorted({g for g, _ in items})
+    classes = tuple(x.classes[g] for g in groups)
+    sel = (x.groups[:, None] == torch.tensor(groups, device=x.groups.device)).any(1)
+    probes = [int(i) for i in torch.nonzero(sel).flatten().tolist()]
+    which = f"class {classes[0]}" if len(classes) == 1 else f"classes {fmt_list(list(classes))}"
+    g0, d0 = items[0]
+    text = (
+        f"Weak evidence, not judged: {'; '.join(parts)}. A rule needs at least "
+        f"{mon.min_probes} probes of a class, so this was neither tested causally nor flagged. "
+        f"Give more probes of {which} (more annotated probes in the ProbeSet, or "
+        f"GradCAMCallback(probes_per_class=...) for probes from the validation data). "
+        f"Probes: {fmt_list(probes)}."
+    )
+    return Flag(
+        kind=FlagKind.few_probes,
+        epoch=int(epoch),
+        global_step=int(step),
+        probe=probes[0] if len(probes) == 1 else None,
+        value=float(stats[d0.rule.headline.metric][g0]),
+        threshold=float(d0.rule.threshold(mon.settings)),  # type: ignore[arg-type]
+        message=text,
+        probes=tuple(probes),
+        metric=d0.rule.headline.metric,
         classes=classes,
     )
 

@@ -43,7 +43,7 @@ def test_shortcut_demo_raises_the_artifact_flag(
     assert not first.persistent and first.value >= first.threshold
     flag_lines = [ln for ln in out.splitlines() if ln.startswith("[FLAG]")]
     assert any(" artifact: " in ln for ln in flag_lines)
-    assert len(flag_lines) == len([f for f in res.new_flags if f.kind != "drift"])
+    assert len(flag_lines) == len([f for f in res.new_flags if f.kind.alarming])
     recorded = json.loads(res.flags_file.read_text())
     assert "artifact" in {f["kind"] for f in recorded}
 

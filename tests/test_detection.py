@@ -34,6 +34,8 @@ def _load(name: str) -> ModuleType:
 
 dw = _load("detection_worlds")
 SMALL = {"n_train": 24, "n_val": 40}
+SINGLE = [n for n, s in dw.WORLDS.items() if not isinstance(s, dw.MultiLabelSpec)]
+MULTI = [n for n, s in dw.WORLDS.items() if isinstance(s, dw.MultiLabelSpec)]
 
 
 def _world(name: str, shortcut: bool = True, seed: int = 0):
@@ -55,7 +57,7 @@ def test_splits_cover_what_the_benchmark_promises() -> None:
         dw.select_worlds("W99")
 
 
-@pytest.mark.parametrize("name", list(dw.WORLDS))
+@pytest.mark.parametrize("name", SINGLE)
 def test_world_is_deterministic_and_well_formed(name: str) -> None:
     rng = torch.random.get_rng_state()
     a, b = _world(name), _world(name)
@@ -79,7 +81,7 @@ def test_world_is_deterministic_and_well_formed(name: str) -> None:
     assert not torch.equal(_world(name, seed=1).val.tensors[0], a.val.tensors[0])
 
 
-@pytest.mark.parametrize("name", list(dw.WORLDS))
+@pytest.mark.parametrize("name", SINGLE)
 def test_variants_differ_only_in_the_artifact(name: str) -> None:
     world = _world(name)
     present, removed, swapped = (world.variant(m).tensors for m in dw.MODES)
@@ -202,6 +204,75 @@ def test_models_are_deterministic_without_the_global_rng(name: str) -> None:
     assert not torch.equal(next(iter(a.parameters())), next(iter(c.parameters())))
     x = torch.zeros(2, 3, spec.image_size, spec.image_size)
     assert a.eval()(x).shape == (2, spec.num_classes)
+
+
+@pytest.mark.parametrize("name", MULTI)
+def test_multilabel_world_token_follows_its_finding_only_in_the_shortcut_world(name: str) -> None:
+    rng = torch.random.get_rng_state()
+    spec = dw.WORLDS[name]
+    short = dw.make_world(spec, shortcut=True, n_train=16, n_val=300)
+    clean = dw.make_world(spec, shortcut=False, n_train=16, n_val=300)
+    again = dw.make_world(spec, shortcut=True, n_train=16, n_val=300)
+    assert isinstance(short, dw.MultiLabelWorld)
+    for a, b in zip(short.val.tensors, again.val.tensors):
+        assert torch.equal(a, b)
+    s, k = spec.image_size, spec.num_classes
+    for world, follows in ((short, True), (clean, False)):
+        present, removed, swapped = (world.variant(m).tensors for m in dw.MODES)
+        image, labels, obj, art = present
+        assert image.shape == (300, 3, s, s) and labels.shape == (300, k)
+        assert labels.dtype == torch.float32 and set(labels.unique().tolist()) == {0.0, 1.0}
+        assert 0.35 < float(labels.mean()) < 0.65 and not (obj & art).any()
+        has, tied = art.flatten(1).any(1), labels[:, spec.token_class] > 0
+        assert bool((has == tied).all()) is follows
+        if not follows:  # independent of every finding
+            for c in range(k):
+                agree = float((has == (labels[:, c] > 0)).float().mean())
+                assert 0.35 < agree < 0.65
+        assert not removed[3].any()
+        assert torch.equal(swapped[3].flatten(1).any(1), ~has)
+        for other in (removed, swapped):  # same findings, same pixels outside the token
+            assert torch.equal(other[1], labels) and torch.equal(other[2], obj)
+            outside = ~(art | other[3])[:, None].expand_as(image)
+            assert torch.equal(other[0][outside], image[outside])
+    # the same images in the shortcut world and its clean control
+    assert torch.equal(short.variant("removed").tensors[0], clean.variant("removed").tensors[0])
+    assert torch.equal(torch.random.get_rng_state(), rng), "the global RNG was used"
+
+
+def test_few_probe_worlds_annotate_few_probes_of_one_class() -> None:
+    for name, spec in dw.WORLDS.items():
+        if not isinstance(spec, dw.FewProbeSpec):
+            continue
+        world = dw.make_world(spec, n_train=16, n_val=400)
+        idx = dw.annotated_probe_index(world)
+        assert torch.equal(
+            idx, dw.annotated_probe_index(dw.make_world(spec, n_train=16, n_val=400))
+        )
+        counts = torch.bincount(world.val.tensors[1][idx], minlength=spec.num_classes)
+        assert len(idx) == spec.num_probes and len(set(idx.tolist())) == spec.num_probes
+        assert int(counts[spec.few_class]) == spec.few_probes, name
+        others = counts[torch.arange(spec.num_classes) != spec.few_class]
+        assert int(others.max()) - int(others.min()) <= 1  # round-robin over the other classes
+    with pytest.raises(TypeError):
+        dw.annotated_probe_index(_world("W1"))
+
+
+def test_multilabel_validity_and_the_right_label() -> None:
+    bench = _load("bench_detection")
+    rec = {"epoch": 3, "acc_present": 0.9, "acc_removed": 0.6, "acc_swapped": 0.2}
+    assert bench.judge_truth([rec], True, 4, multilabel=True)["valid"]  # chance 0.5, not 0.25
+    assert not bench.judge_truth([{**rec, "acc_present": 0.8}], True, 4, multilabel=True)["valid"]
+    clean = {"epoch": 3, "acc_present": 0.8, "acc_removed": 0.8, "acc_swapped": 0.78}
+    assert bench.judge_truth([{**clean, "labels_present": 0.8}], False, 4, True)["valid"]
+    # every finding must be learned, not only the tied one
+    assert not bench.judge_truth([{**clean, "labels_present": 0.7}], False, 4, True)["valid"]
+    ml = {"family": "multilabel", "expected_class": 2, "few_class": None}
+    assert bench._right_class(ml, {"final_classes": [2], "final_notes": []})
+    assert not bench._right_class(ml, {"final_classes": [0, 1], "final_notes": []})
+    few = {"family": "few_probes", "expected_class": 0, "few_class": 6}
+    assert bench._right_class(few, {"final_classes": [], "final_notes": ["few_probes(3,6)"]})
+    assert not bench._right_class(few, {"final_classes": [6], "final_notes": ["drift"]})
 
 
 @pytest.mark.slow

@@ -120,6 +120,122 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
     assert a.summary["attention/object_enrichment/class_0"] < 0.1
 
 
+# ------------------------------------------------------------ issue 19: few probes, multi-label
+def _ten_classes(per: dict[int, int]) -> tuple[torch.Tensor, ...]:
+    """Probes of 10 classes (``per``: class -> probes, 4 otherwise); class 7 carries the mark
+    in the corner and its maps sit on it; every other map sits on its object."""
+    targets = torch.cat([torch.full((per.get(c, 4),), c) for c in range(10)])
+    n = targets.numel()
+    objects, centres = _objects(n)
+    marked = targets == 7
+    images = _images(objects, marked)
+    maps = torch.stack(
+        [_bump(2.5, 2.5) if m else _bump(float(y), float(x)) for m, (y, x) in zip(marked, centres)]
+    )
+    artifacts = CORNER.expand(n, H, W) & marked[:, None, None]
+    return targets, images, maps, artifacts, objects
+
+
+def test_a_class_with_too_few_probes_is_said_in_a_few_probes_note() -> None:
+    """Class 7 has 2 probes (the rules need 4): no artifact flag, but a note that names the
+    class, its value, the threshold, its probe count and the fix; said once per streak."""
+    targets, images, maps, artifacts, objects = _ten_classes({7: 2})
+    mon = ShortcutMonitor()
+    masks = {"artifact_masks": artifacts, "object_masks": objects}
+    a = _analyze(mon, maps, images, targets, score_fn=Reader(10, 7), **masks)
+    assert not [f for f in a.flags if f.kind in ALARM_KINDS], [f.message for f in a.flags]
+    notes = [f for f in a.flags if f.kind == "few_probes"]
+    assert len(notes) == 1, [f.message for f in a.flags]
+    note = notes[0]
+    assert note.classes == (7,) and note.kind is FlagKind.few_probes and not note.kind.alarming
+    assert note.metric == "attention/artifact_enrichment" and note.threshold == 3.0
+    assert note.value == pytest.approx(a.summary["attention/artifact_enrichment/class_7"])
+    assert note.value > 3.0 and set(note.probes) == {28, 29}
+    assert "class 7 (2 probes): attention on the label-artifact masks" in note.message
+    assert "(artifact_masks, threshold 3" in note.message
+    assert "at least 4 probes" in note.message and "probes_per_class" in note.message
+    again = _analyze(mon, maps, images, targets, score_fn=Reader(10, 7), **masks)
+    assert [f.persistent for f in again.flags if f.kind == "few_probes"] == [True]
+    # with enough probes the class is judged: a flag, and no note
+    targets, images, maps, artifacts, objects = _ten_classes({})
+    masks = {"artifact_masks": artifacts, "object_masks": objects}
+    a = _analyze(ShortcutMonitor(), maps, images, targets, score_fn=Reader(10, 7), **masks)
+    assert [f.classes for f in a.flags if f.kind == "artifact"] == [(7,)]
+    assert not [f for f in a.flags if f.kind == "few_probes"]
+    # a class with enough probes, only two of which carry an artifact mask, is not short of probes
+    artifacts[28:30] = False
+    masks = {"artifact_masks": artifacts, "object_masks": objects}
+    a = _analyze(ShortcutMonitor(), maps, images, targets, score_fn=Reader(10, 7), **masks)
+    assert a.summary["attention/artifact_enrichment/class_7"] > 3.0
+    assert not [f for f in a.flags if f.kind == "few_probes"], [f.message for f in a.flags]
+
+
+def test_no_few_probes_note_for_a_class_the_model_has_not_learned() -> None:
+    targets, images, maps, artifacts, objects = _ten_classes({7: 2})
+    logits = torch.zeros(targets.numel(), 10)
+    logits[:, 3] = 5.0  # predicts class 3 for everything: class 7 not learned
+    a = _analyze(
+        ShortcutMonitor(),
+        maps,
+        images,
+        targets,
+        logits=logits,
+        artifact_masks=artifacts,
+        object_masks=objects,
+        score_fn=Reader(10, 7),
+    )
+    assert not [f for f in a.flags if f.kind == "few_probes"], [f.message for f in a.flags]
+
+
+def _multilabel_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """8 images with label sets over 2 labels, explained once per positive label (as
+    ``expand_positive_labels`` does): ``(images [M, 3, H, W], targets [M], sets [M, 2])``."""
+    sets = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]]).bool()
+    g = torch.Generator().manual_seed(5)
+    pictures = torch.rand(len(sets), 3, H, W, generator=g)
+    pos = torch.nonzero(sets)
+    return pictures[pos[:, 0]], pos[:, 1], sets[pos[:, 0]]
+
+
+def test_multilabel_learned_gate_is_a_per_label_youden_index_over_the_images() -> None:
+    from gradcam_callback import evidence as E
+
+    images, targets, sets = _multilabel_rows()
+    n = targets.numel()
+    maps = torch.rand(n, H, W, generator=torch.Generator().manual_seed(1))
+    x = E.prepare(ShortcutMonitor(), maps, images, targets, None, None, None, None)
+    present, weight = E.label_presence(x)
+    assert torch.equal(present, sets)  # each row's image carries exactly its set's labels
+    assert float(weight.sum()) == pytest.approx(8.0)  # eight images, each counted once
+    # label 0 predicted on every image, label 1 exactly where present
+    logits = torch.where(sets, 4.0, -4.0)
+    logits[:, 0] = 4.0
+    x = E.prepare(ShortcutMonitor(), maps, images, targets, logits, None, None, None)
+    assert E.learned_classes(x, 0.5, multilabel=True).tolist() == [False, True]
+    # every positive label predicted (recall 1): the recall alone would call label 0 learned
+    recall_only = (logits.gather(1, targets[:, None])[:, 0] > 0).all()
+    assert bool(recall_only)
+
+
+def test_multilabel_rules_skip_a_label_predicted_everywhere() -> None:
+    """Diffuse maps for every row; the 'model' says label 0 is present on every image (it has
+    not learned it) and label 1 only where it is. Only label 1 may be judged."""
+    images, targets, sets = _multilabel_rows()
+    n = targets.numel()
+    flat = torch.ones(n, H, W)
+
+    def model(x: torch.Tensor) -> torch.Tensor:  # erasing anything changes nothing
+        return torch.full((x.shape[0], 2), 4.0)
+
+    logits = torch.where(sets, 4.0, -4.0)
+    logits[:, 0] = 4.0
+    mon = ShortcutMonitor(min_probes=2)
+    a = _analyze(mon, flat, images, targets, logits=logits, score_fn=model, multilabel=True)
+    bg = [f for f in a.flags if f.kind == "background"]
+    assert [f.classes for f in bg] == [(1,)], [f.message for f in a.flags]
+    assert a.summary["probe/learned_classes"] == 1.0
+
+
 def test_coarse_maps_skip_the_spatial_rules_and_say_why() -> None:
     """2x2 maps upsampled are near-uniform whatever the model reads: no spatial rule fires."""
     n = 8

@@ -47,6 +47,7 @@ from ..callback import GradCAMCallback
 from ..engine import METHODS, GradCAM
 from ..layers import eval_mode
 from ..render import denormalize, probe_grid, write_png
+from ..rules import INFO_KINDS
 from .data import ShortcutDataModule
 from .models import ShortcutClassifier
 from .training import artifact_reliance
@@ -72,7 +73,7 @@ FAST = {"epochs": 3, "n_train": 384, "n_val": 64, "num_probes": 8}
 #: Default sizes: the clean control reaches ~98 % validation accuracy in 8 epochs.
 DEFAULTS = {"epochs": 8, "n_train": 1536, "n_val": 256, "num_probes": 16}
 
-_INFO_KINDS = frozenset({"drift"})
+_INFO_KINDS = frozenset(k.value for k in INFO_KINDS)
 
 
 @dataclass
