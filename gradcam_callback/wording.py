@@ -85,9 +85,7 @@ def word_flag(
         if (k.endswith("@set") if suffix else not k.endswith("@set"))
     }
     fields["value"] = value = float(head[best])
-    fields["map_cells"] = f"{x.cells[0]}x{x.cells[1]}"  # what the mask measures compared with
-    # the hot spot's shift tolerance, in image pixels (it is measured on the analysis grid)
-    fields["hotspot_shift"] = round(x.shift * x.images.shape[-2] / x.maps.shape[-2])
+    fields.update(_run_fields(x))
     text = _FMT.format(rule.summary, **fields)
     if rule.per_class:
         classes = tuple(x.classes[g] for g in all_groups)
@@ -115,6 +113,15 @@ def word_flag(
         metric=rule.headline.metric,
         classes=classes,
     )
+
+
+def _run_fields(x: Inputs) -> dict[str, Any]:
+    """The run's own fields of a rule's summary: the map grid the mask measure compared with,
+    and the hot spot's shift tolerance in image pixels (measured on the analysis grid)."""
+    return {
+        "map_cells": f"{x.cells[0]}x{x.cells[1]}",
+        "hotspot_shift": round(x.shift * x.images.shape[-2] / x.maps.shape[-2]),
+    }
 
 
 def word_few_probes(
@@ -152,6 +159,7 @@ def word_few_probes(
         lead = rules[0]
         fields = {k: float(v[g]) for k, v in stats.items() if not k.endswith("@set")}
         fields["value"] = float(stats[lead.rule.headline.metric][g])
+        fields.update(_run_fields(x))
         n = int(counts[lead.rule.headline.metric][g])
         also = f"; also {', '.join(d.rule.name for d in rules[1:])}" if len(rules) > 1 else ""
         thr = float(lead.rule.threshold(mon.settings))  # type: ignore[arg-type]
