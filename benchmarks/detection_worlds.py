@@ -850,7 +850,7 @@ class _MLSplit:
     token: Tensor  # [N] bool: the token is present ("present" variant)
 
 
-class MultiLabelWorld:
+class MultiLabelWorld(DigitWorld):
     """A :class:`MultiLabelSpec` world (shortcut or clean control) with train and val sets.
 
     Shortcut world: the token is present when the tied finding (``spec.token_class``) is, with
@@ -860,35 +860,9 @@ class MultiLabelWorld:
     toggled: on every image without it, off every image with it).
 
     A sample is ``(image [3, H, W] float32 normalised, labels [K] float32 0/1, object_mask
-    [H, W] bool, artifact_mask [H, W] bool)``.
+    [H, W] bool, artifact_mask [H, W] bool)``. Construction, caching and the ``train`` / ``val``
+    sets are :class:`DigitWorld`'s; the splits and variants are its own.
     """
-
-    def __init__(
-        self,
-        spec: MultiLabelSpec,
-        shortcut: bool = True,
-        seed: int = 0,
-        n_train: int | None = None,
-        n_val: int | None = None,
-    ) -> None:
-        self.spec = replace(
-            spec,
-            n_train=spec.n_train if n_train is None else n_train,
-            n_val=spec.n_val if n_val is None else n_val,
-        )
-        self.shortcut = shortcut
-        self.seed = seed
-        self._splits: dict[str, _MLSplit] = {}
-        self._cache: dict[tuple[str, str], TensorDataset] = {}
-
-    @property
-    def correlation(self) -> float | None:
-        return self.spec.correlation if self.shortcut else None
-
-    def _split(self, split: str) -> _MLSplit:
-        if split not in self._splits:
-            self._splits[split] = self._generate(split)
-        return self._splits[split]
 
     def _generate(self, split: str) -> _MLSplit:
         spec = self.spec
@@ -954,14 +928,6 @@ class MultiLabelWorld:
                 ((images - mean) / std).float(), sp.labels.clone(), sp.object_masks.clone(), masks
             )
         return self._cache[key]
-
-    @property
-    def train(self) -> TensorDataset:
-        return self.variant("present", "train")
-
-    @property
-    def val(self) -> TensorDataset:
-        return self.variant("present", "val")
 
 
 def make_world(

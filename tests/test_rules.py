@@ -67,16 +67,8 @@ def _analyze(mon: ShortcutMonitor, maps, images, targets, **kw):
 
 def test_a_shortcut_in_one_class_of_ten_flags_with_its_class() -> None:
     """10 classes, 4 probes each; only class 7 carries the mark and is read through it."""
-    k, per = 10, 4
-    targets = torch.arange(k).repeat_interleave(per)
-    n = targets.numel()
-    objects, centres = _objects(n)
-    marked = targets == 7
-    images = _images(objects, marked)
-    maps = torch.stack(
-        [_bump(2.5, 2.5) if m else _bump(float(y), float(x)) for m, (y, x) in zip(marked, centres)]
-    )
-    artifacts = CORNER.expand(n, H, W) & marked[:, None, None]
+    k = 10
+    targets, images, maps, artifacts, objects = _ten_classes({})
     reader = Reader(k, shortcut_class=7)
     for masks in (True, False):
         mon = ShortcutMonitor()
