@@ -289,6 +289,7 @@ class ShortcutMonitor:
         baseline: bool = False,
         map_size: tuple[int, int] | None = None,
         multilabel: bool = False,
+        probe_index: Tensor | None = None,
     ) -> Analysis:
         """Measure one run's maps, confirm what needs it, and decide the flags.
 
@@ -305,9 +306,14 @@ class ShortcutMonitor:
                 reference (step 0, untrained): store it, raise no flags.
             map_size: ``(h, w)`` cells of the layer's map (``None``: read from ``maps``).
             multilabel: sigmoid outputs: evidence is the target logit, a flip its sign change.
+            probe_index: long ``[N]``, multi-label: the probe each row explains (rows of one
+                probe share its label set; ``None``: rows with identical images are one probe).
         """
         del labels, scores
-        x = E.prepare(self, maps, images, targets, logits, object_masks, artifact_masks, map_size)
+        x = E.prepare(
+            self, maps, images, targets, logits, object_masks, artifact_masks, map_size,
+            probe_index,
+        )  # fmt: skip
         reference = self._align_references(x, baseline)
         per, group, hot = E.measure(self, x, drift_vs_baseline=not reference)
         stats, counts = E.class_stats(x, per, group, hot.size)

@@ -60,6 +60,8 @@ class Inputs:
     logits: Tensor | None
     can_localise: bool
     cells: tuple[int, int] = (0, 0)  # the layer map's own grid (h, w)
+    # long [N]: the probe each row explains (multi-label rows; None: found from the images)
+    probe_index: Tensor | None = None
     # [N, gh, gw] bool: the artifact masks as the map sees them (the cells they touch)
     artifact_cells: Tensor | None = None
 
@@ -122,6 +124,7 @@ def prepare(
     object_masks: Tensor | None,
     artifact_masks: Tensor | None,
     map_size: tuple[int, int] | None,
+    probe_index: Tensor | None = None,
 ) -> Inputs:
     if maps.dim() != 3 or images.dim() != 4 or maps.shape[0] != images.shape[0]:
         raise ValueError(
@@ -165,6 +168,7 @@ def prepare(
         can_localise=can_localise,
         cells=cells,
         artifact_cells=None if art is None else M.cell_mask(art, cells, grid),
+        probe_index=None if probe_index is None else probe_index.to(dev, torch.long),
     )
 
 
@@ -263,15 +267,19 @@ def label_presence(x: Inputs) -> tuple[Tensor, Tensor]:
     """Which explained labels each row's image carries, for multi-label probes.
 
     A multi-label probe is explained once per positive label, each row a copy of its image
-    (:func:`~gradcam_callback.multilabel.expand_positive_labels`): rows with identical images
-    are taken to be one probe, whose label set is the rows' targets. Probes with no positive
-    label are not explained, so the images without a label are those of the other labels.
+    (:func:`~gradcam_callback.multilabel.expand_positive_labels`): the rows of one probe
+    (``x.probe_index``, the callback's ``explained_index``; without it, rows with identical
+    images) share a label set, the rows' targets. Probes with no positive label are not
+    explained, so the images without a label are those of the other labels.
 
     Returns:
         ``(present, weight)``: bool ``[N, G]``, row ``i``'s image carries ``classes[g]``; float
         ``[N]``, ``1 / (rows of that image)``, so that sums over rows count each image once.
     """
-    _, probe = torch.unique(x.images.flatten(1), dim=0, return_inverse=True)  # [N]
+    if x.probe_index is not None:
+        _, probe = torch.unique(x.probe_index, return_inverse=True)  # [N]
+    else:
+        _, probe = torch.unique(x.images.flatten(1), dim=0, return_inverse=True)
     rows = F.one_hot(probe).float()  # [N, U]
     sets = (rows.T @ x.onehot) > 0  # [U, G]: the labels explained on each probe image
     return sets[probe], 1.0 / rows.sum(0)[probe]

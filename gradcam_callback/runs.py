@@ -145,6 +145,7 @@ def analyse_run(
         score_fn=score_fn if cb.confirm else None, epoch=ex.epoch,
         global_step=ex.step, baseline=ex.baseline,
         map_size=checks.finest_map(cb.layer_info), multilabel=cb._multilabel,
+        probe_index=cb.explained_index if cb._multilabel else None,
     )  # fmt: skip
     metrics.update(analysis.summary)
     metrics.update(

@@ -179,10 +179,13 @@ def test_no_few_probes_note_for_a_class_the_model_has_not_learned() -> None:
     assert not [f for f in a.flags if f.kind == "few_probes"], [f.message for f in a.flags]
 
 
+_ML_SETS = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]]).bool()
+
+
 def _multilabel_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """8 images with label sets over 2 labels, explained once per positive label (as
     ``expand_positive_labels`` does): ``(images [M, 3, H, W], targets [M], sets [M, 2])``."""
-    sets = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]]).bool()
+    sets = _ML_SETS
     g = torch.Generator().manual_seed(5)
     pictures = torch.rand(len(sets), 3, H, W, generator=g)
     pos = torch.nonzero(sets)
@@ -199,6 +202,13 @@ def test_multilabel_learned_gate_is_a_per_label_youden_index_over_the_images() -
     present, weight = E.label_presence(x)
     assert torch.equal(present, sets)  # each row's image carries exactly its set's labels
     assert float(weight.sum()) == pytest.approx(8.0)  # eight images, each counted once
+    # rows whose images differ (as after per-row augmentation) are grouped by the callback's
+    # index of the probe each row explains, not by their pixels
+    shaded = images + 0.01 * torch.arange(n, dtype=images.dtype)[:, None, None, None]
+    probe = torch.nonzero(_ML_SETS)[:, 0]
+    x = E.prepare(ShortcutMonitor(), maps, shaded, targets, None, None, None, None, probe)
+    present, weight = E.label_presence(x)
+    assert torch.equal(present, sets) and float(weight.sum()) == pytest.approx(8.0)
     # label 0 predicted on every image, label 1 exactly where present
     logits = torch.where(sets, 4.0, -4.0)
     logits[:, 0] = 4.0
