@@ -91,6 +91,11 @@ class GradCAMCallback(Callback):
             another callback monitors a ``prefix/`` metric: on the training thread, as
             ``validate()`` and ``test()`` runs are. A checkpoint saved while a run is in flight
             holds the run's inputs, and a fit resumed from it finishes the run.
+        image_format: how the overlay grids and images are encoded for the loggers (and the
+            files of a CSV logger or none): ``"jpeg"`` (quality 95; a grid encodes 10-25x
+            faster than as PNG, which matters on a small model's short epochs) or ``"png"``
+            (lossless). MLflow stores PNG either way; ``filmstrip.png`` and ``evolution.gif``
+            on disk are lossless.
 
     Example::
 
@@ -148,6 +153,7 @@ class GradCAMCallback(Callback):
         monitor: ShortcutMonitor | None = None,
         task: Task = "auto",
         async_analysis: bool = True,
+        image_format: Literal["jpeg", "png"] = "jpeg",
     ) -> None:
         super().__init__()
         self._configure(dict(locals()))
@@ -383,7 +389,7 @@ class GradCAMCallback(Callback):
     def _sinks(self, trainer: Any) -> SinkGroup:
         # One group per set-up, so a failing logger warns once, not at every run.
         if self._sink_group is None:
-            self._sink_group = SinkGroup.from_trainer(trainer)
+            self._sink_group = SinkGroup.from_trainer(trainer, self.image_format)
         return self._sink_group
 
     # ------------------------------------------------------------------ state

@@ -21,7 +21,7 @@ from .alarms import ShortcutMonitor
 from .engine import METHODS
 from .multilabel import check_task
 from .probes import BatchKeys, ProbeChoice, ProbeSet, label_problem, peek_batch
-from .render import check_colormap
+from .render import check_colormap, check_image_format
 from .reporting import Reporter
 
 __all__ = [
@@ -76,6 +76,7 @@ def check_settings(
     on_flag: str,
     alpha: float,
     colormap: str,
+    image_format: str,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     dataloader_idx: int,
@@ -109,6 +110,7 @@ def check_settings(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     check_colormap(colormap)
+    check_image_format(image_format)
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std (the inputs' normalisation), or neither")
     check_mean_std(mean, std)

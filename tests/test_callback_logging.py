@@ -58,6 +58,7 @@ def test_tensorboard_images_scalars_text_share_val_steps(tmp_path, namespace, pl
         )
     )
     assert img.shape[0] == 4 * (32 + 2) + 2 and img.shape[1] == 3 * (32 + 2) + 2
+    assert acc.Images("gradcam/overlays")[-1].encoded_image_string[:3] == b"\xff\xd8\xff"  # JPEG
     assert img.std() > 10
     text_tags = acc.Tags()["tensors"]
     assert any(t.startswith("gradcam/probes") for t in text_tags)
@@ -66,28 +67,34 @@ def test_tensorboard_images_scalars_text_share_val_steps(tmp_path, namespace, pl
 
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
-def test_csv_logger_and_no_logger_write_pngs(tmp_path, namespace):
+def test_csv_logger_and_no_logger_write_images(tmp_path, namespace):
     L, loggers, NsCallback = _ns(namespace)
-    cb = NsCallback(num_probes=4, verbose=False)
+    cb = NsCallback(num_probes=4, verbose=False)  # image_format="jpeg" by default
     logger = loggers.CSVLogger(str(tmp_path), name="csv")
     train, val = loaders()
     trainer = L.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=1))
     trainer.fit(make_module_class(L)(), train, val)
     root = Path(logger.log_dir) / "gradcam"
-    steps = sorted(p.parent.name for p in root.glob("step=*/gradcam_overlays.png"))
+    steps = sorted(p.parent.name for p in root.glob("step=*/gradcam_overlays.jpg"))
     assert steps == ["step=0", "step=3"]
-    assert (root / "step=4" / "gradcam_filmstrip.png").exists()  # at fit end
-    png = np.array(Image.open(root / "step=3" / "gradcam_overlays.png"))
-    assert png.ndim == 3 and png.std() > 10
+    assert not list(root.glob("step=*/*.png"))
+    assert (root / "step=4" / "gradcam_filmstrip.jpg").exists()  # at fit end
+    assert (root / "filmstrip.png").exists()  # the file the callback keeps: lossless
+    with Image.open(root / "step=3" / "gradcam_overlays.jpg") as im:
+        assert im.format == "JPEG"
+        jpg = np.array(im)
+    assert jpg.ndim == 3 and jpg.std() > 10
     metrics = (Path(logger.log_dir) / "metrics.csv").read_text()
     assert "gradcam/probe/confidence" in metrics
 
-    cb2 = NsCallback(num_probes=4, verbose=False)
+    cb2 = NsCallback(num_probes=4, verbose=False, image_format="png")
     trainer = L.Trainer(
         **trainer_kwargs(tmp_path / "none", logger=False, callbacks=[cb2], max_epochs=1)
     )
     trainer.fit(make_module_class(L)(), train, val)
-    assert (tmp_path / "none" / "gradcam" / "step=3" / "gradcam_overlays.png").exists()
+    png = tmp_path / "none" / "gradcam" / "step=3" / "gradcam_overlays.png"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (jpg.shape[1], jpg.shape[0])
 
 
 def test_wandb_offline_and_tensorboard_together(tmp_path, monkeypatch):
@@ -112,7 +119,7 @@ def test_wandb_offline_and_tensorboard_together(tmp_path, monkeypatch):
         trainer.fit(make_module_class(pl)(), train, val)
     run_dir = Path(wandb_logger.experiment.dir)
     wandb_logger.experiment.finish()
-    images = sorted((run_dir / "media" / "images").rglob("*.png"))
+    images = sorted((run_dir / "media" / "images").rglob("*.jpg"))  # image_format="jpeg"
     assert len(images) >= 2 * 4  # one per probe per run, plus grids
     arr = np.array(Image.open(images[0]))
     assert arr.dtype == np.uint8 and arr.std() > 10  # not the black image of float inputs
@@ -149,7 +156,7 @@ def test_a_failing_logger_warns_once_and_training_goes_on(tmp_path):
     disk = [w for w in caught if "disk full" in str(w.message)]
     assert len(disk) == 1
     assert trainer.current_epoch == 2 and len(cb.history) == 3
-    assert len(list((Path(csv.log_dir) / "gradcam").glob("step=*/gradcam_overlays.png"))) == 3
+    assert len(list((Path(csv.log_dir) / "gradcam").glob("step=*/gradcam_overlays.jpg"))) == 3
 
 
 def test_metrics_are_monitorable_by_early_stopping(tmp_path):

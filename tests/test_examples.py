@@ -86,7 +86,7 @@ def test_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     cb, run_dir = _load("wandb_logging").main(["--fast", "--root", str(tmp_path)])
     assert run_dir.name.startswith("offline-run-")
-    images = list((run_dir / "files" / "media" / "images").rglob("*.png"))
+    images = list((run_dir / "files" / "media" / "images").rglob("*.jpg"))  # image_format
     assert len(images) >= 3 * 8  # one per probe per run
     assert len(_overlay_steps(tmp_path / "tensorboard")) == len(cb.history) == 3
 

@@ -216,6 +216,13 @@ SETUP_ERRORS = [
         r"(?i)unknown colormap 'plasmaa'.*plasma",
     ),
     (
+        "unknown image format",
+        lambda: _cb(image_format="jpg"),
+        None,
+        None,
+        r"unknown image_format 'jpg'.*did you mean 'jpeg'",
+    ),
+    (
         "mean and std of different lengths",
         lambda: _cb(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2]),
         None,
@@ -477,8 +484,8 @@ def test_uint8_model_gets_uint8_probes_everywhere(tmp_path):
     metrics = cb.history[-2]["metrics"]
     assert 0 < metrics["attention/entropy"] <= 1
     assert "causal/dependence" in metrics and "faithfulness/deletion_auc" in metrics
-    pngs = list((tmp_path / "lightning_logs").rglob("gradcam_overlays.png"))
-    assert len(pngs) == 2
+    overlays = list((tmp_path / "lightning_logs").rglob("gradcam_overlays.jpg"))
+    assert len(overlays) == 2
 
 
 class LooksAtTheCorner(pl.LightningModule):

@@ -236,7 +236,7 @@ def test_callback_trains_and_logs_a_transformer_without_layer_argument(
         (8, 8) if kind == "swin" else (4, 4),
     )
     assert len(cb.history) == 3
-    overlays = sorted((tmp_path / "gradcam").glob("step=*/gradcam_overlays.png"))
+    overlays = sorted((tmp_path / "gradcam").glob("step=*/gradcam_overlays.jpg"))
     assert len(overlays) == 3
     assert cb.probes is not None and cb._engine is not None
     images, labels = cb.probes.images, cb.probes.labels

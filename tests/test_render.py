@@ -407,3 +407,35 @@ def test_encode_png_once_per_image_and_again_after_a_change(tmp_path) -> None:
     with torch.inference_mode():
         frozen = torch.zeros(3, 2, 2, dtype=torch.uint8)
     assert R.encode_png(frozen) == R.encode_png(frozen)  # no version counter: encoded each time
+
+
+def test_jpeg_is_close_to_the_image_and_png_is_exact(tmp_path) -> None:
+    images, maps = _smooth_images(4, 32, 32), _blob_maps(4, 32, 32)
+    grid = R.probe_grid(images, maps, colormap="jet")  # what the runs encode: an overlay grid
+    jpeg, png = R.encode_image(grid, "jpeg"), R.encode_image(grid, "png")
+    assert R.encode_image(grid, "png") is png  # the last one encoded: reused
+    assert jpeg[:3] == b"\xff\xd8\xff" and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(jpeg) < len(png)
+    with Image.open(io.BytesIO(jpeg)) as im:
+        assert im.format == "JPEG" and im.size == (grid.shape[2], grid.shape[1])
+        decoded = np.asarray(im.convert("RGB"), dtype=np.float64)
+    exact = grid.permute(1, 2, 0).numpy().astype(np.float64)
+    assert np.abs(decoded - exact).mean() < 3  # quality 95, 4:4:4: a few levels of 255
+    # channels are not swapped (OpenCV encodes BGR): the mean colour matches per channel
+    assert np.allclose(decoded.mean((0, 1)), exact.mean((0, 1)), atol=2)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), exact)
+    gray = R.encode_image(grid[:1].contiguous(), "jpeg")
+    with Image.open(io.BytesIO(gray)) as im:
+        assert im.mode == "L"
+    path = R.write_image(grid, tmp_path / "d" / "grid.jpg", "jpeg")
+    assert path.read_bytes() == jpeg
+
+
+def test_unknown_image_format_names_the_choices() -> None:
+    grid = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"did you mean 'jpeg'"):
+        R.encode_image(grid, "jpg")
+    with pytest.raises(ValueError, match=r"choose one of \['jpeg', 'png'\]"):
+        R.check_image_format("webp")
+    with pytest.raises(ValueError, match="uint8"):
+        R.encode_image(torch.zeros(3, 4, 4), "jpeg")

@@ -123,6 +123,30 @@ def test_tensorboard_sink_round_trip(namespace: str, tmp_path: Path, probe: dict
         assert played.format == "GIF" and played.n_frames == len(probe["frames"])
 
 
+def test_tensorboard_and_file_sinks_write_jpeg(tmp_path: Path, probe: dict) -> None:
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    tb = S.sink_for_logger(TensorBoardLogger(save_dir=str(tmp_path), name="tb"), tmp_path, "jpeg")
+    files = S.sink_for_logger(CSVLogger(save_dir=str(tmp_path), name="csv"), tmp_path, "jpeg")
+    for sink in (tb, files):
+        sink.log_probe_images("gradcam/overlays", probe["grid"], probe["rows"], [], 3)
+        sink.log_image("gradcam/filmstrip", probe["grid"], 4)
+    tb.flush()
+    exact = _hwc(probe["grid"]).astype(np.float64)
+    acc = _events(Path(tb.log_dir))
+    for tag, at in (("gradcam/overlays", 3), ("gradcam/filmstrip", 4)):
+        [event] = acc.Images(tag)
+        assert event.step == at and event.encoded_image_string[:3] == b"\xff\xd8\xff"
+        assert (event.height, event.width) == exact.shape[:2]
+        [(_, decoded)] = _decoded_images(acc, tag)
+        assert np.abs(decoded - exact).mean() < 4
+    folder = Path(files.log_dir) / "gradcam" / "step=3"
+    assert [p.name for p in folder.iterdir()] == ["gradcam_overlays.jpg"]
+    assert np.abs(_read_png(folder / "gradcam_overlays.jpg") - exact).mean() < 4
+    with pytest.raises(ValueError, match="did you mean 'jpeg'"):
+        S.make_sinks(type("T", (), {"default_root_dir": str(tmp_path), "loggers": []})(), "jpg")
+
+
 # --------------------------------------------------------------------------------------------
 # Weights & Biases (offline)
 # --------------------------------------------------------------------------------------------
