@@ -366,9 +366,7 @@ class WandbSink:
 
     def log_image(self, tag: str, image: Tensor, step: int, caption: str | None = None) -> None:
         extra = {"caption": [caption]} if caption else {}
-        self.logger.log_image(
-            key=tag, images=[_hwc(image)], step=step, **extra, **self._kinds(1)
-        )
+        self.logger.log_image(key=tag, images=[_hwc(image)], step=step, **extra, **self._kinds(1))
 
     def log_text(self, tag: str, markdown: str, step: int) -> None:
         import wandb
