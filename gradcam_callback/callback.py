@@ -94,8 +94,8 @@ class GradCAMCallback(Callback):
         image_format: how the overlay grids and images are encoded for the loggers (and the
             files of a CSV logger or none): ``"jpeg"`` (quality 95; a grid encodes 10-25x
             faster than as PNG, which matters on a small model's short epochs) or ``"png"``
-            (lossless). MLflow stores PNG either way; ``filmstrip.png`` and ``evolution.gif``
-            on disk are lossless.
+            (lossless): TensorBoard, W&B, files, and the ``filmstrip.jpg`` (``.png``) saved
+            at fit end. MLflow stores PNG either way.
 
     Example::
 
@@ -189,6 +189,7 @@ class GradCAMCallback(Callback):
         self.reporter = Reporter(
             prefix=self.prefix, log_images=given["log_images"], colormap=given["colormap"],
             alpha=given["alpha"], mean=given["mean"], std=given["std"], max_filmstrip_runs=24,
+            image_format=given["image_format"],
         )  # fmt: skip
         self.max_images = 32
         self._probes: ProbeSet | None = given["probes"]

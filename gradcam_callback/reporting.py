@@ -30,6 +30,8 @@ from torch import Tensor
 
 from .engine import normalize_maps
 from .render import (
+    IMAGE_FORMATS,
+    check_image_format,
     denormalize,
     filmstrip,
     gif_frame,
@@ -38,7 +40,7 @@ from .render import (
     probe_panels,
     tile,
     write_gif,
-    write_png,
+    write_image,
 )
 from .sinks import SinkGroup, markdown_table
 from .threads import quiet_thread
@@ -191,6 +193,8 @@ class Reporter:
         max_filmstrip_runs: columns of the filmstrip at most (runs are sub-sampled evenly).
         background: write on a worker thread (``False``: on the calling thread, for debugging).
         queue_size: runs waiting at most before :meth:`submit` blocks.
+        image_format: the filmstrip file's format, ``"png"`` or ``"jpeg"`` (the sinks encode
+            what they log in their own ``image_format``).
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class Reporter:
         max_filmstrip_runs: int = 24,
         background: bool = True,
         queue_size: int = 4,
+        image_format: str = "png",
     ) -> None:
         self.prefix = prefix
         self.log_images = log_images
@@ -217,6 +222,7 @@ class Reporter:
         self.max_filmstrip_runs = max_filmstrip_runs
         self.background = background
         self.queue_size = queue_size
+        self.image_format = check_image_format(image_format)
         self.thumbs: list[Tensor] = []
         self.thumb_steps: list[int] = []
         self.frames: list[Any] = []  # the GIF frame of each thumbnail run (PIL images)
@@ -392,13 +398,15 @@ class Reporter:
 
     # ------------------------------------------------------------------ fit end
     def write_filmstrip(self, sinks: SinkGroup, step: int, out_dir: Path | None = None) -> None:
-        """After :meth:`flush`: the probe-by-run filmstrip (PNG) and the evolution GIF, saved under
-        ``out_dir`` (default ``sinks.log_dir / prefix``) and logged to every sink."""
+        """After :meth:`flush`: the probe-by-run filmstrip (``filmstrip.png`` or ``.jpg``, as
+        :attr:`image_format`) and the evolution GIF, saved under ``out_dir`` (default
+        ``sinks.log_dir / prefix``) and logged to every sink."""
         if not self.thumbs:
             return
         out_dir = out_dir or sinks.log_dir / self.prefix
         strip = filmstrip(self.thumbs, max_columns=self.max_filmstrip_runs)
-        write_png(strip, out_dir / "filmstrip.png")
+        suffix = IMAGE_FORMATS[self.image_format]
+        write_image(strip, out_dir / f"filmstrip{suffix}", self.image_format)
         cols = pick_columns(len(self.thumbs), self.max_filmstrip_runs)
         shown = [self.thumb_steps[i] for i in cols]
         caption = f"a row per probe, a column per run; runs at steps {shown}"

@@ -62,7 +62,7 @@ def test_tensorboard_images_scalars_text_share_val_steps(tmp_path, namespace, pl
     assert img.std() > 10
     text_tags = acc.Tags()["tensors"]
     assert any(t.startswith("gradcam/probes") for t in text_tags)
-    assert (Path(logger.log_dir) / "gradcam" / "filmstrip.png").exists()
+    assert (Path(logger.log_dir) / "gradcam" / "filmstrip.jpg").exists()
     assert (Path(logger.log_dir) / "gradcam" / "evolution.gif").exists()
 
 
@@ -79,7 +79,7 @@ def test_csv_logger_and_no_logger_write_images(tmp_path, namespace):
     assert steps == ["step=0", "step=3"]
     assert not list(root.glob("step=*/*.png"))
     assert (root / "step=4" / "gradcam_filmstrip.jpg").exists()  # at fit end
-    assert (root / "filmstrip.png").exists()  # the file the callback keeps: lossless
+    assert (root / "filmstrip.jpg").exists()  # the file the callback keeps
     with Image.open(root / "step=3" / "gradcam_overlays.jpg") as im:
         assert im.format == "JPEG"
         jpg = np.array(im)
@@ -92,6 +92,7 @@ def test_csv_logger_and_no_logger_write_images(tmp_path, namespace):
         **trainer_kwargs(tmp_path / "none", logger=False, callbacks=[cb2], max_epochs=1)
     )
     trainer.fit(make_module_class(L)(), train, val)
+    assert (tmp_path / "none" / "gradcam" / "filmstrip.png").exists()
     png = tmp_path / "none" / "gradcam" / "step=3" / "gradcam_overlays.png"
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (jpg.shape[1], jpg.shape[0])

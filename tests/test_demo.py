@@ -107,5 +107,5 @@ def test_shortcut_demo_config_runs_at_reduced_size(
     assert len(cb.history) == 2  # baseline + one validation
     log_dir = Path(cli.trainer.logger.log_dir)
     assert log_dir.parent.name == "shortcut-watermark-cli"
-    assert (log_dir / "gradcam" / "filmstrip.png").is_file()
+    assert (log_dir / "gradcam" / "filmstrip.jpg").is_file()
     assert len(_events(log_dir).Images("gradcam/overlays")) == 2

@@ -18,7 +18,7 @@ Run::
 
 It prints one line per new flag as it fires, then a summary: accuracy with the artifact as drawn,
 removed and swapped (the ground truth of the shortcut), the flags, the TensorBoard command and the
-files (log folder, ``summary.png``, ``gradcam/filmstrip.png``, ``gradcam/evolution.gif``,
+files (log folder, ``summary.png``, ``gradcam/filmstrip.jpg``, ``gradcam/evolution.gif``,
 ``flags.json``). Uses a GPU when there is one (``--accelerator auto``).
 """
 
@@ -85,7 +85,7 @@ class DemoResult:
         log_dir: the TensorBoard run folder (``<logdir>/<name>/version_<n>``).
         logdir: the root to pass to ``tensorboard --logdir``.
         summary_image: final ``input | heatmap | overlay`` grid of the first probes (PNG).
-        filmstrip: the callback's evolution filmstrip (PNG), when written.
+        filmstrip: the callback's evolution filmstrip (``filmstrip.jpg``), when written.
         gif: the callback's evolution GIF, when written.
         flags_file: the flags as JSON.
         metrics: final ``trainer.callback_metrics`` as floats (``val_acc``, ``gradcam/...``).
@@ -358,7 +358,8 @@ def run(argv: Sequence[str] | None = None) -> DemoResult:
 
     flags_file = log_dir / "flags.json"
     flags_file.write_text(json.dumps([asdict(f) for f in cb.flags], indent=2))
-    strip = log_dir / cb.prefix / "filmstrip.png"
+    strips = sorted((log_dir / cb.prefix).glob("filmstrip.*"))  # .jpg, or .png (image_format)
+    strip = strips[0] if strips else log_dir / cb.prefix / "filmstrip.jpg"
     gif = log_dir / cb.prefix / "evolution.gif"
     metrics = {
         k: float(v)
