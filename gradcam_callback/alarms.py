@@ -336,8 +336,9 @@ class ShortcutMonitor:
             self.memory.reset()
         else:
             out.flags = self._decide(
-                x, decisions, per, stats, counts, tested, causal, epoch, global_step
-            )
+                x, decisions, per, stats, counts, tested, causal, epoch, global_step,
+                hot.group_footprint,
+            )  # fmt: skip
         # x.maps is this run's own fresh tensor: kept as it is (its ranks stay cached)
         self.previous_maps, self.previous_is_baseline = x.maps, reference
         return out
@@ -354,15 +355,21 @@ class ShortcutMonitor:
         causal: bool,
         epoch: int,
         step: int,
+        footprints: Tensor | None = None,
     ) -> list[Flag]:
-        """Confirm (this run's tests, carried findings), fire, word and mark the flags."""
+        """Confirm (this run's tests, carried and held findings), fire, word and mark the
+        flags; ``footprints``: bool ``[G, h, w]``, the class hot-spot footprints."""
         confirmed, words = {}, None
+        held: dict[str, Tensor] = {}
         if causal:
-            confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
+            confirmed = self.memory.settle(
+                self, x.classes, decisions, stats, counts, tested, epoch, footprints
+            )
+            held = self.memory.held
             words = self.memory.words(x.classes, stats, self.memory.conclusive)
-        hits = fired(decisions, confirmed)  # the classes flagged: a note does not repeat them
+        hits = fired(decisions, confirmed, held)  # the classes flagged: a note does not repeat
         flags = [
-            word_flag(self, kind, kind_hits, x, per, stats, words, epoch, step)
+            word_flag(self, kind, kind_hits, x, per, stats, words, epoch, step, held)
             for kind, kind_hits in hits.items()
         ]
         note = word_few_probes(self, decisions, hits, x, stats, counts, epoch, step)
@@ -426,7 +433,12 @@ class ShortcutMonitor:
         sizes = [int(s) for s in x.onehot.sum(0).tolist()]
         plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
         wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run)
-        return plan, E.confirm(self, x, wanted, hot, per, score_fn, multilabel)
+        grid = tuple(x.maps.shape[-2:])
+
+        def remembered() -> Tensor:
+            return self.memory.remembered(x.groups, x.classes, grid)
+
+        return plan, E.confirm(self, x, wanted, hot, per, score_fn, multilabel, remembered)
 
 
 _INTS = frozenset({"min_probes", "analysis_size", "min_map_cells", "max_classes"})

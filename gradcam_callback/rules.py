@@ -125,6 +125,16 @@ class Rule:
         drop_setting: the setting of an ``"indifferent"`` confirmation.
         dependence_setting: the setting that holds the share of tested probes a ``"depends"``
             confirmation needs (``"dependence"``; the partial-reliance rules ask for more).
+        held_region: where a finding this rule confirmed is re-tested once the rule's attention
+            condition stops holding for the class (``None``: it is not; the finding is
+            forgotten). Grad-CAM attention on a region the model relies on can fade (the
+            evidence saturates) while the reliance stays, and the causal test is the stronger
+            evidence, so the finding is *held while measured*: re-tested on this region at
+            every run (within the causal budget), the flag stays while the measured dependence
+            meets the rule's ``dependence_setting`` and clears on a conclusive lower
+            measurement. ``"artifact"``: the artifact masks (they do not move with the
+            attention); ``"remembered"``: the class's hot-spot footprint as it was when the
+            finding was confirmed.
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
@@ -141,6 +151,7 @@ class Rule:
     confirm: Literal["depends", "indifferent"] | None = None
     drop_setting: str | None = None
     dependence_setting: str = "dependence"
+    held_region: str | None = None
     per_class: bool = True
     after_trained_run: bool = False
     summary: str = ""
@@ -170,6 +181,7 @@ RULES: tuple[Rule, ...] = (
         needs="artifact_masks",
         region="artifact",
         confirm="depends",
+        held_region="artifact",
         summary=(
             "attention on the label-artifact masks is {value:.1f}x their area share "
             "({attention/artifact_share:pct} of the maps' mass; compared as the map sees them: "
@@ -192,6 +204,7 @@ RULES: tuple[Rule, ...] = (
         ),
         region="hotspot",
         confirm="depends",
+        held_region="remembered",
         summary=(
             "the probes pile their attention on one off-centre spot ({value:.1f}x its area "
             "share, {attention/hotspot_offset:pct} of the way from the centre to a corner) over "
@@ -213,6 +226,7 @@ RULES: tuple[Rule, ...] = (
         needs="artifact_masks",
         region="artifact",
         confirm="depends",
+        held_region="artifact",
         dependence_setting="partial_dependence",
         summary=(
             "attention on the label-artifact masks is elevated but under the artifact threshold "
@@ -238,6 +252,7 @@ RULES: tuple[Rule, ...] = (
         ),
         region="hotspot",
         confirm="depends",
+        held_region="remembered",
         dependence_setting="partial_dependence",
         summary=(
             "the probes put elevated attention on one off-centre spot ({value:.1f}x its area "
@@ -418,18 +433,25 @@ def _why_not(
 
 
 def fired(
-    decisions: Sequence[RuleDecision], confirmed: Mapping[str, Tensor]
+    decisions: Sequence[RuleDecision],
+    confirmed: Mapping[str, Tensor],
+    held: Mapping[str, Tensor] | None = None,
 ) -> dict[FlagKind, list[tuple[RuleDecision, list[int]]]]:
     """Kind -> the rules that fired and their groups, in table order.
 
     A rule fires for a group when its attention conditions hold and, where ``confirmed`` has an
-    entry for the rule (bool ``[G]``, its causal confirmation), that holds too.
+    entry for the rule (bool ``[G]``, its causal confirmation), that holds too; or when
+    ``held`` (bool ``[G]``) says a finding the rule confirmed earlier is held while measured
+    (see :attr:`Rule.held_region`), whatever the attention says now.
     """
     out: dict[FlagKind, list[tuple[RuleDecision, list[int]]]] = {}
+    held = held or {}
     for d in decisions:
         if not d.evaluated or d.attention is None:
             continue
         ok = d.attention & confirmed[d.rule.name] if d.rule.name in confirmed else d.attention
+        if d.rule.name in held:
+            ok = ok | held[d.rule.name]
         groups = [int(g) for g in torch.nonzero(ok).flatten().tolist()]
         if groups:
             out.setdefault(d.rule.kind, []).append((d, groups))

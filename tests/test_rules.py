@@ -541,6 +541,48 @@ def test_an_inconclusive_test_keeps_a_carried_finding() -> None:
 
     assert settle(8.0, 1.0, 1)  # conclusive, confirmed
     assert settle(2.0, 0.0, 2)  # inconclusive: the epoch-1 finding is carried
-    assert memory.findings[(rule.name, 7)].epoch == 1 and memory.conclusive == {rule.name: {}}
+    assert memory.findings[(rule.name, 7)].epoch == 1 and memory.conclusive[rule.name] == {}
     assert not settle(8.0, 0.0, 3)  # conclusive, refuted
     assert not settle(2.0, 1.0, 4)  # inconclusive: nothing to carry
+    assert not memory.held[rule.name].any()  # attention held throughout: nothing held
+
+
+def test_a_held_finding_is_kept_by_measurement_and_dropped_by_a_low_one() -> None:
+    """Held while measured, at the memory level: once the rule's attention lets go of a class
+    whose finding was confirmed, the pair is planned as a ``@held`` re-test of the rule's held
+    region; a conclusive re-test at the rule's dependence keeps it, an inconclusive one carries
+    it, a conclusive low one drops it; an unusable class (e.g. unlearned) is not held."""
+    from gradcam_callback.causal import HELD, CausalMemory, regions_to_erase
+    from gradcam_callback.rules import RuleDecision
+
+    mon = ShortcutMonitor()
+    rule = next(r for r in RULES if r.name == "artifact_masks_partial")
+    assert rule.held_region == "artifact" and rule.dependence_setting == "partial_dependence"
+    assert all(r.held_region is None for r in RULES if r.kind != "artifact")
+    yes, no = torch.tensor([True]), torch.tensor([False])
+    memory = CausalMemory()
+
+    def run(
+        attention: torch.Tensor, usable: torch.Tensor, measured: float, depends: float, key: str
+    ):
+        d = RuleDecision(rule, True, usable=usable, attention=attention, near=attention)
+        plan = memory.plan([d], [7], [8], budget=4, min_probes=4)
+        stats = {"causal/artifact_depends": torch.tensor([depends])}
+        counts = {"causal/artifact_evidence": torch.tensor([measured])}
+        out = memory.settle(mon, [7], [d], stats, counts, {key: {0: 8}}, 1)
+        return plan, bool(out[rule.name][0]), bool(memory.held[rule.name][0])
+
+    plan, confirmed, held = run(yes, yes, 8.0, 1.0, rule.name)
+    assert plan == {rule.name: {0: 4}} and confirmed and not held
+    # the attention lets go: re-tested on the masks, held at 0.9 (the partial rule's threshold)
+    plan, confirmed, held = run(no, yes, 8.0, 0.9, rule.name + HELD)
+    assert plan == {rule.name + HELD: {0: 4}} and held
+    wanted = regions_to_erase(plan, [RuleDecision(rule, True)], torch.zeros(8, dtype=torch.long))
+    assert list(wanted) == ["artifact"] and int(wanted["artifact"].sum()) == 4
+    assert run(no, yes, 2.0, 0.0, rule.name + HELD)[2]  # inconclusive: carried
+    assert not run(no, yes, 8.0, 0.8, rule.name + HELD)[2]  # conclusive, under 0.9: dropped
+    assert not memory.findings
+    # a confirmed finding of a class that is no longer usable is neither planned nor held
+    run(yes, yes, 8.0, 1.0, rule.name)
+    plan, _, held = run(no, no, 8.0, 1.0, rule.name + HELD)
+    assert plan == {} and not held and not memory.findings
