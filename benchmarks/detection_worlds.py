@@ -25,7 +25,12 @@ W11   jittered token: 5x5 square, top right, +-3 px per image         0 vs 3    
 W12   jittered scanner text: glyph pair, bottom left, +-4 px (64 px)  1, 6, 8   cnn    held-out
 W13   group shortcut: top ruler on 95% of classes 0-1, 5% of rest     0-4       cnn    calibration
 W14   group shortcut: scale bar on 95% of classes 2, 4, 5% of the rest 5-9      rn18   held-out
+W19   group shortcut: ring stamp (top right) on 95% of classes 1, 3    0-4       rn18   calibration
+W21   group shortcut: notched tab (left edge) on 95% of 0, 3, 4 of 6   6 digits  rn18   held-out
 ====  =============================================================  ========  =====  ============
+
+W15-W18 (multi-label and few-probe worlds) and W20, W22 (multi-label on ResNet-18, coarse maps)
+are defined at the end of the module (:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
 
 So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 and HELD-OUT = W2, W4, W6, W7, W10, W12, W14: both
 splits have small-CNN and ResNet-18 worlds; the held-out split has the two 10-class worlds, the

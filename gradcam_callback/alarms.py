@@ -27,7 +27,11 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     elevated (partial reliance, e.g. an artifact that tells a group of classes apart), a strong
     measured dependence on the region confirms.
     Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
-    the target's evidence from most of the class's probes.
+    the target's evidence from most of the class's probes. A confirmed finding is *held while
+    measured*: when the attention on it fades (Grad-CAM attention can saturate away from a
+    region the model still relies on), the region (the masks, or the hot-spot footprint of the
+    confirming test) is re-tested at each run, and the flag stays while the measured dependence
+    meets the rule's threshold; a conclusive lower measurement clears it.
 ``"background"``
     Attention left the object: with object masks, low attention enrichment on the objects and a
     model that barely notices when they are erased; with or without masks, attention spread over
@@ -54,7 +58,8 @@ _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enri
 ``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
 class; stability is the larger of the pixel and the shift-tolerant reading),
 ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
-``artifact, hotspot, object, focus, border`` (``NaN``, hence not logged, where a probe was not
+``artifact, hotspot, object, focus, border, remembered`` (the last: a held hot-spot finding's
+remembered footprint; ``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
 dependence}`` of the artifact region that was tested (the artifact masks when given, else the hot
