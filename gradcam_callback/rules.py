@@ -114,6 +114,8 @@ class Rule:
         conditions: all must hold for a class; the first is the headline (its value and threshold
             go into the flag).
         needs: what the probes must carry: ``"artifact_masks"``, ``"object_masks"`` or nothing.
+        unless: not evaluated when the probes carry this (``"object_masks"``): a rule that reads
+            it measures the same thing more directly and decides instead.
         spatial: needs a map that can localise (not evaluated on maps coarser than the monitor's
             ``min_map_cells``).
         region: the region erased to confirm the rule causally (see
@@ -146,6 +148,7 @@ class Rule:
     kind: FlagKind
     conditions: tuple[Condition, ...]
     needs: str | None = None
+    unless: str | None = None
     spatial: bool = True
     region: str | None = None
     confirm: Literal["depends", "indifferent"] | None = None
@@ -287,6 +290,7 @@ RULES: tuple[Rule, ...] = (
         name="background_diffuse",
         kind=FlagKind.background,
         conditions=(Condition("attention/entropy", ">=", "diffuse_entropy"),),
+        unless="object_masks",
         region="focus",
         confirm="indifferent",
         drop_setting="focus_drop",
@@ -294,6 +298,24 @@ RULES: tuple[Rule, ...] = (
         advice=(
             "The model may read a background texture or colour instead of an object: see "
             "attention/entropy and the overlays."
+        ),
+    ),
+    # With object masks a diffuse map is weak evidence on its own: a coarse map spreads the
+    # attention of a model that reads a small object, and erasing the map's hottest cells then
+    # misses the object. Where the objects are known, the diffuse rule is confirmed by what
+    # the model does without them (the measure of background_masks), not by the focus region.
+    Rule(
+        name="background_diffuse_objects",
+        kind=FlagKind.background,
+        conditions=(Condition("attention/entropy", ">=", "diffuse_entropy"),),
+        needs="object_masks",
+        region="object",
+        confirm="indifferent",
+        drop_setting="object_drop",
+        summary="attention is spread over the whole image (normalised entropy {value:.3f})",
+        advice=(
+            "The model reads something other than the objects (a background texture or "
+            "colour?): see attention/entropy, attention/object_enrichment and the overlays."
         ),
     ),
     Rule(
@@ -422,6 +444,8 @@ def _why_not(
         return "switched off"
     if rule.needs is not None and rule.needs not in available:
         return f"no {rule.needs.replace('_', ' ')}"
+    if rule.unless is not None and rule.unless in available:
+        return f"{rule.unless.replace('_', ' ')} given: a rule that reads them decides"
     if rule.spatial and not can_localise:
         return "map too coarse to localise"
     if rule.after_trained_run and not after_trained_run:

@@ -98,9 +98,11 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
     maps = torch.where((targets == 0)[:, None, None], off_object, on_object)
 
     def model(x: torch.Tensor) -> torch.Tensor:
-        # class 0's logit reads the background brightness, class 1's the object
-        bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
-        fg = torch.where(objects[:, None], x, torch.zeros(())).amax((1, 2, 3))
+        # class 0's logit reads the background brightness (the dark pixels), class 1's the
+        # object (the brightest pixel); any subset of the probes, erased or not
+        dark = (x < 0.25).float()
+        bg = (x * dark).sum((1, 2, 3)) / dark.sum((1, 2, 3)).clamp_min(1)
+        fg = x.amax((1, 2, 3))
         return torch.stack([80 * bg, 20 * fg], 1)
 
     mon = ShortcutMonitor(causal_budget=None)
@@ -586,3 +588,47 @@ def test_a_held_finding_is_kept_by_measurement_and_dropped_by_a_low_one() -> Non
     run(yes, yes, 8.0, 1.0, rule.name)
     plan, _, held = run(no, no, 8.0, 1.0, rule.name + HELD)
     assert plan == {} and not held and not memory.findings
+
+
+def test_with_object_masks_a_diffuse_map_flags_only_if_the_objects_are_not_needed() -> None:
+    """A coarse, diffuse map of a model that reads its (small) objects: the map's hottest cells
+    are elsewhere, so erasing them leaves the evidence and the mask-free diffuse rule fires
+    (weak evidence, all it has). Given object masks, the diffuse rule is confirmed by erasing the
+    objects instead (``background_diffuse_objects``), which the model needs: no flag. A model
+    that reads the background under the same maps is still flagged."""
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, _ = _objects(n)
+    images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    g = torch.Generator().manual_seed(7)
+    maps = 1.0 + 0.05 * torch.rand(n, H, W, generator=g) + 0.3 * _bump(2.0, 29.0, 3.0)
+
+    def object_reader(x: torch.Tensor) -> torch.Tensor:
+        fg = x.amax((1, 2, 3))  # the object is the brightest thing in the image
+        return torch.stack([torch.zeros_like(fg), 20 * fg - 10], 1)
+
+    def background_reader(x: torch.Tensor) -> torch.Tensor:
+        dark = (x < 0.25).float()
+        bg = (x * dark).sum((1, 2, 3)) / dark.sum((1, 2, 3)).clamp_min(1)
+        return torch.stack([torch.zeros_like(bg), 80 * bg], 1)
+
+    bare = _analyze(
+        ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=object_reader
+    )
+    assert bare.summary["attention/entropy"] >= 0.95
+    assert [f.kind for f in bare.flags if f.kind in ALARM_KINDS] == ["background"]
+    assert bare.skipped.get("background_diffuse_objects") == "no object masks"
+    masked = _analyze(
+        ShortcutMonitor(causal_budget=None),
+        maps, images, targets, object_masks=objects, score_fn=object_reader,
+    )  # fmt: skip
+    assert not [f for f in masked.flags if f.kind in ALARM_KINDS], masked.flags
+    assert masked.skipped["background_diffuse"].startswith("object masks given")
+    assert masked.summary["causal/object_evidence"] > 0.5  # the objects carry the evidence
+    texture = _analyze(
+        ShortcutMonitor(causal_budget=None),
+        maps, images, targets, object_masks=objects, score_fn=background_reader,
+    )  # fmt: skip
+    bg = [f for f in texture.flags if f.kind == "background"]
+    assert len(bg) == 1 and bg[0].classes == (1,), texture.flags
+    assert "also: background_diffuse_objects" in bg[0].message  # the object rule leads
