@@ -29,7 +29,7 @@ flag kinds, the first flag epoch, the first reliance epoch; a final flag counts 
 class whose images carry the artifact (for a one-class token or a group shortcut: that class or
 a class of the group); on clean controls a false alarm is
 any ``artifact`` / ``background`` flag at any trained epoch. W4 (moving artifact) counts only with
-masks. Multi-label worlds (W15, W16) are judged on the tied label's balanced accuracy; a
+masks. Multi-label worlds (W15, W16, W20, W22) are judged on the tied label's balanced accuracy; a
 few-probe world (W17, W18: an annotated ProbeSet with fewer probes of the shortcut class than the
 rules need) counts as caught when a ``few_probes`` note names that class at the final run. The
 report's last table lists, for these worlds, whether the flags name the right class or label.

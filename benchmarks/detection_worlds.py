@@ -25,7 +25,12 @@ W11   jittered token: 5x5 square, top right, +-3 px per image         0 vs 3    
 W12   jittered scanner text: glyph pair, bottom left, +-4 px (64 px)  1, 6, 8   cnn    held-out
 W13   group shortcut: top ruler on 95% of classes 0-1, 5% of rest     0-4       cnn    calibration
 W14   group shortcut: scale bar on 95% of classes 2, 4, 5% of the rest 5-9      rn18   held-out
+W19   group shortcut: ring stamp (top right) on 95% of classes 1, 3    0-4       rn18   calibration
+W21   group shortcut: notched tab (left edge) on 95% of 0, 3, 4 of 6   6 digits  rn18   held-out
 ====  =============================================================  ========  =====  ============
+
+W15-W18 (multi-label and few-probe worlds) and W20, W22 (multi-label on ResNet-18, coarse maps)
+are defined at the end of the module (:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
 
 So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 and HELD-OUT = W2, W4, W6, W7, W10, W12, W14: both
 splits have small-CNN and ResNet-18 worlds; the held-out split has the two 10-class worlds, the
@@ -83,6 +88,8 @@ ArtifactKind = Literal[
     "jitter_text",
     "group_bar",
     "group_scale",
+    "group_stamp",
+    "group_tab",
 ]
 
 
@@ -359,6 +366,8 @@ RULER_COLOURS = ((1.0, 0.95, 0.2), (0.2, 0.95, 1.0))
 LINE_COLOURS = ((0.95, 0.2, 0.95), (0.95, 0.95, 0.95))
 JITTER_COLOURS = ((1.0, 0.5, 0.0), (0.3, 1.0, 0.3), (0.6, 0.3, 1.0))
 MOVING_COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.4, 1.0))
+STAMP_COLOUR = (1.0, 0.85, 0.15)
+TAB_COLOUR = (0.1, 0.8, 0.9)
 
 
 def design_of(spec: WorldSpec, cls: int) -> int | None:
@@ -401,6 +410,10 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, 0, 5, s)
     if spec.artifact == "group_scale":
         return (s - 10, 0, s, 26)
+    if spec.artifact == "group_stamp":
+        return (0, s - 14, 14, s)
+    if spec.artifact == "group_tab":
+        return (s // 2 - 10, 0, s // 2 + 10, 7)
     return None
 
 
@@ -494,6 +507,15 @@ def apply_artifact(
         mask[h - 7 : h - 3, 3:23] = True
         patch[:] = 0.97
         patch[:, h - 7 : h - 5, 3:23:5] = 0.05
+    elif kind == "group_stamp":  # a yellow ring stamp (10x10, 3-px wall), top right
+        mask[2:12, w - 12 : w - 2] = True
+        mask[5:9, w - 9 : w - 5] = False
+        patch[:] = torch.tensor(STAMP_COLOUR).view(3, 1, 1)
+    elif kind == "group_tab":  # a cyan tab with dark notches on the left edge, mid height
+        y = h // 2 - 8
+        mask[y : y + 16, 1:5] = True
+        patch[:] = torch.tensor(TAB_COLOUR).view(3, 1, 1)
+        patch[:, y + 3 : y + 16 : 4, 1:4] = 0.05
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -776,15 +798,17 @@ class MultiLabelSpec(WorldSpec):
             as unevenly common as in a radiology or dermatology set: a frequent finding is
             predicted present everywhere before it is learned).
         token_rate: the token's probability in the clean control (independent of the findings).
-        token: ``"square"`` (a red square) or ``"sticker"`` (a white label with a dark bar).
-        corner: ``"top_right"`` or ``"bottom_left"``: the token's cell.
+        token: ``"square"`` (a red square), ``"sticker"`` (a white label with a dark bar),
+            ``"ring"`` (a cyan ring) or ``"bar"`` (a yellow bar with a dark edge).
+        corner: ``"top_right"``, ``"bottom_left"``, ``"top_left"`` or ``"bottom_right"``: the
+            token's cell.
         cells: the grid's cells per side.
     """
 
     prevalence: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
     token_rate: float = 0.5
-    token: Literal["square", "sticker"] = "square"
-    corner: Literal["top_right", "bottom_left"] = "top_right"
+    token: Literal["square", "sticker", "ring", "bar"] = "square"
+    corner: Literal["top_right", "bottom_left", "top_left", "bottom_right"] = "top_right"
     cells: int = 3
 
     @property
@@ -830,16 +854,36 @@ def _token_patch(spec: MultiLabelSpec, s: int) -> tuple[Tensor, Tensor]:
     cell = s // spec.cells
     mask = torch.zeros(s, s, dtype=torch.bool)
     colour = torch.zeros(3, s, s)
-    y0 = 2 if spec.corner == "top_right" else s - cell + 2
-    x0 = s - cell + 2 if spec.corner == "top_right" else 2
+    r, q = _token_cell(spec)
+    y0 = 2 if r == 0 else s - cell + 2
+    x0 = 2 if q == 0 else s - cell + 2
     if spec.token == "square":
         mask[y0 : y0 + 6, x0 : x0 + 6] = True
         colour[:] = torch.tensor([1.0, 0.15, 0.15]).view(3, 1, 1)
-    else:  # a white sticker with a dark bar
+    elif spec.token == "sticker":  # a white sticker with a dark bar
         mask[y0 : y0 + 6, x0 : x0 + 10] = True
         colour[:] = 0.97
         colour[:, y0 + 2 : y0 + 4, x0 + 2 : x0 + 8] = 0.05
+    elif spec.token == "ring":  # a cyan ring, 7x7 with a 3x3 hole
+        mask[y0 : y0 + 7, x0 : x0 + 7] = True
+        mask[y0 + 2 : y0 + 5, x0 + 2 : x0 + 5] = False
+        colour[:] = torch.tensor([0.1, 0.9, 0.9]).view(3, 1, 1)
+    else:  # a yellow bar, 4x12, with a dark lower edge
+        mask[y0 : y0 + 4, x0 : x0 + 12] = True
+        colour[:] = torch.tensor([1.0, 0.9, 0.1]).view(3, 1, 1)
+        colour[:, y0 + 3, x0 : x0 + 12] = 0.1
     return colour, mask
+
+
+def _token_cell(spec: MultiLabelSpec) -> tuple[int, int]:
+    """The grid cell ``(row, column)`` kept for a multi-label world's token."""
+    last = spec.cells - 1
+    return {
+        "top_right": (0, last),
+        "bottom_left": (last, 0),
+        "top_left": (0, 0),
+        "bottom_right": (last, last),
+    }[spec.corner]
 
 
 @dataclass
@@ -879,7 +923,7 @@ class MultiLabelWorld(DigitWorld):
         blobs = torch.rand(n, 3, 5, 5, generator=g) * 0.35 + 0.1
         base = F.interpolate(blobs, size=(s, s), mode="bilinear", align_corners=False)
         base = (base + 0.03 * torch.randn(n, 3, s, s, generator=g)).clamp(0, 1)
-        token_cell = (0, c - 1) if spec.corner == "top_right" else (c - 1, 0)
+        token_cell = _token_cell(spec)
         free = [(r, q) for r in range(c) for q in range(c) if (r, q) != token_cell]
         object_masks = torch.zeros(n, s, s, dtype=torch.bool)
         for i in range(n):
@@ -999,6 +1043,85 @@ WORLDS.update(
                 epochs=10,
                 few_class=6,
                 few_probes=3,
+            ),
+        )
+    }
+)
+
+# W19-W22 (issue 19, third round): a calibration and a held-out world for each of the two kinds
+# the merged 0.3.0 monitor missed on its held-out split: a group shortcut on ResNet-18 (whose
+# attention on the artifact may fade while the model keeps relying on it) and a multi-label
+# world at coarse (ResNet-18) map resolution with a clean control whose labels are learned.
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W19",
+                "group shortcut: yellow ring stamp (top right) on 95% of classes 1, 3 of 5, "
+                "5% of others, ResNet-18",
+                "calibration",
+                (0, 1, 2, 3, 4),
+                "group_stamp",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                correlation=0.95,
+                group=(1, 3),
+                n_train=1000,
+                n_val=200,
+                epochs=5,
+            ),
+            MultiLabelSpec(
+                "W20",
+                "multi-label, 4 findings; cyan ring token (top left) tied to finding 1, ResNet-18",
+                "calibration",
+                (1, 3, 8, 9),
+                "token",
+                arch="resnet18",
+                image_size=64,
+                digit_size=18,
+                token_class=1,
+                prevalence=(0.65, 0.35, 0.5, 0.45),
+                token="ring",
+                corner="top_left",
+                n_train=1000,
+                n_val=240,
+                epochs=6,
+            ),
+            WorldSpec(
+                "W21",
+                "group shortcut: cyan notched tab (left edge, mid height) on 95% of classes "
+                "0, 3, 4 of 6, 5% of others, ResNet-18, 72 px",
+                "heldout",
+                (1, 2, 4, 5, 6, 8),
+                "group_tab",
+                arch="resnet18",
+                image_size=72,
+                digit_size=36,
+                correlation=0.95,
+                group=(0, 3, 4),
+                n_train=1200,
+                n_val=240,
+                epochs=5,
+            ),
+            MultiLabelSpec(
+                "W22",
+                "multi-label, 4 findings; yellow bar token (bottom right) tied to finding 3, "
+                "ResNet-18, 72 px",
+                "heldout",
+                (0, 2, 5, 6),
+                "token",
+                arch="resnet18",
+                image_size=72,
+                digit_size=20,
+                token_class=3,
+                prevalence=(0.55, 0.4, 0.65, 0.4),
+                token="bar",
+                corner="bottom_right",
+                n_train=1100,
+                n_val=240,
+                epochs=6,
             ),
         )
     }

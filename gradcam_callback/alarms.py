@@ -27,7 +27,11 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     elevated (partial reliance, e.g. an artifact that tells a group of classes apart), a strong
     measured dependence on the region confirms.
     Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
-    the target's evidence from most of the class's probes.
+    the target's evidence from most of the class's probes. A confirmed finding is *held while
+    measured*: when the attention on it fades (Grad-CAM attention can saturate away from a
+    region the model still relies on), the region (the masks, or the hot-spot footprint of the
+    confirming test) is re-tested at each run, and the flag stays while the measured dependence
+    meets the rule's threshold; a conclusive lower measurement clears it.
 ``"background"``
     Attention left the object: with object masks, low attention enrichment on the objects and a
     model that barely notices when they are erased; with or without masks, attention spread over
@@ -54,7 +58,8 @@ _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enri
 ``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
 class; stability is the larger of the pixel and the shift-tolerant reading),
 ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
-``artifact, hotspot, object, focus, border`` (``NaN``, hence not logged, where a probe was not
+``artifact, hotspot, object, focus, border, remembered`` (the last: a held hot-spot finding's
+remembered footprint; ``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
 dependence}`` of the artifact region that was tested (the artifact masks when given, else the hot
@@ -336,8 +341,9 @@ class ShortcutMonitor:
             self.memory.reset()
         else:
             out.flags = self._decide(
-                x, decisions, per, stats, counts, tested, causal, epoch, global_step
-            )
+                x, decisions, per, stats, counts, tested, causal, epoch, global_step,
+                hot.group_footprint,
+            )  # fmt: skip
         # x.maps is this run's own fresh tensor: kept as it is (its ranks stay cached)
         self.previous_maps, self.previous_is_baseline = x.maps, reference
         return out
@@ -354,15 +360,21 @@ class ShortcutMonitor:
         causal: bool,
         epoch: int,
         step: int,
+        footprints: Tensor | None = None,
     ) -> list[Flag]:
-        """Confirm (this run's tests, carried findings), fire, word and mark the flags."""
+        """Confirm (this run's tests, carried and held findings), fire, word and mark the
+        flags; ``footprints``: bool ``[G, h, w]``, the class hot-spot footprints."""
         confirmed, words = {}, None
+        held: dict[str, Tensor] = {}
         if causal:
-            confirmed = self.memory.settle(self, x.classes, decisions, stats, counts, tested, epoch)
+            confirmed = self.memory.settle(
+                self, x.classes, decisions, stats, counts, tested, epoch, footprints
+            )
+            held = self.memory.held
             words = self.memory.words(x.classes, stats, self.memory.conclusive)
-        hits = fired(decisions, confirmed)  # the classes flagged: a note does not repeat them
+        hits = fired(decisions, confirmed, held)  # the classes flagged: a note does not repeat
         flags = [
-            word_flag(self, kind, kind_hits, x, per, stats, words, epoch, step)
+            word_flag(self, kind, kind_hits, x, per, stats, words, epoch, step, held)
             for kind, kind_hits in hits.items()
         ]
         note = word_few_probes(self, decisions, hits, x, stats, counts, epoch, step)
@@ -426,7 +438,12 @@ class ShortcutMonitor:
         sizes = [int(s) for s in x.onehot.sum(0).tolist()]
         plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
         wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run)
-        return plan, E.confirm(self, x, wanted, hot, per, score_fn, multilabel)
+        grid = tuple(x.maps.shape[-2:])
+
+        def remembered() -> Tensor:
+            return self.memory.remembered(x.groups, x.classes, grid)
+
+        return plan, E.confirm(self, x, wanted, hot, per, score_fn, multilabel, remembered)
 
 
 _INTS = frozenset({"min_probes", "analysis_size", "min_map_cells", "max_classes"})

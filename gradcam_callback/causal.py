@@ -16,6 +16,15 @@ The pairs whose attention holds share the budget (each at least ``min_probes`` p
 class, taken in turn from run to run), and a run tests at least one pair. A finding
 is forgotten as soon as its attention condition stops holding (the next test starts afresh), and
 it never reaches the logs: the causal values of a run are those it measured, ``NaN`` elsewhere.
+
+**Held while measured.** A *confirmed* finding of a rule with a
+:attr:`~gradcam_callback.rules.Rule.held_region` is not forgotten when the rule's attention lets
+go of the class (Grad-CAM attention on a region the model relies on can fade while the reliance
+stays): it is re-tested on that region (the artifact masks, or the hot-spot footprint remembered
+from the confirming test) among the re-tests of tier 3, under the plan key ``"<rule>@held"``,
+and keeps its flag while the measured dependence meets the rule's threshold. A conclusive lower
+measurement, or the class no longer usable (unlearned, too few probes), drops it; an
+inconclusive or postponed re-test carries it.
 """
 
 from __future__ import annotations
@@ -29,7 +38,18 @@ from torch import Tensor
 
 from .rules import Rule, RuleDecision
 
-__all__ = ["CausalMemory", "CausalValues", "Finding", "measured", "regions_to_erase", "verdict"]
+__all__ = [
+    "HELD",
+    "CausalMemory",
+    "CausalValues",
+    "Finding",
+    "measured",
+    "regions_to_erase",
+    "verdict",
+]
+
+#: suffix of the plan key of a held finding's re-test (``"artifact_masks@held"``)
+HELD = "@held"
 
 #: ``(rule, group) -> (the group's causal statistics, epoch of the test or None for this run)``
 CausalValues = Callable[[Rule, int], tuple[Mapping[str, float], "int | None"]]
@@ -57,7 +77,11 @@ def _testable(d: RuleDecision) -> bool:
 
 
 def verdict(
-    mon: Any, rule: Rule, stats: Mapping[str, Tensor], counts: Mapping[str, Tensor]
+    mon: Any,
+    rule: Rule,
+    stats: Mapping[str, Tensor],
+    counts: Mapping[str, Tensor],
+    region: str | None = None,
 ) -> Tensor:
     """Bool ``[G]``: the class's causal evidence of this run confirms ``rule``.
 
@@ -67,10 +91,11 @@ def verdict(
     ``"depends"``: at least the rule's ``dependence_setting`` (``mon.dependence``, or
     ``mon.partial_dependence`` for a partial-reliance rule) of them depend on the region (or the
     optional ``flip_rate`` / ``score_drop`` confirm); ``"indifferent"``: the mean evidence lost is
-    below the rule's ``drop_setting``.
+    below the rule's ``drop_setting``. ``region``: read another region's measurements (a held
+    finding's :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own).
     """
-    r = rule.region
-    tested = measured(mon, rule, counts)
+    r = rule.region if region is None else region
+    tested = measured(mon, rule, counts, r)
     if rule.confirm == "depends":
         need = float(getattr(mon, rule.dependence_setting))
         ok = stats[f"causal/{r}_depends"] >= need  # NaN fails
@@ -83,10 +108,13 @@ def verdict(
     return tested & (stats[f"causal/{r}_evidence"] < drop)
 
 
-def measured(mon: Any, rule: Rule, counts: Mapping[str, Tensor]) -> Tensor:
-    """Bool ``[G]``: this run measured the rule's region on at least ``mon.min_probes`` probes
-    of the class (a defined evidence drop: the probe had the region and evidence to lose)."""
-    return counts[f"causal/{rule.region}_evidence"] >= mon.min_probes
+def measured(
+    mon: Any, rule: Rule, counts: Mapping[str, Tensor], region: str | None = None
+) -> Tensor:
+    """Bool ``[G]``: this run measured the rule's region (or ``region``) on at least
+    ``mon.min_probes`` probes of the class (a defined evidence drop: the probe had the region
+    and evidence to lose)."""
+    return counts[f"causal/{rule.region if region is None else region}_evidence"] >= mon.min_probes
 
 
 def regions_to_erase(
@@ -100,9 +128,11 @@ def regions_to_erase(
     ``plan`` (from :meth:`CausalMemory.plan`) gives, per rule and group, how many of the group's
     probes (``groups``: long ``[N]`` group ids) to test; a partial test takes them in turn, from
     probe ``turn * k`` on (cyclically, in probe order), so that successive runs test different
-    probes of the class.
+    probes of the class. A held finding's re-test (key ``"<rule>@held"``) erases the rule's
+    ``held_region``.
     """
     region_of = {d.rule.name: str(d.rule.region) for d in decisions}
+    region_of |= {d.rule.name + HELD: str(d.rule.held_region) for d in decisions}
     wanted: dict[str, Tensor] = {}
     for name, quota in plan.items():
         region = region_of[name]
@@ -127,10 +157,42 @@ class CausalMemory:
         self.run = 0
         #: rule name -> {group: probes} of the last :meth:`settle`'s conclusive tests
         self.conclusive: dict[str, dict[int, int]] = {}
+        #: class id -> bool ``[h, w]`` (analysis grid, CPU): the hot-spot footprint of the
+        #: class's last confirmed hot-spot finding (the ``"remembered"`` region)
+        self.footprints: dict[int, Tensor] = {}
+        #: rule name -> bool ``[G]``: the groups the last :meth:`settle` held while measured
+        self.held: dict[str, Tensor] = {}
 
     def reset(self) -> None:
         """Forget every finding (a new baseline, a new probe set)."""
         self.findings = {}
+        self.footprints = {}
+        self.held = {}
+
+    def remembered(self, groups: Tensor, classes: Sequence[int], size: Sequence[int]) -> Tensor:
+        """Bool ``[N, h, w]``: each probe's class's remembered hot-spot footprint (all
+        ``False`` for a class without one, or one stored at another grid); ``groups``: long
+        ``[N]`` group ids, ``size``: the analysis grid ``(h, w)``."""
+        h, w = int(size[0]), int(size[1])
+        table = torch.zeros(len(classes), h, w, dtype=torch.bool)
+        for g, c in enumerate(classes):
+            f = self.footprints.get(c)
+            if f is not None and tuple(f.shape) == (h, w):
+                table[g] = f
+        return table.to(groups.device)[groups]
+
+    def _holdable(self, d: RuleDecision, g: int, c: int) -> bool:
+        """A confirmed finding of ``d``'s rule for class ``c`` (group ``g``) that is held while
+        measured: the rule has a held region (and, for ``"remembered"``, a stored footprint),
+        the class is usable, and the rule's attention no longer holds for it."""
+        f = self.findings.get((d.rule.name, c))
+        if d.rule.held_region is None or f is None or not f.confirmed:
+            return False
+        if d.usable is None or d.attention is None or not bool(d.usable[g]):
+            return False
+        if d.rule.held_region == "remembered" and c not in self.footprints:
+            return False
+        return not bool(d.attention[g])
 
     def plan(
         self,
@@ -182,9 +244,12 @@ class CausalMemory:
                 continue
             near, held = d.near.tolist(), d.attention.tolist()
             for g, c in enumerate(classes):
+                found = self.findings.get((d.rule.name, c))
+                if found is not None and self._holdable(d, g, c):  # re-test where it was
+                    out.append((2, found.run, order, d.rule.name + HELD, g))
+                    continue
                 if not near[g]:
                     continue
-                found = self.findings.get((d.rule.name, c))
                 if not held[g]:
                     tier = 3
                 elif found is not None:
@@ -205,32 +270,61 @@ class CausalMemory:
         confirmed: Mapping[str, Tensor],
         stats: Mapping[str, Tensor],
         epoch: int,
+        footprints: Tensor | None = None,
     ) -> None:
-        """Store the findings of this run's tests, and forget those whose attention let go.
+        """Store the findings of this run's tests, and forget those whose attention let go
+        (unless held while measured: see the module docstring).
 
-        ``confirmed``: rule name -> bool ``[G]`` (this run's verdict where tested); ``stats``:
-        the run's class statistics (their ``causal/<region>_*`` entries are kept).
+        ``confirmed``: rule name (and ``"<rule>@held"``) -> bool ``[G]`` (this run's verdict
+        where tested); ``stats``: the run's class statistics (their ``causal/<region>_*``
+        entries are kept, a held re-test's under the rule's own region names);
+        ``footprints``: bool ``[G, h, w]``, the classes' hot-spot footprints (remembered for a
+        confirmed hot-spot finding).
         """
+        holding = {
+            (d.rule.name, c)
+            for d in decisions
+            if _testable(d)
+            for g, c in enumerate(classes)
+            if self._holdable(d, g, c)
+        }
         for d in decisions:
-            groups = list(tested.get(d.rule.name, {}))
-            if not groups:
-                continue
-            verdict = confirmed[d.rule.name].tolist()
-            prefix = f"causal/{d.rule.region}_"
-            mine = {k: v for k, v in stats.items() if k.startswith(prefix)}
-            for g in groups:
-                values = {k: float(v[g]) for k, v in mine.items()}
-                self.findings[(d.rule.name, classes[g])] = Finding(
-                    bool(verdict[g]), self.run, int(epoch), values
-                )
-        held = {
+            for key, region in (
+                (d.rule.name, d.rule.region),
+                (d.rule.name + HELD, d.rule.held_region),
+            ):
+                groups = list(tested.get(key, {}))
+                if not groups:
+                    continue
+                verdict = confirmed[key].tolist()
+                prefix = f"causal/{region}_"
+                mine = {
+                    f"causal/{d.rule.region}_" + k.removeprefix(prefix): v
+                    for k, v in stats.items()
+                    if k.startswith(prefix)
+                }
+                for g in groups:
+                    values = {k: float(v[g]) for k, v in mine.items()}
+                    self.findings[(d.rule.name, classes[g])] = Finding(
+                        bool(verdict[g]), self.run, int(epoch), values
+                    )
+                    if region == "hotspot" and verdict[g] and footprints is not None:
+                        self.footprints[classes[g]] = footprints[g].detach().cpu().clone()
+        keep = holding | {
             (d.rule.name, c)
             for d in decisions
             if _testable(d) and d.attention is not None
             for c, h in zip(classes, d.attention.tolist())
             if h
         }
-        self.findings = {k: f for k, f in self.findings.items() if k in held}
+        self.findings = {
+            k: f
+            for k, f in self.findings.items()
+            if k in keep and (f.confirmed or k not in holding)
+        }
+        remembering = {d.rule.name for d in decisions if d.rule.held_region == "remembered"}
+        spots = {c for (name, c) in self.findings if name in remembering}
+        self.footprints = {c: f for c, f in self.footprints.items() if c in spots}
 
     def settle(
         self,
@@ -241,13 +335,19 @@ class CausalMemory:
         counts: Mapping[str, Tensor],
         tested: Mapping[str, Mapping[int, int]],
         epoch: int = 0,
+        footprints: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Rule name -> bool ``[G]``: confirmed by this run's test where it tested the class
         conclusively (at least ``mon.min_probes`` probes measured, :func:`measured`), else by a
         carried finding; then :meth:`record` this run's conclusive findings (kept in
-        :attr:`conclusive` for :meth:`words`)."""
+        :attr:`conclusive` for :meth:`words`). The findings held while measured (the rule's
+        attention let go, its held region re-tested: confirmed by a conclusive re-test, else
+        carried) are left in :attr:`held` (rule name -> bool ``[G]``) for
+        :func:`~gradcam_callback.rules.fired`. ``footprints``: bool ``[G, h, w]``, this run's
+        class hot-spot footprints (see :meth:`record`)."""
         self.run += 1
         out: dict[str, Tensor] = {}
+        held: dict[str, Tensor] = {}
         verdicts: dict[str, Tensor] = {}
         conclusive: dict[str, dict[int, int]] = {}
         for d in decisions:
@@ -263,8 +363,20 @@ class CausalMemory:
             now[list(conclusive[name])] = True
             carried = torch.tensor(self.carried(name, classes), device=now.device)
             out[name] = torch.where(now, verdicts[name], carried)
-        self.record(decisions, classes, conclusive, verdicts, stats, epoch)
+            if d.rule.held_region is None:
+                continue
+            key, region = name + HELD, d.rule.held_region
+            verdicts[key] = verdict(mon, d.rule, stats, counts, region)
+            ok = measured(mon, d.rule, counts, region).tolist()
+            conclusive[key] = {g: k for g, k in tested.get(key, {}).items() if ok[g]}
+            keep = torch.zeros_like(verdicts[name])
+            for g, c in enumerate(classes):
+                if self._holdable(d, g, c):
+                    keep[g] = bool(verdicts[key][g]) if g in conclusive[key] else True
+            held[name] = keep
+        self.record(decisions, classes, conclusive, verdicts, stats, epoch, footprints)
         self.conclusive = conclusive
+        self.held = held
         return out
 
     def words(
@@ -276,9 +388,14 @@ class CausalMemory:
         """The causal evidence a flag's words cite: this run's test, else the carried finding."""
 
         def values(rule: Rule, g: int) -> tuple[Mapping[str, float], int | None]:
-            if g in tested.get(rule.name, ()):
-                prefix = f"causal/{rule.region}_"
-                return {k: float(v[g]) for k, v in stats.items() if k.startswith(prefix)}, None
+            for key, region in ((rule.name, rule.region), (rule.name + HELD, rule.held_region)):
+                if g in tested.get(key, ()):
+                    prefix, own = f"causal/{region}_", f"causal/{rule.region}_"
+                    return {
+                        own + k.removeprefix(prefix): float(v[g])
+                        for k, v in stats.items()
+                        if k.startswith(prefix)
+                    }, None
             return self.values(rule.name, classes[g])
 
         return values
@@ -294,16 +411,20 @@ class CausalMemory:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python: ``{"run": int, "findings": [[rule, class, confirmed, run, epoch,
-        values], ...]}``."""
+        values], ...], "footprints": [[class, [[0/1, ...], ...]], ...]}``."""
         rows = [
             [name, int(c), f.confirmed, f.run, f.epoch, dict(f.values)]
             for (name, c), f in self.findings.items()
         ]
-        return {"run": self.run, "findings": rows}
+        spots = [[int(c), f.int().tolist()] for c, f in self.footprints.items()]
+        return {"run": self.run, "findings": rows, "footprints": spots}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (an empty or missing state starts afresh)."""
         self.run = int(state.get("run", 0))
+        self.footprints = {
+            int(c): torch.tensor(f, dtype=torch.bool) for c, f in state.get("footprints", [])
+        }
         self.findings = {
             (str(name), int(c)): Finding(
                 bool(ok), int(run), int(epoch), {str(k): float(v) for k, v in values.items()}

@@ -39,7 +39,7 @@ __all__ = [
     "summarize",
 ]
 
-_REGIONS = ("artifact", "hotspot", "object", "focus", "border")
+_REGIONS = ("artifact", "hotspot", "object", "focus", "border", "remembered")
 
 
 @dataclass
@@ -303,8 +303,14 @@ def class_stats(
     return stats, counts
 
 
-def regions(mon: Any, x: Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tensor]]:
-    """Region name -> a function building its bool ``[N, H, W]`` erasure masks at image size."""
+def regions(
+    mon: Any, x: Inputs, hot: M.Hotspot, remembered: Callable[[], Tensor] | None = None
+) -> dict[str, Callable[[], Tensor]]:
+    """Region name -> a function building its bool ``[N, H, W]`` erasure masks at image size.
+
+    ``remembered``: builds bool ``[N, h, w]`` at the analysis grid, each probe's class's
+    hot-spot footprint remembered from an earlier confirmed finding (the ``"remembered"``
+    region of a finding held while measured; none without it)."""
     height, width = x.images.shape[-2:]
     size = (int(height), int(width))
 
@@ -323,6 +329,9 @@ def regions(mon: Any, x: Inputs, hot: M.Hotspot) -> dict[str, Callable[[], Tenso
         "border": lambda: M.border_mask(*size, mon.border_width, x.images.device).expand(
             x.images.shape[0], *size
         ),
+        "remembered": lambda: up(
+            remembered() if remembered is not None else torch.zeros_like(hot.footprint)
+        ),
     }
 
 
@@ -334,9 +343,11 @@ def confirm(
     per: dict[str, Tensor],
     score_fn: Callable[[Tensor], Tensor],
     multilabel: bool,
+    remembered: Callable[[], Tensor] | None = None,
 ) -> dict[str, int]:
     """Erase each region in the probes ``wanted[region]`` (bool ``[N]``) that have some of it,
-    all in one inpainting pass at the analysis grid and one batched forward.
+    all in one inpainting pass at the analysis grid and one batched forward (``remembered``:
+    see :func:`regions`).
 
     Fills ``per["causal/<region>_{flip,drop,evidence,depends}"]`` (``[N]``, NaN where a probe was
     not tested) and returns region -> number of probes tested.
@@ -346,7 +357,7 @@ def confirm(
     for region in _REGIONS:
         for part in ("flip", "drop", "evidence", "depends"):
             per[f"causal/{region}_{part}"] = nan.clone()
-    builders = regions(mon, x, hot)
+    builders = regions(mon, x, hot, remembered)
     batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
     for region, sel in wanted.items():
         masks = builders[region]()

@@ -114,6 +114,8 @@ class Rule:
         conditions: all must hold for a class; the first is the headline (its value and threshold
             go into the flag).
         needs: what the probes must carry: ``"artifact_masks"``, ``"object_masks"`` or nothing.
+        unless: not evaluated when the probes carry this (``"object_masks"``): a rule that reads
+            it measures the same thing more directly and decides instead.
         spatial: needs a map that can localise (not evaluated on maps coarser than the monitor's
             ``min_map_cells``).
         region: the region erased to confirm the rule causally (see
@@ -125,6 +127,16 @@ class Rule:
         drop_setting: the setting of an ``"indifferent"`` confirmation.
         dependence_setting: the setting that holds the share of tested probes a ``"depends"``
             confirmation needs (``"dependence"``; the partial-reliance rules ask for more).
+        held_region: where a finding this rule confirmed is re-tested once the rule's attention
+            condition stops holding for the class (``None``: it is not; the finding is
+            forgotten). Grad-CAM attention on a region the model relies on can fade (the
+            evidence saturates) while the reliance stays, and the causal test is the stronger
+            evidence, so the finding is *held while measured*: re-tested on this region at
+            every run (within the causal budget), the flag stays while the measured dependence
+            meets the rule's ``dependence_setting`` and clears on a conclusive lower
+            measurement. ``"artifact"``: the artifact masks (they do not move with the
+            attention); ``"remembered"``: the class's hot-spot footprint as it was when the
+            finding was confirmed.
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
@@ -136,11 +148,13 @@ class Rule:
     kind: FlagKind
     conditions: tuple[Condition, ...]
     needs: str | None = None
+    unless: str | None = None
     spatial: bool = True
     region: str | None = None
     confirm: Literal["depends", "indifferent"] | None = None
     drop_setting: str | None = None
     dependence_setting: str = "dependence"
+    held_region: str | None = None
     per_class: bool = True
     after_trained_run: bool = False
     summary: str = ""
@@ -170,6 +184,7 @@ RULES: tuple[Rule, ...] = (
         needs="artifact_masks",
         region="artifact",
         confirm="depends",
+        held_region="artifact",
         summary=(
             "attention on the label-artifact masks is {value:.1f}x their area share "
             "({attention/artifact_share:pct} of the maps' mass; compared as the map sees them: "
@@ -192,6 +207,7 @@ RULES: tuple[Rule, ...] = (
         ),
         region="hotspot",
         confirm="depends",
+        held_region="remembered",
         summary=(
             "the probes pile their attention on one off-centre spot ({value:.1f}x its area "
             "share, {attention/hotspot_offset:pct} of the way from the centre to a corner) over "
@@ -213,6 +229,7 @@ RULES: tuple[Rule, ...] = (
         needs="artifact_masks",
         region="artifact",
         confirm="depends",
+        held_region="artifact",
         dependence_setting="partial_dependence",
         summary=(
             "attention on the label-artifact masks is elevated but under the artifact threshold "
@@ -238,6 +255,7 @@ RULES: tuple[Rule, ...] = (
         ),
         region="hotspot",
         confirm="depends",
+        held_region="remembered",
         dependence_setting="partial_dependence",
         summary=(
             "the probes put elevated attention on one off-centre spot ({value:.1f}x its area "
@@ -272,6 +290,7 @@ RULES: tuple[Rule, ...] = (
         name="background_diffuse",
         kind=FlagKind.background,
         conditions=(Condition("attention/entropy", ">=", "diffuse_entropy"),),
+        unless="object_masks",
         region="focus",
         confirm="indifferent",
         drop_setting="focus_drop",
@@ -279,6 +298,24 @@ RULES: tuple[Rule, ...] = (
         advice=(
             "The model may read a background texture or colour instead of an object: see "
             "attention/entropy and the overlays."
+        ),
+    ),
+    # With object masks a diffuse map is weak evidence on its own: a coarse map spreads the
+    # attention of a model that reads a small object, and erasing the map's hottest cells then
+    # misses the object. Where the objects are known, the diffuse rule is confirmed by what
+    # the model does without them (the measure of background_masks), not by the focus region.
+    Rule(
+        name="background_diffuse_objects",
+        kind=FlagKind.background,
+        conditions=(Condition("attention/entropy", ">=", "diffuse_entropy"),),
+        needs="object_masks",
+        region="object",
+        confirm="indifferent",
+        drop_setting="object_drop",
+        summary="attention is spread over the whole image (normalised entropy {value:.3f})",
+        advice=(
+            "The model reads something other than the objects (a background texture or "
+            "colour?): see attention/entropy, attention/object_enrichment and the overlays."
         ),
     ),
     Rule(
@@ -407,6 +444,8 @@ def _why_not(
         return "switched off"
     if rule.needs is not None and rule.needs not in available:
         return f"no {rule.needs.replace('_', ' ')}"
+    if rule.unless is not None and rule.unless in available:
+        return f"{rule.unless.replace('_', ' ')} given: a rule that reads them decides"
     if rule.spatial and not can_localise:
         return "map too coarse to localise"
     if rule.after_trained_run and not after_trained_run:
@@ -418,18 +457,25 @@ def _why_not(
 
 
 def fired(
-    decisions: Sequence[RuleDecision], confirmed: Mapping[str, Tensor]
+    decisions: Sequence[RuleDecision],
+    confirmed: Mapping[str, Tensor],
+    held: Mapping[str, Tensor] | None = None,
 ) -> dict[FlagKind, list[tuple[RuleDecision, list[int]]]]:
     """Kind -> the rules that fired and their groups, in table order.
 
     A rule fires for a group when its attention conditions hold and, where ``confirmed`` has an
-    entry for the rule (bool ``[G]``, its causal confirmation), that holds too.
+    entry for the rule (bool ``[G]``, its causal confirmation), that holds too; or when
+    ``held`` (bool ``[G]``) says a finding the rule confirmed earlier is held while measured
+    (see :attr:`Rule.held_region`), whatever the attention says now.
     """
     out: dict[FlagKind, list[tuple[RuleDecision, list[int]]]] = {}
+    held = held or {}
     for d in decisions:
         if not d.evaluated or d.attention is None:
             continue
         ok = d.attention & confirmed[d.rule.name] if d.rule.name in confirmed else d.attention
+        if d.rule.name in held:
+            ok = ok | held[d.rule.name]
         groups = [int(g) for g in torch.nonzero(ok).flatten().tolist()]
         if groups:
             out.setdefault(d.rule.kind, []).append((d, groups))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,11 +65,14 @@ def word_flag(
     causal: CausalValues | None,
     epoch: int,
     step: int,
+    held: Mapping[str, Tensor] | None = None,
 ) -> Flag:
     """One flag for a kind: the first firing rule leads; every firing class is named.
 
     ``causal`` gives the causal evidence of a rule for a group (``None``: the run was not
-    confirmed causally); ``per`` holds ``[N]`` per-probe values, ``stats`` ``[G]`` class values.
+    confirmed causally); ``per`` holds ``[N]`` per-probe values, ``stats`` ``[G]`` class values;
+    ``held``: rule name -> bool ``[G]``, the groups whose finding is held while measured (the
+    attention let go; the words say so).
     """
     lead, groups = hits[0]
     rule = lead.rule
@@ -87,6 +90,11 @@ def word_flag(
     fields["value"] = value = float(head[best])
     fields.update(_run_fields(x))
     text = _FMT.format(rule.summary, **fields)
+    if held and rule.name in held and bool(held[rule.name][best]):
+        text = (
+            f"attention has faded from the region {rule.name} confirmed, but the model still "
+            f"depends on it (held while measured; the attention now: {text})"
+        )
     if rule.per_class:
         classes = tuple(x.classes[g] for g in all_groups)
         sel = (x.groups[:, None] == torch.tensor(all_groups, device=x.groups.device)).any(1)

@@ -482,3 +482,52 @@ def test_an_unlimited_budget_tests_everything_in_one_run() -> None:
         ShortcutMonitor(causal_budget=0)
     with pytest.raises(TypeError, match="evidence_drop needs a number"):
         ShortcutMonitor(evidence_drop=None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- held while measured
+@pytest.mark.parametrize("masks", [True, False])
+def test_a_confirmed_finding_is_held_while_the_model_still_depends_on_it(masks: bool) -> None:
+    """Attention fades from the mark (the maps move to the objects) while the model still reads
+    it: the finding is re-tested on its region (the masks; without masks the hot-spot footprint
+    remembered from the confirming test) and the flag stays; it clears once the model lets go."""
+    w = _world()
+    mon = ShortcutMonitor(causal_budget=None)
+    _run(mon, w["on_corner"], w, 0, baseline=True)
+    first = _run(mon, w["on_corner"], w, 1, masks=masks, score_fn=corner_reader)
+    assert "artifact" in {f.kind for f in first.flags}
+    # epoch 2: nothing in the maps is on the corner any more, yet the model reads only it
+    faded = _run(mon, w["on_object"], w, 2, masks=masks, score_fn=corner_reader)
+    art = [f for f in faded.flags if f.kind == "artifact"]
+    region = "artifact" if masks else "remembered"
+    assert art and art[0].persistent and art[0].since_epoch == 1, faded.flags
+    assert "held while measured" in art[0].message and faded.tested.get(region) == N
+    assert faded.summary[f"causal/{region}_depends"] == 1.0
+    if not masks:  # the class's current hot spot sits on the objects: not what is re-tested
+        assert faded.summary["attention/hotspot_offset"] < mon.hotspot_offset
+    # epoch 3: the model lets go; a conclusive low re-test clears the flag and the finding
+    gone = _run(mon, w["on_object"], w, 3, masks=masks, score_fn=object_reader)
+    assert not [f for f in gone.flags if f.kind == "artifact"], gone.flags
+    assert not [k for k in mon.memory.findings if k[0].startswith("artifact")]
+    assert not mon.memory.footprints
+
+
+def test_an_unconfirmed_finding_is_not_held_and_held_state_round_trips() -> None:
+    w = _world()
+    # never confirmed (the model reads the objects): nothing is held once the attention moves
+    mon = ShortcutMonitor(causal_budget=None)
+    _run(mon, w["on_corner"], w, 0, baseline=True)
+    _run(mon, w["on_corner"], w, 1, masks=False, score_fn=object_reader)
+    assert mon.memory.findings and not any(f.confirmed for f in mon.memory.findings.values())
+    later = _run(mon, w["on_object"], w, 2, masks=False, score_fn=corner_reader)
+    assert "remembered" not in later.tested and not mon.memory.findings
+    # a held finding and its remembered footprint survive a state_dict round trip
+    held = ShortcutMonitor(causal_budget=None)
+    _run(held, w["on_corner"], w, 0, baseline=True)
+    _run(held, w["on_corner"], w, 1, masks=False, score_fn=corner_reader)
+    state = pickle.loads(pickle.dumps(held.state_dict()))
+    again = ShortcutMonitor(causal_budget=None)
+    again.load_state_dict(state)
+    spot = again.memory.footprints[1]
+    assert spot.dtype == torch.bool and spot.equal(held.memory.footprints[1]) and spot[:4, :4].all()
+    faded = _run(again, w["on_object"], w, 2, masks=False, score_fn=corner_reader)
+    assert [f for f in faded.flags if f.kind == "artifact"] and faded.tested["remembered"] == N

@@ -98,9 +98,11 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
     maps = torch.where((targets == 0)[:, None, None], off_object, on_object)
 
     def model(x: torch.Tensor) -> torch.Tensor:
-        # class 0's logit reads the background brightness, class 1's the object
-        bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
-        fg = torch.where(objects[:, None], x, torch.zeros(())).amax((1, 2, 3))
+        # class 0's logit reads the background brightness (the dark pixels), class 1's the
+        # object (the brightest pixel); any subset of the probes, erased or not
+        dark = (x < 0.25).float()
+        bg = (x * dark).sum((1, 2, 3)) / dark.sum((1, 2, 3)).clamp_min(1)
+        fg = x.amax((1, 2, 3))
         return torch.stack([80 * bg, 20 * fg], 1)
 
     mon = ShortcutMonitor(causal_budget=None)
@@ -541,6 +543,92 @@ def test_an_inconclusive_test_keeps_a_carried_finding() -> None:
 
     assert settle(8.0, 1.0, 1)  # conclusive, confirmed
     assert settle(2.0, 0.0, 2)  # inconclusive: the epoch-1 finding is carried
-    assert memory.findings[(rule.name, 7)].epoch == 1 and memory.conclusive == {rule.name: {}}
+    assert memory.findings[(rule.name, 7)].epoch == 1 and memory.conclusive[rule.name] == {}
     assert not settle(8.0, 0.0, 3)  # conclusive, refuted
     assert not settle(2.0, 1.0, 4)  # inconclusive: nothing to carry
+    assert not memory.held[rule.name].any()  # attention held throughout: nothing held
+
+
+def test_a_held_finding_is_kept_by_measurement_and_dropped_by_a_low_one() -> None:
+    """Held while measured, at the memory level: once the rule's attention lets go of a class
+    whose finding was confirmed, the pair is planned as a ``@held`` re-test of the rule's held
+    region; a conclusive re-test at the rule's dependence keeps it, an inconclusive one carries
+    it, a conclusive low one drops it; an unusable class (e.g. unlearned) is not held."""
+    from gradcam_callback.causal import HELD, CausalMemory, regions_to_erase
+    from gradcam_callback.rules import RuleDecision
+
+    mon = ShortcutMonitor()
+    rule = next(r for r in RULES if r.name == "artifact_masks_partial")
+    assert rule.held_region == "artifact" and rule.dependence_setting == "partial_dependence"
+    assert all(r.held_region is None for r in RULES if r.kind != "artifact")
+    yes, no = torch.tensor([True]), torch.tensor([False])
+    memory = CausalMemory()
+
+    def run(
+        attention: torch.Tensor, usable: torch.Tensor, measured: float, depends: float, key: str
+    ):
+        d = RuleDecision(rule, True, usable=usable, attention=attention, near=attention)
+        plan = memory.plan([d], [7], [8], budget=4, min_probes=4)
+        stats = {"causal/artifact_depends": torch.tensor([depends])}
+        counts = {"causal/artifact_evidence": torch.tensor([measured])}
+        out = memory.settle(mon, [7], [d], stats, counts, {key: {0: 8}}, 1)
+        return plan, bool(out[rule.name][0]), bool(memory.held[rule.name][0])
+
+    plan, confirmed, held = run(yes, yes, 8.0, 1.0, rule.name)
+    assert plan == {rule.name: {0: 4}} and confirmed and not held
+    # the attention lets go: re-tested on the masks, held at 0.9 (the partial rule's threshold)
+    plan, confirmed, held = run(no, yes, 8.0, 0.9, rule.name + HELD)
+    assert plan == {rule.name + HELD: {0: 4}} and held
+    wanted = regions_to_erase(plan, [RuleDecision(rule, True)], torch.zeros(8, dtype=torch.long))
+    assert list(wanted) == ["artifact"] and int(wanted["artifact"].sum()) == 4
+    assert run(no, yes, 2.0, 0.0, rule.name + HELD)[2]  # inconclusive: carried
+    assert not run(no, yes, 8.0, 0.8, rule.name + HELD)[2]  # conclusive, under 0.9: dropped
+    assert not memory.findings
+    # a confirmed finding of a class that is no longer usable is neither planned nor held
+    run(yes, yes, 8.0, 1.0, rule.name)
+    plan, _, held = run(no, no, 8.0, 1.0, rule.name + HELD)
+    assert plan == {} and not held and not memory.findings
+
+
+def test_with_object_masks_a_diffuse_map_flags_only_if_the_objects_are_not_needed() -> None:
+    """A coarse, diffuse map of a model that reads its (small) objects: the map's hottest cells
+    are elsewhere, so erasing them leaves the evidence and the mask-free diffuse rule fires
+    (weak evidence, all it has). Given object masks, the diffuse rule is confirmed by erasing the
+    objects instead (``background_diffuse_objects``), which the model needs: no flag. A model
+    that reads the background under the same maps is still flagged."""
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, _ = _objects(n)
+    images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    g = torch.Generator().manual_seed(7)
+    maps = 1.0 + 0.05 * torch.rand(n, H, W, generator=g) + 0.3 * _bump(2.0, 29.0, 3.0)
+
+    def object_reader(x: torch.Tensor) -> torch.Tensor:
+        fg = x.amax((1, 2, 3))  # the object is the brightest thing in the image
+        return torch.stack([torch.zeros_like(fg), 20 * fg - 10], 1)
+
+    def background_reader(x: torch.Tensor) -> torch.Tensor:
+        dark = (x < 0.25).float()
+        bg = (x * dark).sum((1, 2, 3)) / dark.sum((1, 2, 3)).clamp_min(1)
+        return torch.stack([torch.zeros_like(bg), 80 * bg], 1)
+
+    bare = _analyze(
+        ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=object_reader
+    )
+    assert bare.summary["attention/entropy"] >= 0.95
+    assert [f.kind for f in bare.flags if f.kind in ALARM_KINDS] == ["background"]
+    assert bare.skipped.get("background_diffuse_objects") == "no object masks"
+    masked = _analyze(
+        ShortcutMonitor(causal_budget=None),
+        maps, images, targets, object_masks=objects, score_fn=object_reader,
+    )  # fmt: skip
+    assert not [f for f in masked.flags if f.kind in ALARM_KINDS], masked.flags
+    assert masked.skipped["background_diffuse"].startswith("object masks given")
+    assert masked.summary["causal/object_evidence"] > 0.5  # the objects carry the evidence
+    texture = _analyze(
+        ShortcutMonitor(causal_budget=None),
+        maps, images, targets, object_masks=objects, score_fn=background_reader,
+    )  # fmt: skip
+    bg = [f for f in texture.flags if f.kind == "background"]
+    assert len(bg) == 1 and bg[0].classes == (1,), texture.flags
+    assert "also: background_diffuse_objects" in bg[0].message  # the object rule leads
