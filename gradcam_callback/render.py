@@ -483,7 +483,7 @@ def highlight(
 # --------------------------------------------------------------------------------------------
 
 
-def _to_pil_checked(image: Tensor) -> None:
+def _check_image(image: Tensor) -> None:
     """Raise ``ValueError`` unless ``image`` is a uint8 ``[3, H, W]`` or ``[1, H, W]`` tensor."""
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(
@@ -494,7 +494,7 @@ def _to_pil_checked(image: Tensor) -> None:
 def _to_pil(image: Tensor):  # -> PIL.Image.Image
     from PIL import Image
 
-    _to_pil_checked(image)
+    _check_image(image)
     array = image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
     if array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], mode="L")
@@ -530,7 +530,7 @@ def _encode(image: Tensor, image_format: str) -> bytes:
         buffer = io.BytesIO()
         _to_pil(image).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
-    _to_pil_checked(image)
+    _check_image(image)
     array = image.detach().cpu().permute(1, 2, 0).numpy()
     if array.shape[2] == 3:
         array = array[:, :, ::-1]  # OpenCV encodes BGR
@@ -546,9 +546,10 @@ def _encode(image: Tensor, image_format: str) -> bytes:
 def encode_image(image: Tensor, image_format: str = "png") -> bytes:
     """The encoded bytes of one image: ``"png"`` is lossless (Pillow, a fast zlib level),
     ``"jpeg"`` is lossy at quality :data:`JPEG_QUALITY` with full-resolution colour (OpenCV;
-    an overlay grid encodes about 15x faster and 2x smaller, with a mean error under 2 of 255). The last image encoded on each thread is remembered, so
-    writing the same tensor to several destinations (a file, TensorBoard) encodes it once; an
-    in-place change of the tensor is noticed (its version counter) and encodes it anew.
+    an overlay grid encodes about 15x faster and 2x smaller, with a mean error under 2 of 255).
+    The last image encoded on each thread is remembered, so writing the same tensor to several
+    destinations (a file, TensorBoard) encodes it once; an in-place change of the tensor is
+    noticed (its version counter) and encodes it anew.
 
     Args:
         image: uint8 Tensor ``[3, H, W]`` (RGB) or ``[1, H, W]`` (grayscale), any device.

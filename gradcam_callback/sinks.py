@@ -10,8 +10,9 @@ instead of a crash.
 Images arrive as uint8 Tensors ``[3, H, W]`` (RGB, any device); tags arrive fully prefixed
 (``"gradcam/overlays"``) and are used as they are. The sinks that encode images themselves
 (TensorBoard, files, and W&B through ``wandb.Image``) write them in their ``image_format``:
-``"png"`` (lossless) or ``"jpeg"`` (quality 95, 10-25x faster to encode; the callback's default,
-since a run's overlay grid is encoded during training). MLflow encodes its images as PNG. Sinks are only called on global rank 0.
+``"png"`` (lossless) or ``"jpeg"`` (:func:`~.render.encode_image`: about 15x faster to encode;
+the callback's default, since a run's overlay grid is encoded during training). MLflow encodes
+its images as PNG. Sinks are only called on global rank 0.
 ``wandb`` is imported lazily (optional extra), ``mlflow`` never (its client comes from the
 logger); this module does not import Lightning.
 """
@@ -420,11 +421,8 @@ class MLflowSink:
 
     name = "mlflow"
 
-    def __init__(self, logger: Any, image_format: str = "png") -> None:
-        from .render import check_image_format
-
+    def __init__(self, logger: Any) -> None:
         self.logger = logger
-        self.image_format = check_image_format(image_format)  # MLflow encodes PNG regardless
 
     @property
     def log_dir(self) -> Path | None:
@@ -494,8 +492,8 @@ class FileSink:
     """Writes plain files (for ``CSVLogger``, any other logger, or no logger).
 
     Layout: ``<root>/gradcam/step=<step>/<tag with / replaced by _><ext>``:
-    ``.png`` or ``.jpg`` (``image_format``) for images (probe images: the grid), ``.md`` for text, tables and captions, ``.gif``
-    for GIFs (copied). ``root`` is the logger's directory (:func:`logger_dir`) or the trainer's
+    ``.png`` or ``.jpg`` (``image_format``) for images (probe images: the grid), ``.md`` for
+    text, tables and captions, ``.gif`` for GIFs (copied). ``root`` is the logger's directory (:func:`logger_dir`) or the trainer's
     ``default_root_dir``.
     """
 
@@ -568,7 +566,7 @@ def sink_for_logger(logger: Any, default_dir: str | Path, image_format: str = "p
     if _is_logger(logger, "WandbLogger"):
         return WandbSink(logger, image_format)
     if _is_logger(logger, "MLFlowLogger"):
-        return MLflowSink(logger, image_format)
+        return MLflowSink(logger)  # MLflow encodes its images (PNG) itself
     return FileSink(logger_dir(logger) or default_dir, logger=logger, image_format=image_format)
 
 

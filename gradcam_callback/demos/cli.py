@@ -46,7 +46,7 @@ from ..alarms import Flag
 from ..callback import GradCAMCallback
 from ..engine import METHODS, GradCAM
 from ..layers import eval_mode
-from ..render import denormalize, probe_grid, write_png
+from ..render import IMAGE_FORMATS, denormalize, probe_grid, write_png
 from ..rules import INFO_KINDS
 from .data import ShortcutDataModule
 from .models import ShortcutClassifier
@@ -358,8 +358,7 @@ def run(argv: Sequence[str] | None = None) -> DemoResult:
 
     flags_file = log_dir / "flags.json"
     flags_file.write_text(json.dumps([asdict(f) for f in cb.flags], indent=2))
-    strips = sorted((log_dir / cb.prefix).glob("filmstrip.*"))  # .jpg, or .png (image_format)
-    strip = strips[0] if strips else log_dir / cb.prefix / "filmstrip.jpg"
+    strip = log_dir / cb.prefix / f"filmstrip{IMAGE_FORMATS[cb.image_format]}"
     gif = log_dir / cb.prefix / "evolution.gif"
     metrics = {
         k: float(v)
