@@ -234,7 +234,7 @@ class ShortcutMonitor:
         # kind -> (since_epoch, since_step, classes)
         self.active: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self.memory = CausalMemory()
-        self.ranks = E.RankCache()  # the reference maps' ranks, for drift/spearman_*
+        self.stats = E.StatsCache()  # the maps' drift pieces (references read once)
 
     # ------------------------------------------------------------------ settings and state
     @property
@@ -254,7 +254,10 @@ class ShortcutMonitor:
         self.memory.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        """CPU tensors and plain Python only; loadable with ``torch.load(weights_only=True)``."""
+        """CPU tensors and plain Python only; loadable with ``torch.load(weights_only=True)``.
+
+        New containers each call; the maps are the monitor's own tensors, which a run replaces
+        and never writes into, so a state dict taken before a run stays as it was."""
         return {
             "baseline_maps": None if self.baseline_maps is None else self.baseline_maps.cpu(),
             "previous_maps": None if self.previous_maps is None else self.previous_maps.cpu(),

@@ -25,7 +25,7 @@ from .rules import RuleDecision
 
 __all__ = [
     "Inputs",
-    "RankCache",
+    "StatsCache",
     "causal_class_stats",
     "class_stats",
     "confirm",
@@ -79,26 +79,28 @@ class Inputs:
         return int(self.stride // 2)
 
 
-class RankCache:
-    """:func:`~.metrics.ranks` of the last few map tensors, by identity.
+class StatsCache:
+    """:class:`~.metrics.MapStats` of the last few map tensors, by identity.
 
-    A run's maps are ranked once and become the next run's reference (the monitor keeps the
-    same tensor), so each run sorts one set of maps instead of one per comparison. The cache
-    holds the tensors it ranked, so an identity can never be reused for another tensor.
+    A run's maps become the next run's reference (the monitor keeps the same tensor), and the
+    baseline stays one, so each run computes the drift measures' per-map pieces (ranks, top
+    regions, distributions, centres) for its own maps only, instead of for both sides of every
+    comparison. The cache holds the tensors it read, so an identity is never reused for
+    another tensor.
     """
 
     def __init__(self, size: int = 3) -> None:
         self.size = size
-        self.items: list[tuple[Tensor, Tensor]] = []
+        self.items: list[M.MapStats] = []
 
-    def of(self, maps: Tensor) -> Tensor:
-        """Float32 ``[N, H * W]`` ranks of ``maps`` ``[N, H, W]`` (computed once per tensor)."""
-        for t, r in self.items:
-            if t is maps:
-                return r
-        r = M.ranks(maps)
-        self.items = [(maps, r), *self.items][: self.size]
-        return r
+    def of(self, maps: Tensor) -> M.MapStats:
+        """The :class:`~.metrics.MapStats` of ``maps`` ``[N, H, W]`` (one per tensor)."""
+        for stats in self.items:
+            if stats.maps is maps:
+                return stats
+        stats = M.MapStats(maps)
+        self.items = [stats, *self.items][: self.size]
+        return stats
 
 
 def nanmean(x: Tensor) -> Tensor:
@@ -179,16 +181,12 @@ def measure(
     per: dict[str, Tensor] = {}
     refs = (("baseline", mon.baseline_maps if drift_vs_baseline else None),)
     refs += (("previous", mon.previous_maps),)
+    now = mon.stats.of(maps)
     for name, ref in refs:
-        if ref is None:
-            continue
-        ref = ref.to(dev)
-        per[f"drift/pearson_{name}"] = M.pearson(maps, ref)
-        per[f"drift/spearman_{name}"] = M.spearman_from_ranks(mon.ranks.of(maps), mon.ranks.of(ref))
-        per[f"drift/js_{name}"] = M.js_divergence(maps, ref)
-        per[f"drift/iou_{name}"] = M.topk_iou(maps, ref)
-        per[f"drift/com_shift_{name}"] = M.com_shift(maps, ref)
-    entropy = M.focus_entropy(maps)
+        if ref is not None:
+            for k, v in M.drift(now, mon.stats.of(ref.to(dev))).items():
+                per[f"drift/{k}_{name}"] = v
+    entropy = M.focus_entropy_of(now)
     per["attention/entropy"] = entropy
     per["attention/focus"] = 1.0 - entropy
     per["attention/border_enrichment"] = M.border_enrichment(maps, mon.border_width)
@@ -315,11 +313,11 @@ def regions(
     size = (int(height), int(width))
 
     def up(mask: Tensor) -> Tensor:
-        return _dilate(_upsample_mask(mask, size), 1)
+        return M.dilate(_upsample_mask(mask, size), 1)
 
     return {
-        "artifact": lambda: _dilate(x.artifact_full, 1),  # type: ignore[arg-type]
-        "object": lambda: _dilate(x.object_full, 1),  # type: ignore[arg-type]
+        "artifact": lambda: M.dilate(x.artifact_full, 1),  # type: ignore[arg-type]
+        "object": lambda: M.dilate(x.object_full, 1),  # type: ignore[arg-type]
         "hotspot": lambda: up(hot.footprint),
         "focus": lambda: up(
             M.top_region(x.maps, mon.focus_frac)
@@ -494,11 +492,3 @@ def _upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(mask.shape[-2:]) == size:
         return mask
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0
-
-
-def _dilate(mask: Tensor, px: int) -> Tensor:
-    """Grow bool ``[N, H, W]`` masks by ``px`` pixels (3x3-connected)."""
-    if px <= 0:
-        return mask
-    k = 2 * px + 1
-    return F.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0

@@ -17,7 +17,6 @@ flag.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -203,7 +202,9 @@ def start_run(
             "(set async_analysis=False to say so up front)",
         )
         return _analyse_here(cb, trainer, pl_module, ex)
-    before = copy.deepcopy(cb.monitor.state_dict())  # no run in flight: the monitor is still
+    # no run in flight, so the monitor is still as it was before this run; its state dict is
+    # new containers over maps the monitor replaces but never writes into: no copy needed
+    before = cb.monitor.state_dict()
     cb._worker.submit(lambda: (*job(), use_log), f"run at step {step}")
     cb._in_flight = InFlight(ex, use_log, int(trainer.global_step), before)
     return None

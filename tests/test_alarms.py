@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -215,11 +216,17 @@ def test_all_zero_maps_untrained_model() -> None:
         assert all(v.shape == (N,) for v in a.per_probe.values())
 
 
-def test_state_dict_round_trip() -> None:
-    w = _world()
+def _after_a_corner_run(w: dict[str, torch.Tensor]) -> ShortcutMonitor:
+    """A monitor after a baseline on the objects and a run of a corner-reading model."""
     mon = ShortcutMonitor()
     _run(mon, w["on_object"], w, 0, baseline=True)
     _run(mon, w["on_corner"], w, 1, score_fn=corner_reader)
+    return mon
+
+
+def test_state_dict_round_trip() -> None:
+    w = _world()
+    mon = _after_a_corner_run(w)
     buf = io.BytesIO()
     torch.save(mon.state_dict(), buf)
     buf.seek(0)
@@ -531,3 +538,16 @@ def test_an_unconfirmed_finding_is_not_held_and_held_state_round_trips() -> None
     assert spot.dtype == torch.bool and spot.equal(held.memory.footprints[1]) and spot[:4, :4].all()
     faded = _run(again, w["on_object"], w, 2, masks=False, score_fn=corner_reader)
     assert [f for f in faded.flags if f.kind == "artifact"] and faded.tested["remembered"] == N
+
+
+def test_a_state_dict_taken_before_a_run_is_not_changed_by_it() -> None:
+    # the callback keeps it, uncopied, for a checkpoint saved while the run is in flight
+    w = _world()
+    mon = _after_a_corner_run(w)
+    before = mon.state_dict()
+    kept = copy.deepcopy(before)
+    _run(mon, w["on_object"], w, 2, score_fn=corner_reader)
+    assert not torch.equal(mon.previous_maps, kept["previous_maps"])  # the run changed the monitor
+    assert torch.equal(before["previous_maps"], kept["previous_maps"])
+    assert torch.equal(before["baseline_maps"], kept["baseline_maps"])
+    assert before["causal"] == kept["causal"] and before["active"] == kept["active"]

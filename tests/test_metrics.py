@@ -367,3 +367,38 @@ def test_shift_tolerant_stability_sees_a_jittered_token_and_not_noise() -> None:
     )
     # a constant image set has no deviation, shifted or not
     assert float(M.shift_tolerant_std(torch.ones(n, 3, h, w), wts, 2).abs().max()) == 0.0
+
+
+def test_drift_from_map_stats_matches_independent_references() -> None:
+    # ReLU'd maps with zero plateaus (ties), checked against scipy's formulas, not our own
+    stats_mod = pytest.importorskip("scipy.stats")
+    dist_mod = pytest.importorskip("scipy.spatial.distance")
+    g = torch.Generator().manual_seed(1)
+    a = (torch.randn(4, 6, 7, generator=g) - 0.3).clamp_min(0)
+    b = (torch.randn(4, 6, 7, generator=g) - 0.3).clamp_min(0)
+    got = M.drift(M.MapStats(a), M.MapStats(b))
+    assert list(got) == ["pearson", "spearman", "js", "iou", "com_shift"]
+    for i in range(4):
+        x, y = a[i].flatten().double().numpy(), b[i].flatten().double().numpy()
+        assert float(got["pearson"][i]) == pytest.approx(stats_mod.pearsonr(x, y)[0], abs=1e-5)
+        assert float(got["spearman"][i]) == pytest.approx(stats_mod.spearmanr(x, y)[0], abs=1e-5)
+        js = dist_mod.jensenshannon(x / x.sum(), y / y.sum(), base=2) ** 2
+        assert float(got["js"][i]) == pytest.approx(js, abs=1e-5)
+    # bit for bit the standalone functions, which a monitor run's cache must not change
+    for name, fn in [("pearson", M.pearson), ("spearman", M.spearman),
+                     ("js", M.js_divergence), ("iou", M.topk_iou), ("com_shift", M.com_shift)]:  # fmt: skip
+        assert torch.equal(got[name], fn(a, b)), name
+    assert torch.equal(M.focus_entropy_of(M.MapStats(a)), M.focus_entropy(a))
+    # an all-zero map keeps its NaN through the cached pieces
+    z = M.drift(M.MapStats(torch.zeros(1, 6, 7)), M.MapStats(b[:1]))
+    assert all(bool(torch.isnan(z[k]).all()) for k in ("pearson", "spearman", "js", "com_shift"))
+    assert float(z["iou"][0]) == 0.0
+
+
+@pytest.mark.parametrize("px", [1, 2, 4])
+def test_dilate_equals_a_stride_one_max_pool(px: int) -> None:
+    g = torch.Generator().manual_seed(px)
+    mask = torch.rand(3, 9, 13, generator=g) > 0.9
+    pooled = torch.nn.functional.max_pool2d(mask[:, None].float(), 2 * px + 1, 1, px)[:, 0] > 0
+    assert torch.equal(M.dilate(mask, px), pooled)
+    assert M.dilate(mask, 0) is mask
