@@ -234,7 +234,8 @@ class ShortcutMonitor:
         # kind -> (since_epoch, since_step, classes)
         self.active: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self.memory = CausalMemory()
-        self.stats = E.StatsCache()  # the maps' drift pieces (references read once)
+        self.map_cache = E.StatsCache()  # the maps' drift pieces (references read once)
+        self.image_cache = E.ImageCache()  # the probe images at the grid, read once
 
     # ------------------------------------------------------------------ settings and state
     @property

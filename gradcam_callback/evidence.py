@@ -24,6 +24,7 @@ from .render import resize
 from .rules import RuleDecision
 
 __all__ = [
+    "ImageCache",
     "Inputs",
     "StatsCache",
     "causal_class_stats",
@@ -103,6 +104,42 @@ class StatsCache:
         return stats
 
 
+class ImageCache:
+    """The probe images as the analysis reads them, kept from run to run.
+
+    A probe set's images are the same tensor at every run (on their device), so their analysis
+    grid and their local extremes (the hot spot's shift-tolerant stability,
+    :func:`~.metrics.local_extremes`) are computed once, not at every run. Keyed by the
+    tensor's identity and its in-place version counter: other or modified images are read
+    afresh. Holds the tensor it read, so an identity is never reused for another tensor.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Tensor, int, tuple[int, int]] | None = None
+        self._grid: Tensor | None = None
+        self._extremes: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def grid(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        """Float32 ``images`` ``[N, C, H, W]`` average-pooled to ``size`` (as they are at it)."""
+        key = self._key
+        if key is None or key[0] is not images or key[1:] != (images._version, size):
+            g = images.detach().float()
+            if tuple(images.shape[-2:]) != size:
+                g = F.adaptive_avg_pool2d(g, size)
+            self._key, self._grid, self._extremes = (images, images._version, size), g, {}
+        assert self._grid is not None
+        return self._grid
+
+    def extremes(self, grid: Tensor, shift: int) -> tuple[Tensor, Tensor] | None:
+        """:func:`~.metrics.local_extremes` of ``grid`` (the tensor :meth:`grid` returned;
+        ``None`` for another tensor or ``shift`` 0: the caller computes what it needs)."""
+        if shift <= 0 or grid is not self._grid:
+            return None
+        if shift not in self._extremes:
+            self._extremes[shift] = M.local_extremes(grid, shift)
+        return self._extremes[shift]
+
+
 def nanmean(x: Tensor) -> Tensor:
     """``nanmean`` that stays NaN (without a warning) for an all-NaN or empty input."""
     ok = ~torch.isnan(x)
@@ -141,10 +178,8 @@ def prepare(
         map_size = tuple(maps.shape[-2:]) if small else (height, width)
     can_localise = min(map_size) >= mon.min_map_cells
     g_maps = resize_maps(maps.detach().float(), grid).clamp_min(0)
+    g_images = mon.image_cache.grid(images, grid)
     images = images.detach()
-    g_images = images.float()
-    if tuple(images.shape[-2:]) != grid:
-        g_images = F.adaptive_avg_pool2d(g_images, grid)
     targets = targets.detach().to(dev, torch.long)
     uniq, inv = torch.unique(targets, return_inverse=True)
     onehot = F.one_hot(inv, int(uniq.numel())).float()
@@ -181,10 +216,10 @@ def measure(
     per: dict[str, Tensor] = {}
     refs = (("baseline", mon.baseline_maps if drift_vs_baseline else None),)
     refs += (("previous", mon.previous_maps),)
-    now = mon.stats.of(maps)
+    now = mon.map_cache.of(maps)
     for name, ref in refs:
         if ref is not None:
-            for k, v in M.drift(now, mon.stats.of(ref.to(dev))).items():
+            for k, v in M.drift(now, mon.map_cache.of(ref.to(dev))).items():
                 per[f"drift/{k}_{name}"] = v
     entropy = M.focus_entropy_of(now)
     per["attention/entropy"] = entropy
@@ -217,6 +252,7 @@ def measure(
         frac=mon.hotspot_frac,
         min_group=min(mon.min_probes, 2),  # smaller groups: weak evidence (a few_probes note)
         shift=x.shift,
+        extremes=mon.image_cache.extremes(x.images_grid, x.shift),
     )
     per["attention/hotspot_share"] = hot.share
     per["attention/hotspot_enrichment"] = hot.enrichment

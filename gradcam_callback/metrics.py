@@ -53,6 +53,7 @@ __all__ = [
     "focus_entropy_of",
     "grow_region",
     "js_divergence",
+    "local_extremes",
     "log_odds",
     "mass_region",
     "mass_share",
@@ -603,6 +604,7 @@ def anchored_hotspot(
     stable_ratio: float = 0.5,
     max_area: float = 0.25,
     shift: int = 0,
+    extremes: tuple[Tensor, Tensor] | None = None,
 ) -> Hotspot:
     """Attention piled up at one place across *different* probe images.
 
@@ -627,6 +629,8 @@ def anchored_hotspot(
             mark that moves by a few pixels from image to image (burned-in text, a token pasted
             by another device) counts as stable; where that reading is the higher one, the
             footprint is dilated by ``shift`` (the mark is erased wherever it went).
+        extremes: :func:`local_extremes` of ``images`` for ``shift``, where the caller keeps
+            them (a probe set's images do not change from run to run); ``None``: computed here.
 
     Returns:
         :class:`Hotspot`.
@@ -651,7 +655,7 @@ def anchored_hotspot(
     foot = grow_region(greg.view(num_groups, h, w), stable, max_area=max_area)
     shift_stab = pixel_stab
     if shift > 0:
-        _, shift_stab = _pixel_stability(images, wts, wreg, shift)
+        _, shift_stab = _pixel_stability(images, wts, wreg, shift, extremes)
         shifted = torch.nan_to_num(shift_stab, nan=-1.0) > torch.nan_to_num(pixel_stab, nan=-1.0)
         foot = torch.where(shifted[:, None, None], dilate(foot, shift), foot)
     stability = torch.fmax(pixel_stab, shift_stab)
@@ -718,7 +722,23 @@ def _weighted_std(x: Tensor, wts: Tensor) -> Tensor:
     return (ex2 - mu * mu).clamp_min(0).sqrt()
 
 
-def shift_tolerant_std(images: Tensor, wts: Tensor, shift: int) -> Tensor:
+def local_extremes(images: Tensor, shift: int) -> tuple[Tensor, Tensor]:
+    """Each image's local maximum and minimum over a ``2 * shift + 1`` square window.
+
+    Args:
+        images: float ``[N, C, H, W]``.
+        shift: pixels each way (``>= 1``).
+
+    Returns:
+        ``(hi, lo)``, float ``[N, C, H, W]`` each (the window clipped at the borders).
+    """
+    x = images.float()
+    return _local_max(x, shift), -_local_max(-x, shift)
+
+
+def shift_tolerant_std(
+    images: Tensor, wts: Tensor, shift: int, extremes: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """Per-pixel standard deviation across images that a shift of up to ``shift`` px ignores.
 
     Each image is replaced by its local maximum and its local minimum over a ``2 * shift + 1``
@@ -731,6 +751,8 @@ def shift_tolerant_std(images: Tensor, wts: Tensor, shift: int) -> Tensor:
         images: float ``[N, C, H, W]``.
         wts: float ``[N, G]``, the weight of each image in each group (``0``: not in it).
         shift: pixels each way (``0``: the plain per-pixel deviation).
+        extremes: :func:`local_extremes` of ``images`` for ``shift``, where the caller keeps
+            them (a probe set's images are the same at every run); ``None``: computed here.
 
     Returns:
         float ``[G, H * W]``.
@@ -738,7 +760,7 @@ def shift_tolerant_std(images: Tensor, wts: Tensor, shift: int) -> Tensor:
     x = images.float()
     if shift <= 0:
         return _weighted_std(x.flatten(2), wts).mean(1)
-    hi, lo = _local_max(x, shift), -_local_max(-x, shift)
+    hi, lo = extremes if extremes is not None else local_extremes(x, shift)
     std_hi = _weighted_std(hi.flatten(2), wts)
     std_lo = _weighted_std(lo.flatten(2), wts)
     return torch.minimum(std_hi, std_lo).mean(1)
@@ -777,14 +799,18 @@ def _local_max(x: Tensor, r: int) -> Tensor:
 
 
 def _pixel_stability(
-    images: Tensor, wts: Tensor, wreg: Tensor, shift: int = 0
+    images: Tensor,
+    wts: Tensor,
+    wreg: Tensor,
+    shift: int = 0,
+    extremes: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """How little the image pixels under each group's hot spot change across its images.
 
     Args:
         images: ``[N, C, H, W]``; ``wts``: float ``[N, G]`` probe weights per group (the
             probe's share on the hot spot); ``wreg``: float ``[G, H, W]`` hot-spot weights.
-        shift: read the images shift-tolerantly (:func:`shift_tolerant_std`).
+        shift, extremes: read the images shift-tolerantly (:func:`shift_tolerant_std`).
 
     Returns:
         ``(std [G, P], stability [G])``: the weighted per-pixel standard deviation (mean over
@@ -792,7 +818,7 @@ def _pixel_stability(
         where the images do not vary at all).
     """
     tiny = torch.finfo(wts.dtype).tiny
-    std = shift_tolerant_std(images, wts, shift)  # [G, P]
+    std = shift_tolerant_std(images, wts, shift, extremes)  # [G, P]
     std_all = std.mean(1)
     wflat = wreg.flatten(1)
     std_reg = (std * wflat).sum(1) / wflat.sum(1).clamp_min(tiny)

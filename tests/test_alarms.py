@@ -551,3 +551,21 @@ def test_a_state_dict_taken_before_a_run_is_not_changed_by_it() -> None:
     assert torch.equal(before["previous_maps"], kept["previous_maps"])
     assert torch.equal(before["baseline_maps"], kept["baseline_maps"])
     assert before["causal"] == kept["causal"] and before["active"] == kept["active"]
+
+
+def test_the_image_cache_reads_a_probe_set_once_and_notices_changes() -> None:
+    from gradcam_callback.evidence import ImageCache
+    from gradcam_callback.metrics import local_extremes
+
+    cache = ImageCache()
+    images = torch.rand(4, 3, 16, 16)
+    grid = cache.grid(images, (8, 8))
+    assert grid.shape == (4, 3, 8, 8) and cache.grid(images, (8, 8)) is grid  # read once
+    kept = cache.extremes(grid, 1)
+    assert kept is not None and cache.extremes(grid, 1) is kept
+    assert all(torch.equal(k, e) for k, e in zip(kept, local_extremes(grid, 1)))
+    assert cache.extremes(grid.clone(), 1) is None and cache.extremes(grid, 0) is None
+    images[0] = 0.0  # changed in place: read afresh
+    again = cache.grid(images, (8, 8))
+    assert again is not grid and float(again[0].abs().sum()) == 0.0
+    assert cache.grid(images, (16, 16)).shape == (4, 3, 16, 16)

@@ -402,3 +402,19 @@ def test_dilate_equals_a_stride_one_max_pool(px: int) -> None:
     pooled = torch.nn.functional.max_pool2d(mask[:, None].float(), 2 * px + 1, 1, px)[:, 0] > 0
     assert torch.equal(M.dilate(mask, px), pooled)
     assert M.dilate(mask, 0) is mask
+
+
+def test_hotspot_with_kept_local_extremes_equals_the_computed_ones() -> None:
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 3, 20, 20, generator=g)
+    maps = (torch.rand(6, 20, 20, generator=g) - 0.4).clamp_min(0)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    hi, lo = M.local_extremes(images, 2)
+    pooled = torch.nn.functional.max_pool2d(images, 5, 1, 2)
+    assert torch.equal(hi, pooled) and torch.equal(
+        lo, -torch.nn.functional.max_pool2d(-images, 5, 1, 2)
+    )
+    a = M.anchored_hotspot(maps, images, groups, 2, min_group=2, shift=2)
+    b = M.anchored_hotspot(maps, images, groups, 2, min_group=2, shift=2, extremes=(hi, lo))
+    for field in ("stability", "shift_stability", "group_footprint", "consistency"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
