@@ -121,11 +121,12 @@ class ImageCache:
 
     def grid(self, images: Tensor, size: tuple[int, int]) -> Tensor:
         """Float32 ``images`` ``[N, C, H, W]`` average-pooled to ``size`` (as they are at it)."""
+        if images.is_inference():  # no version counter to notice a change by: read afresh
+            self._key, self._grid, self._extremes = None, None, {}
+            return _grid_images(images, size)
         key = self._key
         if key is None or key[0] is not images or key[1:] != (images._version, size):
-            g = images.detach().float()
-            if tuple(images.shape[-2:]) != size:
-                g = F.adaptive_avg_pool2d(g, size)
+            g = _grid_images(images, size)
             self._key, self._grid, self._extremes = (images, images._version, size), g, {}
         assert self._grid is not None
         return self._grid
@@ -138,6 +139,11 @@ class ImageCache:
         if shift not in self._extremes:
             self._extremes[shift] = M.local_extremes(grid, shift)
         return self._extremes[shift]
+
+
+def _grid_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    g = images.detach().float()
+    return F.adaptive_avg_pool2d(g, size) if tuple(images.shape[-2:]) != size else g
 
 
 def nanmean(x: Tensor) -> Tensor:

@@ -569,3 +569,7 @@ def test_the_image_cache_reads_a_probe_set_once_and_notices_changes() -> None:
     again = cache.grid(images, (8, 8))
     assert again is not grid and float(again[0].abs().sum()) == 0.0
     assert cache.grid(images, (16, 16)).shape == (4, 3, 16, 16)
+    with torch.inference_mode():  # a monitor called on inference tensors: read every time
+        frozen = torch.rand(4, 3, 16, 16)
+    first = cache.grid(frozen, (8, 8))
+    assert cache.grid(frozen, (8, 8)) is not first and cache.extremes(first, 1) is None
