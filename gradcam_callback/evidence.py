@@ -227,7 +227,7 @@ def measure(
         if ref is not None:
             for k, v in M.drift(now, mon.map_cache.of(ref.to(dev))).items():
                 per[f"drift/{k}_{name}"] = v
-    entropy = M.focus_entropy_of(now)
+    entropy = now.entropy
     per["attention/entropy"] = entropy
     per["attention/focus"] = 1.0 - entropy
     per["attention/border_enrichment"] = M.border_enrichment(maps, mon.border_width)

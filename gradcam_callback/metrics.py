@@ -50,7 +50,6 @@ __all__ = [
     "erasure_effect_from_logits",
     "evidence_drop",
     "focus_entropy",
-    "focus_entropy_of",
     "grow_region",
     "js_divergence",
     "local_extremes",
@@ -114,7 +113,8 @@ class MapStats:
     Attributes (lazy): ``flat`` float32 ``[N, H * W]``; ``dist`` the maps as distributions
     ``[N, P]`` and their validity ``[N]``; ``plogp`` ``p log p`` ``[N, P]``; ``centred`` and
     ``ranks_centred`` (:func:`_centred` of the values and of their :func:`ranks`); ``com``
-    :func:`center_of_mass` ``[N, 2]``; :meth:`top` the hottest ``frac`` (bool ``[N, P]``).
+    :func:`center_of_mass` ``[N, 2]``; ``entropy`` :func:`focus_entropy` ``[N]``; :meth:`top` the
+    hottest ``frac`` (bool ``[N, P]``).
     """
 
     def __init__(self, maps: Tensor) -> None:
@@ -147,6 +147,10 @@ class MapStats:
     def com(self) -> Tensor:
         return _com(self)
 
+    @cached_property
+    def entropy(self) -> Tensor:
+        return _entropy(self)
+
     def top(self, frac: float = 0.1) -> Tensor:
         if frac not in self._top:
             self._top[frac] = _top_region(self.flat, frac)
@@ -165,11 +169,6 @@ def drift(a: MapStats, b: MapStats, frac: float = 0.1) -> dict[str, Tensor]:
         "iou": _iou(a.top(frac), b.top(frac)),
         "com_shift": _com_shift(a, b),
     }
-
-
-def focus_entropy_of(stats: MapStats) -> Tensor:
-    """:func:`focus_entropy` of ``stats.maps`` from its :class:`MapStats`."""
-    return _entropy(stats)
 
 
 def pearson(a: Tensor, b: Tensor) -> Tensor:

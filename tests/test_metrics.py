@@ -388,7 +388,7 @@ def test_drift_from_map_stats_matches_independent_references() -> None:
     for name, fn in [("pearson", M.pearson), ("spearman", M.spearman),
                      ("js", M.js_divergence), ("iou", M.topk_iou), ("com_shift", M.com_shift)]:  # fmt: skip
         assert torch.equal(got[name], fn(a, b)), name
-    assert torch.equal(M.focus_entropy_of(M.MapStats(a)), M.focus_entropy(a))
+    assert torch.equal(M.MapStats(a).entropy, M.focus_entropy(a))
     # an all-zero map keeps its NaN through the cached pieces
     z = M.drift(M.MapStats(torch.zeros(1, 6, 7)), M.MapStats(b[:1]))
     assert all(bool(torch.isnan(z[k]).all()) for k in ("pearson", "spearman", "js", "com_shift"))
