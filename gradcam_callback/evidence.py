@@ -52,8 +52,9 @@ _REGIONS = (
 #: regions erased by a flat colour (:func:`~.metrics.flat_fill`): the background around a kept
 #: object, too large to inpaint from its surroundings (the object) without painting it in
 FLAT_REGIONS = frozenset({"backdrop", "surround"})
-#: the kept object's margin in the ``backdrop`` region, as a fraction of the image side (the
-#: faint edge of an object stays: only the background goes)
+#: the margin kept around the objects (``backdrop``) or the focus region (``surround``), as a
+#: fraction of the image side: the faint edge of an object, or the part of it just outside the
+#: map's hottest cells, stays; only the background goes
 KEEP_MARGIN = 0.05
 
 
@@ -352,11 +353,11 @@ def regions(
         "remembered": lambda: up(
             remembered() if remembered is not None else torch.zeros_like(hot.footprint)
         ),
-        # the background's own effect: everything but the objects (grown by a margin), or
-        # without object masks everything but each map's focus region (as the focus test
-        # erases it: the region the map itself points at)
+        # the background's own effect: everything but the objects, or without object masks
+        # everything but each map's focus region (the region the map itself points at), both
+        # grown by the margin
         "backdrop": lambda: _outside(x.object_full, margin),  # type: ignore[arg-type]
-        "surround": lambda: _outside(focus(), 0),
+        "surround": lambda: _outside(focus(), margin),
     }
 
 

@@ -132,7 +132,7 @@ class Rule:
             evidence that a model relying on nothing crisp yet (an early, weak or clean model)
             passes too; a model that relies on the background loses its evidence when the
             background goes (``"backdrop"``: everything outside the dilated object masks;
-            ``"surround"``: everything outside each map's focus region). ``None``: no
+            ``"surround"``: everything outside each map's dilated focus region). ``None``: no
             second test; a context setting set to ``None`` switches the test off.
         context_setting: the setting of the ``context_region`` test.
         dependence_setting: the setting that holds the share of tested probes a ``"depends"``
