@@ -27,6 +27,10 @@ W13   group shortcut: top ruler on 95% of classes 0-1, 5% of rest     0-4       
 W14   group shortcut: scale bar on 95% of classes 2, 4, 5% of the rest 5-9      rn18   held-out
 W19   group shortcut: ring stamp (top right) on 95% of classes 1, 3    0-4       rn18   calibration
 W21   group shortcut: notched tab (left edge) on 95% of 0, 3, 4 of 6   6 digits  rn18   held-out
+W23   group shortcut: notched tab (right edge) on 95% of 1, 2, 5 of 6  6 digits  rn18   calibration
+W24   thin 2-px horizontal line near the top edge (64 px)             3 vs 6    rn18   calibration
+W25   group shortcut: corner bracket (bottom right) on 95% of 0, 3     5 digits  rn18   held-out
+W26   jittered thin plus sign (1-px arms, left edge, +-3 px, 56 px)    2, 4, 7   cnn    held-out
 ====  =============================================================  ========  =====  ============
 
 W15-W18 (multi-label and few-probe worlds) and W20, W22 (multi-label on ResNet-18, coarse maps)
