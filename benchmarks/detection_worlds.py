@@ -27,6 +27,10 @@ W13   group shortcut: top ruler on 95% of classes 0-1, 5% of rest     0-4       
 W14   group shortcut: scale bar on 95% of classes 2, 4, 5% of the rest 5-9      rn18   held-out
 W19   group shortcut: ring stamp (top right) on 95% of classes 1, 3    0-4       rn18   calibration
 W21   group shortcut: notched tab (left edge) on 95% of 0, 3, 4 of 6   6 digits  rn18   held-out
+W23   group shortcut: notched tab (right edge) on 95% of 1, 2, 5 of 6  6 digits  rn18   calibration
+W24   thin 2-px horizontal line near the top edge (64 px)             3 vs 6    rn18   calibration
+W25   group shortcut: corner bracket (bottom right) on 95% of 0, 3     5 digits  rn18   held-out
+W26   jittered thin plus sign (1-px arms, left edge, +-3 px, 56 px)    2, 4, 7   cnn    held-out
 ====  =============================================================  ========  =====  ============
 
 W15-W18 (multi-label and few-probe worlds) and W20, W22 (multi-label on ResNet-18, coarse maps)
@@ -90,6 +94,10 @@ ArtifactKind = Literal[
     "group_scale",
     "group_stamp",
     "group_tab",
+    "group_edge_tab",
+    "group_bracket",
+    "hline",
+    "jitter_cross",
 ]
 
 
@@ -368,6 +376,10 @@ JITTER_COLOURS = ((1.0, 0.5, 0.0), (0.3, 1.0, 0.3), (0.6, 0.3, 1.0))
 MOVING_COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.4, 1.0))
 STAMP_COLOUR = (1.0, 0.85, 0.15)
 TAB_COLOUR = (0.1, 0.8, 0.9)
+EDGE_TAB_COLOUR = (1.0, 0.45, 0.1)
+BRACKET_COLOUR = (0.95, 0.6, 0.85)
+HLINE_COLOURS = ((0.2, 1.0, 0.6), (1.0, 0.3, 0.3))
+CROSS_COLOURS = ((0.2, 0.6, 1.0), (1.0, 0.9, 0.2), (0.9, 0.2, 0.9))
 
 
 def design_of(spec: WorldSpec, cls: int) -> int | None:
@@ -414,6 +426,14 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, s - 14, 14, s)
     if spec.artifact == "group_tab":
         return (s // 2 - 10, 0, s // 2 + 10, 7)
+    if spec.artifact == "group_edge_tab":
+        return (s // 2 - 9, s - 7, s // 2 + 9, s)
+    if spec.artifact == "group_bracket":
+        return (s - 14, s - 14, s, s)
+    if spec.artifact == "hline":
+        return (0, 0, 6, s)
+    if spec.artifact == "jitter_cross":
+        return (s // 2 - 3 - j - 1, 3 - j - 1, s // 2 + 4 + j + 1, 10 + j + 1)
     return None
 
 
@@ -516,6 +536,24 @@ def apply_artifact(
         mask[y : y + 16, 1:5] = True
         patch[:] = torch.tensor(TAB_COLOUR).view(3, 1, 1)
         patch[:, y + 3 : y + 16 : 4, 1:4] = 0.05
+    elif kind == "group_edge_tab":  # an orange tab with light notches on the right edge
+        y = h // 2 - 7
+        mask[y : y + 14, w - 5 : w - 1] = True
+        patch[:] = torch.tensor(EDGE_TAB_COLOUR).view(3, 1, 1)
+        patch[:, y + 2 : y + 14 : 3, w - 4 : w - 1] = 0.98
+    elif kind == "group_bracket":  # a pink L-shaped corner bracket (2-px arms), bottom right
+        mask[h - 12 : h - 2, w - 4 : w - 2] = True
+        mask[h - 4 : h - 2, w - 12 : w - 2] = True
+        patch[:] = torch.tensor(BRACKET_COLOUR).view(3, 1, 1)
+    elif kind == "hline":  # 2-px horizontal line near the top, the middle 3/4 of the width
+        mask[2:4, w // 8 : w - w // 8] = True
+        patch[:] = torch.tensor(HLINE_COLOURS[design]).view(3, 1, 1)
+    elif kind == "jitter_cross":  # a 5x5 plus sign (1-px arms) near the left edge, mid height
+        dy, dx = mark_pos
+        y, x = h // 2 - 2 + dy, 4 + dx
+        mask[y + 2, x : x + 5] = True
+        mask[y : y + 5, x + 2] = True
+        patch[:] = torch.tensor(CROSS_COLOURS[design]).view(3, 1, 1)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -1122,6 +1160,79 @@ WORLDS.update(
                 n_train=1100,
                 n_val=240,
                 epochs=6,
+            ),
+        )
+    }
+)
+
+# W23-W26 (issue 19, fourth round: false alarms on clean controls). Two calibration worlds whose
+# clean controls are of the kinds that raised false alarms on the held-out split (a group world
+# on ResNet-18 at 72 px with an edge tab; a thin line on ResNet-18, whose 2-class model learns
+# slowly and whose maps are diffuse), and two held-out worlds of families already covered (a
+# group shortcut on ResNet-18; a thin, jittered mark on the small CNN), fixed before any monitor
+# ran on them.
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W23",
+                "group shortcut: orange notched tab (right edge, mid height) on 95% of classes "
+                "1, 2, 5 of 6, 5% of others, ResNet-18, 72 px",
+                "calibration",
+                (0, 3, 5, 7, 8, 9),
+                "group_edge_tab",
+                arch="resnet18",
+                image_size=72,
+                digit_size=36,
+                correlation=0.95,
+                group=(1, 2, 5),
+                n_train=1200,
+                n_val=240,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W24",
+                "thin 2-px horizontal line near the top edge, colour per class, ResNet-18",
+                "calibration",
+                (3, 6),
+                "hline",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                n_train=600,
+                n_val=200,
+                epochs=3,
+            ),
+            WorldSpec(
+                "W25",
+                "group shortcut: pink corner bracket (bottom right) on 95% of classes 0, 3 of 5, "
+                "5% of others, ResNet-18",
+                "heldout",
+                (1, 3, 5, 7, 9),
+                "group_bracket",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                correlation=0.95,
+                group=(0, 3),
+                n_train=1000,
+                n_val=200,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W26",
+                "jittered thin plus sign (5x5, 1-px arms, left edge, +-3 px), colour per class, "
+                "3 classes, 56 px",
+                "heldout",
+                (2, 4, 7),
+                "jitter_cross",
+                image_size=56,
+                digit_size=28,
+                jitter=3,
+                n_train=1200,
+                n_val=400,
+                epochs=5,
             ),
         )
     }

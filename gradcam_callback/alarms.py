@@ -36,6 +36,10 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     Attention left the object: with object masks, low attention enrichment on the objects and a
     model that barely notices when they are erased; with or without masks, attention spread over
     the whole image (as over a class-tied texture) and no compact region whose erasure matters.
+    Either way confirmed by the background's own effect too: replacing the background (outside
+    the dilated objects, or outside each map's focus region) by its mean colour takes at least
+    ``background_drop`` of the evidence. A model that relies on nothing crisp yet (an early or
+    a clean model) passes "erasing the object leaves the evidence", but not this.
 ``"drift"``
     Informational: the maps changed suddenly between two consecutive trained runs.
 ``"few_probes"``
@@ -58,8 +62,9 @@ _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enri
 ``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
 class; stability is the larger of the pixel and the shift-tolerant reading),
 ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
-``artifact, hotspot, object, focus, border, remembered`` (the last: a held hot-spot finding's
-remembered footprint; ``NaN``, hence not logged, where a probe was not
+``artifact, hotspot, object, focus, border, remembered, backdrop, surround`` (``remembered``: a
+held hot-spot finding's remembered footprint; ``backdrop`` / ``surround``: the background outside
+the objects / outside the focus region, for the background rules; ``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
 dependence}`` of the artifact region that was tested (the artifact masks when given, else the hot
@@ -77,7 +82,7 @@ from typing import Any
 from torch import Tensor
 
 from . import evidence as E
-from .causal import CausalMemory, regions_to_erase
+from .causal import CausalMemory, context_of, regions_to_erase
 from .flags import FLAG_KINDS, Flag, ShortcutDetected, mark_persistent
 from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate, fired
 from .wording import word_few_probes, word_flag
@@ -149,6 +154,12 @@ class ShortcutMonitor:
             map entropy is at least this (attention spread over the whole image) ...
         focus_drop: ... and erasing each map's hottest ``focus_frac`` removes on average less
             than this share of the target's evidence: no compact evidence.
+        background_drop: the background rules (all three) are confirmed only where the
+            background's own erasure matters too: replacing everything outside the objects
+            (dilated by 5 % of the image side; without object masks, everything outside each
+            map's dilated focus region) by its mean colour takes on average at least this share
+            of the target's evidence. Erased in the same probes and the same forward as the
+            rule's own region; ``None``: not tested (the 0.3.1 confirmation).
         hotspot_frac: hot-spot area as a fraction of the image.
         focus_frac: the hottest area fraction of each map that the focus erasure removes, when
             ``focus_mass`` is ``None``.
@@ -200,6 +211,7 @@ class ShortcutMonitor:
         partial_dependence: float = 0.9,
         diffuse_entropy: float | None = 0.95,
         focus_drop: float = 0.5,
+        background_drop: float | None = 0.5,
         hotspot_frac: float = 0.05,
         focus_frac: float = 0.1,
         focus_mass: float | None = None,
@@ -244,6 +256,7 @@ class ShortcutMonitor:
         names = {c.threshold for r in self.rules for c in r.conditions}
         names |= {r.drop_setting for r in self.rules if r.drop_setting}
         names |= {r.dependence_setting for r in self.rules if r.confirm == "depends"}
+        names |= {r.context_setting for r in self.rules if r.context_region is not None}
         return {n: getattr(self, n) for n in sorted(names)}
 
     def reset(self) -> None:
@@ -440,8 +453,12 @@ class ShortcutMonitor:
         n = x.maps.shape[0]
         budget = None if self.causal_budget is None else max(1, math.ceil(self.causal_budget * n))
         sizes = [int(s) for s in x.onehot.sum(0).tolist()]
-        plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
-        wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run)
+        contexts = {
+            d.rule.name: ctx for d in decisions if (ctx := context_of(self, d.rule)) is not None
+        }
+        costs = {name: 2 for name in contexts}  # both regions are erased in each probe
+        plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes, costs)
+        wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run, contexts)
         grid = tuple(x.maps.shape[-2:])
 
         def remembered() -> Tensor:
@@ -459,6 +476,7 @@ _OPTIONAL = frozenset(
         "partial_enrichment",
         "partial_consistency",
         "diffuse_entropy",
+        "background_drop",
         "focus_mass",
         "border_enrichment",
         "flip_rate",

@@ -43,6 +43,7 @@ __all__ = [
     "CausalMemory",
     "CausalValues",
     "Finding",
+    "context_of",
     "measured",
     "regions_to_erase",
     "verdict",
@@ -91,11 +92,20 @@ def verdict(
     ``"depends"``: at least the rule's ``dependence_setting`` (``mon.dependence``, or
     ``mon.partial_dependence`` for a partial-reliance rule) of them depend on the region (or the
     optional ``flip_rate`` / ``score_drop`` confirm); ``"indifferent"``: the mean evidence lost is
-    below the rule's ``drop_setting``. ``region``: read another region's measurements (a held
-    finding's :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own).
+    below the rule's ``drop_setting``. A rule with a :attr:`~gradcam_callback.rules.Rule.
+    context_region` (when its setting is on) needs, besides, that region measured on at least
+    ``mon.min_probes`` probes and its mean evidence lost at least the rule's ``context_setting``
+    (the background's own causal effect). ``region``: read another region's measurements (a held
+    finding's :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own, and its
+    context region).
     """
     r = rule.region if region is None else region
     tested = measured(mon, rule, counts, r)
+    ctx = context_of(mon, rule) if region is None else None
+    if ctx is not None:  # the background's own effect: erasing it must take the evidence
+        need = float(mon.settings[rule.context_setting])
+        tested = tested & measured(mon, rule, counts, ctx)
+        tested = tested & (stats[f"causal/{ctx}_evidence"] >= need)  # NaN fails
     if rule.confirm == "depends":
         need = float(getattr(mon, rule.dependence_setting))
         ok = stats[f"causal/{r}_depends"] >= need  # NaN fails
@@ -106,6 +116,14 @@ def verdict(
         return tested & ok
     drop = float(mon.settings[rule.drop_setting])
     return tested & (stats[f"causal/{r}_evidence"] < drop)
+
+
+def context_of(mon: Any, rule: Rule) -> str | None:
+    """The rule's :attr:`~gradcam_callback.rules.Rule.context_region` when its test is on (its
+    ``context_setting`` is a number in ``mon.settings``), else ``None``."""
+    if rule.context_region is None or mon.settings.get(rule.context_setting) is None:
+        return None
+    return rule.context_region
 
 
 def measured(
@@ -122,6 +140,7 @@ def regions_to_erase(
     decisions: Sequence[RuleDecision],
     groups: Tensor,
     turn: int = 0,
+    contexts: Mapping[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """Region -> bool ``[N]``: the probes whose region a run erases.
 
@@ -129,19 +148,22 @@ def regions_to_erase(
     probes (``groups``: long ``[N]`` group ids) to test; a partial test takes them in turn, from
     probe ``turn * k`` on (cyclically, in probe order), so that successive runs test different
     probes of the class. A held finding's re-test (key ``"<rule>@held"``) erases the rule's
-    ``held_region``.
+    ``held_region``. ``contexts``: rule name -> its context region (see :func:`context_of`),
+    erased in the same probes as the rule's own region.
     """
     region_of = {d.rule.name: str(d.rule.region) for d in decisions}
     region_of |= {d.rule.name + HELD: str(d.rule.held_region) for d in decisions}
+    contexts = contexts or {}
     wanted: dict[str, Tensor] = {}
     for name, quota in plan.items():
-        region = region_of[name]
-        sel = wanted.get(region, torch.zeros_like(groups, dtype=torch.bool))
+        chosen = torch.zeros_like(groups, dtype=torch.bool)
         for g, k in quota.items():
             idx = torch.nonzero(groups == g).flatten()
             start = (turn * k) % max(int(idx.numel()), 1)
-            sel[idx.roll(-start)[:k]] = True
-        wanted[region] = sel
+            chosen[idx.roll(-start)[:k]] = True
+        for region in (region_of[name], contexts.get(name)):
+            if region is not None:
+                wanted[region] = wanted.get(region, torch.zeros_like(chosen)) | chosen
     return wanted
 
 
@@ -201,12 +223,15 @@ class CausalMemory:
         sizes: Sequence[int],
         budget: int | None,
         min_probes: int = 1,
+        costs: Mapping[str, int] | None = None,
     ) -> dict[str, dict[int, int]]:
         """Rule name -> {group (index into ``classes``): probes of it to test in this run}.
 
         The budget is shared among the pairs whose attention holds: each gets
-        ``max(min_probes, budget // pairs)`` of its class's probes (all of them when fewer),
-        in priority order, until the budget is spent; the first pair always gets its share.
+        ``max(min_probes, budget // erasures)`` of its class's probes (all of them when fewer;
+        ``erasures``: the pairs' erased images per probe, summed), in priority order, until the
+        budget is spent; the first pair always gets its share. ``costs``: rule name -> erased images per tested probe (2 for a rule with a context
+        region: both regions are erased; default 1); the budget counts erased images.
 
         Args:
             decisions: this run's :func:`~gradcam_callback.rules.evaluate` output.
@@ -214,17 +239,19 @@ class CausalMemory:
             budget: most probes to erase (``None``: every probe of every pair).
             min_probes: the fewest probes a test needs to decide (the monitor's ``min_probes``).
         """
+        costs = costs or {}
         cands = sorted(self._candidates(decisions, classes))
-        wanted = sum(1 for c in cands if c[0] < 3)
+        wanted = sum(int(costs.get(c[3], 1)) for c in cands if c[0] < 3)
         share = None if budget is None else max(min_probes, budget // max(wanted, 1))
         out: dict[str, dict[int, int]] = {}
         spent = 0
         for _, _, _, name, g in cands:
             k = sizes[g] if share is None else min(sizes[g], share)
-            if budget is not None and spent and spent + k > budget:
+            cost = k * int(costs.get(name, 1))
+            if budget is not None and spent and spent + cost > budget:
                 continue
             out.setdefault(name, {})[g] = k
-            spent += k
+            spent += cost
         return out
 
     def _candidates(
@@ -303,6 +330,9 @@ class CausalMemory:
                     for k, v in stats.items()
                     if k.startswith(prefix)
                 }
+                if key == d.rule.name and d.rule.context_region is not None:
+                    ctx = f"causal/{d.rule.context_region}_"
+                    mine |= {k: v for k, v in stats.items() if k.startswith(ctx)}
                 for g in groups:
                     values = {k: float(v[g]) for k, v in mine.items()}
                     self.findings[(d.rule.name, classes[g])] = Finding(
@@ -357,7 +387,10 @@ class CausalMemory:
             verdicts[name] = verdict(mon, d.rule, stats, counts)
             # a test with too few measured probes (no artifact in them, or no evidence to lose)
             # is inconclusive: it neither confirms nor refutes a finding carried from before
-            ok = (measured(mon, d.rule, counts)).tolist()
+            ok = measured(mon, d.rule, counts)
+            if (ctx := context_of(mon, d.rule)) is not None:
+                ok = ok & measured(mon, d.rule, counts, ctx)
+            ok = ok.tolist()
             conclusive[name] = {g: k for g, k in tested.get(name, {}).items() if ok[g]}
             now = torch.zeros_like(verdicts[name])
             now[list(conclusive[name])] = True
@@ -391,11 +424,15 @@ class CausalMemory:
             for key, region in ((rule.name, rule.region), (rule.name + HELD, rule.held_region)):
                 if g in tested.get(key, ()):
                     prefix, own = f"causal/{region}_", f"causal/{rule.region}_"
-                    return {
+                    out = {
                         own + k.removeprefix(prefix): float(v[g])
                         for k, v in stats.items()
                         if k.startswith(prefix)
-                    }, None
+                    }
+                    if key == rule.name and rule.context_region is not None:
+                        ctx = f"causal/{rule.context_region}_"
+                        out |= {k: float(v[g]) for k, v in stats.items() if k.startswith(ctx)}
+                    return out, None
             return self.values(rule.name, classes[g])
 
         return values

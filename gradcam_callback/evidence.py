@@ -40,7 +40,23 @@ __all__ = [
     "summarize",
 ]
 
-_REGIONS = ("artifact", "hotspot", "object", "focus", "border", "remembered")
+_REGIONS = (
+    "artifact",
+    "hotspot",
+    "object",
+    "focus",
+    "border",
+    "remembered",
+    "backdrop",
+    "surround",
+)
+#: regions erased by a flat colour (:func:`~.metrics.flat_fill`): the background around a kept
+#: object, too large to inpaint from its surroundings (the object) without painting it in
+FLAT_REGIONS = frozenset({"backdrop", "surround"})
+#: the margin kept around the objects (``backdrop``) or the focus region (``surround``), as a
+#: fraction of the image side: the faint edge of an object, or the part of it just outside the
+#: map's hottest cells, stays; only the background goes
+KEEP_MARGIN = 0.05
 
 
 @dataclass
@@ -357,21 +373,31 @@ def regions(
     def up(mask: Tensor) -> Tensor:
         return M.dilate(_upsample_mask(mask, size), 1)
 
+    margin = max(1, round(KEEP_MARGIN * max(size)))
+
+    def focus() -> Tensor:
+        return up(
+            M.top_region(x.maps, mon.focus_frac)
+            if mon.focus_mass is None
+            else M.mass_region(x.maps, mon.focus_mass)
+        )
+
     return {
         "artifact": lambda: M.dilate(x.artifact_full, 1),  # type: ignore[arg-type]
         "object": lambda: M.dilate(x.object_full, 1),  # type: ignore[arg-type]
         "hotspot": lambda: up(hot.footprint),
-        "focus": lambda: up(
-            M.top_region(x.maps, mon.focus_frac)
-            if mon.focus_mass is None
-            else M.mass_region(x.maps, mon.focus_mass)
-        ),
+        "focus": focus,
         "border": lambda: M.border_mask(*size, mon.border_width, x.images.device).expand(
             x.images.shape[0], *size
         ),
         "remembered": lambda: up(
             remembered() if remembered is not None else torch.zeros_like(hot.footprint)
         ),
+        # the background's own effect: everything but the objects, or without object masks
+        # everything but each map's focus region (the region the map itself points at), both
+        # grown by the margin
+        "backdrop": lambda: _outside(x.object_full, margin),  # type: ignore[arg-type]
+        "surround": lambda: _outside(focus(), margin),
     }
 
 
@@ -386,8 +412,10 @@ def confirm(
     remembered: Callable[[], Tensor] | None = None,
 ) -> dict[str, int]:
     """Erase each region in the probes ``wanted[region]`` (bool ``[N]``) that have some of it,
-    all in one inpainting pass at the analysis grid and one batched forward (``remembered``:
-    see :func:`regions`).
+    all in one inpainting pass at the analysis grid (the background regions ``backdrop`` and
+    ``surround`` by one flat colour, the region's mean over every probe of the run, so that no
+    image keeps a tint or texture of its own: :func:`~.metrics.flat_fill`) and one batched forward
+    (``remembered``: see :func:`regions`).
 
     Fills ``per["causal/<region>_{flip,drop,evidence,depends}"]`` (``[N]``, NaN where a probe was
     not tested) and returns region -> number of probes tested.
@@ -399,21 +427,40 @@ def confirm(
             per[f"causal/{region}_{part}"] = nan.clone()
     builders = regions(mon, x, hot, remembered)
     batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
+    colours: dict[str, Tensor] = {}  # a background region's fill: its mean over every probe
     for region, sel in wanted.items():
         masks = builders[region]()
         idx = torch.nonzero(sel & masks.flatten(1).any(1)).flatten()
         if idx.numel():
             batches.append((region, idx, masks[idx]))
+            if region in FLAT_REGIONS:
+                w = masks[:, None].to(x.images.dtype)
+                colours[region] = (x.images * w).sum((0, 2, 3)) / w.sum((0, 2, 3)).clamp_min(1)
     if not batches:
         return {}
     with torch.no_grad():
         base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
-        erased = M.erase(  # every region in one inpainting pass and one forward
-            torch.cat([x.images[idx] for _, idx, _ in batches]),
-            torch.cat([reg for _, _, reg in batches]),
-            fill_size=tuple(x.maps.shape[-2:]),
-        )
-        after = score_fn(erased).detach().float().to(base.device)
+        flat = [b for b in batches if b[0] in FLAT_REGIONS]
+        batches = [b for b in batches if b[0] not in FLAT_REGIONS] + flat
+        parts = []
+        if len(flat) < len(batches):  # every inpainted region in one inpainting pass
+            parts.append(
+                M.erase(
+                    torch.cat([x.images[idx] for r, idx, _ in batches if r not in FLAT_REGIONS]),
+                    torch.cat([reg for r, _, reg in batches if r not in FLAT_REGIONS]),
+                    fill_size=tuple(x.maps.shape[-2:]),
+                )
+            )
+        if flat:  # the background regions, filled by their own mean colour
+            parts.append(
+                M.flat_fill(
+                    torch.cat([x.images[idx] for _, idx, _ in flat]),
+                    torch.cat([reg for _, _, reg in flat]),
+                    torch.cat([colours[r].expand(idx.numel(), -1) for r, idx, _ in flat]),
+                )
+            )
+        erased = torch.cat(parts) if len(parts) > 1 else parts[0]
+        after = score_fn(erased).detach().float().to(base.device)  # one forward
     start = 0
     for region, idx, _ in batches:
         stop = start + idx.numel()
@@ -534,3 +581,10 @@ def _upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(mask.shape[-2:]) == size:
         return mask
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0
+
+
+def _outside(mask: Tensor, px: int) -> Tensor:
+    """Bool ``[N, H, W]``: everything outside ``mask`` grown by ``px`` pixels; all ``False``
+    where a mask is empty (no kept region: nothing to call its background)."""
+    has = mask.flatten(1).any(1)[:, None, None]
+    return ~M.dilate(mask, px) & has

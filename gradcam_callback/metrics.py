@@ -1032,3 +1032,32 @@ def erasure_effect_from_logits(
         p0 = base.softmax(1).gather(1, t[:, None])[:, 0]
         p1 = after.softmax(1).gather(1, t[:, None])[:, 0]
     return Erasure(flipped, p0 - p1, evidence_drop(base, after, t, multilabel=multilabel))
+
+
+def flat_fill(images: Tensor, region: Tensor, colour: Tensor | None = None) -> Tensor:
+    """Replace ``region`` in each image by one flat colour.
+
+    The erasure of a *large* region (the whole background around an object): inpainting it from
+    its surroundings would paint the object's colours over the image, while a flat colour takes
+    away every texture, mark, blob and tint the region holds, and leaves the object as it is.
+
+    Args:
+        images: float ``[N, C, H, W]``.
+        region: bool ``[N, H, W]`` or ``[H, W]``; ``True`` = replace.
+        colour: float ``[C]`` or ``[N, C]``, the fill (e.g. the mean colour of the region over a
+            whole probe set, so that no image keeps a tint of its own); ``None``: each image's
+            own mean colour inside its region.
+
+    Returns:
+        ``[N, C, H, W]`` like ``images``, unchanged outside the region (and wholly unchanged
+        where the region is empty).
+    """
+    n, c, h, w = images.shape
+    reg = region.to(device=images.device, dtype=torch.bool).expand(n, h, w)[:, None]
+    x = images.float()
+    if colour is None:
+        weight = reg.float()
+        fill = (x * weight).sum((2, 3)) / weight.sum((2, 3)).clamp_min(1)  # [N, C]
+    else:
+        fill = colour.to(device=x.device, dtype=x.dtype).expand(n, c)
+    return torch.where(reg, fill[:, :, None, None].expand(n, c, h, w), x).to(images.dtype)

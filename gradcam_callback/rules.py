@@ -125,6 +125,16 @@ class Rule:
             ``"indifferent"``: confirmed when erasing the region removes on average less than the
             setting named by ``drop_setting`` (the model does not need what the map should show).
         drop_setting: the setting of an ``"indifferent"`` confirmation.
+        context_region: a second region erased in the same probes (same forward, same budget),
+            whose *own* causal effect must confirm too: erasing it must take on average at
+            least the setting named by ``context_setting`` of the target's evidence. The
+            background rules use it: "erasing the object leaves the evidence" is an absence of
+            evidence that a model relying on nothing crisp yet (an early, weak or clean model)
+            passes too; a model that relies on the background loses its evidence when the
+            background goes (``"backdrop"``: everything outside the dilated object masks;
+            ``"surround"``: everything outside each map's dilated focus region). ``None``: no
+            second test; a context setting set to ``None`` switches the test off.
+        context_setting: the setting of the ``context_region`` test.
         dependence_setting: the setting that holds the share of tested probes a ``"depends"``
             confirmation needs (``"dependence"``; the partial-reliance rules ask for more).
         held_region: where a finding this rule confirmed is re-tested once the rule's attention
@@ -153,6 +163,8 @@ class Rule:
     region: str | None = None
     confirm: Literal["depends", "indifferent"] | None = None
     drop_setting: str | None = None
+    context_region: str | None = None
+    context_setting: str = "background_drop"
     dependence_setting: str = "dependence"
     held_region: str | None = None
     per_class: bool = True
@@ -277,6 +289,7 @@ RULES: tuple[Rule, ...] = (
         region="object",
         confirm="indifferent",
         drop_setting="object_drop",
+        context_region="backdrop",
         summary=(
             "attention left the objects: {attention/object_share:pct} of the maps' mass is on "
             "them, {value:.2f}x their area share"
@@ -294,6 +307,7 @@ RULES: tuple[Rule, ...] = (
         region="focus",
         confirm="indifferent",
         drop_setting="focus_drop",
+        context_region="surround",
         summary="attention is spread over the whole image (normalised entropy {value:.3f})",
         advice=(
             "The model may read a background texture or colour instead of an object: see "
@@ -312,6 +326,7 @@ RULES: tuple[Rule, ...] = (
         region="object",
         confirm="indifferent",
         drop_setting="object_drop",
+        context_region="backdrop",
         summary="attention is spread over the whole image (normalised entropy {value:.3f})",
         advice=(
             "The model reads something other than the objects (a background texture or "

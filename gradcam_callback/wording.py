@@ -247,5 +247,15 @@ def _causal_words(mon: Any, rule: Rule, g: int, causal: CausalValues | None) -> 
     else:
         what = f"the hottest {pct(mon.focus_frac)} of each map"
     if math.isnan(ev) or ev <= 0:
-        return f"; erasing {what} removes none of the target's evidence{when}"
-    return f"; erasing {what} removes only {pct(ev)} of the target's evidence{when}"
+        text = f"; erasing {what} removes none of the target's evidence"
+    else:
+        text = f"; erasing {what} removes only {pct(ev)} of the target's evidence"
+    ctx = rule.context_region
+    if ctx is not None and f"causal/{ctx}_evidence" in values:
+        bg = float(values[f"causal/{ctx}_evidence"])
+        around = "the objects" if ctx == "backdrop" else "each map's focus"
+        text += (
+            f", while replacing everything around {around} by its mean colour removes "
+            f"{pct(bg)} of it"
+        )
+    return text + when

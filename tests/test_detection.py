@@ -143,7 +143,7 @@ def test_token_world_marks_one_class_only() -> None:
     assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
 
 
-@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21"])
+@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25"])
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
     world = dw.DigitWorld(spec, n_train=10, n_val=400)
@@ -165,7 +165,7 @@ def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
         assert abs(part.float().mean().item() - share) < 0.15
 
 
-@pytest.mark.parametrize("name", ["W11", "W12"])
+@pytest.mark.parametrize("name", ["W11", "W12", "W26"])
 def test_jittered_token_moves_by_at_most_the_jitter(name: str) -> None:
     spec = dw.WORLDS[name]
     _, labels, _, art = _world(name).val.tensors
@@ -185,7 +185,7 @@ def test_jittered_token_moves_by_at_most_the_jitter(name: str) -> None:
 
 
 def test_thin_worlds_draw_lines_thinner_than_a_map_cell() -> None:
-    for name, stride in (("W9", 4), ("W10", 8)):
+    for name, stride in (("W9", 4), ("W10", 8), ("W24", 8)):
         spec = dw.WORLDS[name]
         _, _, _, art = _world(name).val.tensors
         m = art[0]

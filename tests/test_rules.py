@@ -61,6 +61,17 @@ class Reader:
         return logits * 4
 
 
+def _dark_texture(x: torch.Tensor) -> torch.Tensor:
+    """``[N]``: the standard deviation of each image's dark pixels (< 0.25, the background of
+    :func:`_images`): what a model reading the background *texture* sees (0 once the background
+    is one flat colour)."""
+    dark = (x < 0.25).float()
+    cnt = dark.sum((1, 2, 3)).clamp_min(1)
+    mean = (x * dark).sum((1, 2, 3)) / cnt
+    var = (((x - mean[:, None, None, None]) * dark) ** 2).sum((1, 2, 3)) / cnt
+    return var.sqrt()
+
+
 def _analyze(mon: ShortcutMonitor, maps, images, targets, **kw):
     return mon.analyze(maps=maps, images=images, targets=targets, epoch=1, global_step=10, **kw)
 
@@ -98,12 +109,10 @@ def test_a_background_shortcut_in_one_class_is_not_averaged_away() -> None:
     maps = torch.where((targets == 0)[:, None, None], off_object, on_object)
 
     def model(x: torch.Tensor) -> torch.Tensor:
-        # class 0's logit reads the background brightness (the dark pixels), class 1's the
-        # object (the brightest pixel); any subset of the probes, erased or not
-        dark = (x < 0.25).float()
-        bg = (x * dark).sum((1, 2, 3)) / dark.sum((1, 2, 3)).clamp_min(1)
+        # class 0's logit reads the background texture (the spread of the dark pixels), class
+        # 1's the object (the brightest pixel); any subset of the probes, erased or not
         fg = x.amax((1, 2, 3))
-        return torch.stack([80 * bg, 20 * fg], 1)
+        return torch.stack([140 * _dark_texture(x), 20 * fg], 1)
 
     mon = ShortcutMonitor(causal_budget=None)
     a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=model)
@@ -226,10 +235,11 @@ def test_multilabel_rules_skip_a_label_predicted_everywhere() -> None:
     not learned it) and label 1 only where it is. Only label 1 may be judged."""
     images, targets, sets = _multilabel_rows()
     n = targets.numel()
-    flat = torch.ones(n, H, W)
+    flat = (1.0 + 0.3 * _bump(2.0, 29.0, 3.0)).expand(n, H, W)  # diffuse, a faint corner focus
 
-    def model(x: torch.Tensor) -> torch.Tensor:  # erasing anything changes nothing
-        return torch.full((x.shape[0], 2), 4.0)
+    def model(x: torch.Tensor) -> torch.Tensor:  # reads the (uniform noise) texture, no object
+        t = x.flatten(1).std(1) / 0.29
+        return (8 * t - 4)[:, None].expand(-1, 2)
 
     logits = torch.where(sets, 4.0, -4.0)
     logits[:, 0] = 4.0
@@ -238,6 +248,9 @@ def test_multilabel_rules_skip_a_label_predicted_everywhere() -> None:
     bg = [f for f in a.flags if f.kind == "background"]
     assert [f.classes for f in bg] == [(1,)], [f.message for f in a.flags]
     assert a.summary["probe/learned_classes"] == 1.0
+    # confirmed by the background's own effect: flattening everything around the focus
+    assert a.summary["causal/surround_evidence/class_1"] >= 0.5
+    assert "by its mean colour removes 100%" in bg[0].message
 
 
 def test_coarse_maps_skip_the_spatial_rules_and_say_why() -> None:
@@ -269,8 +282,8 @@ def test_with_masks_the_mask_free_evidence_still_counts_once() -> None:
     maps = maps + 0.3 * torch.rand(n, H, W, generator=torch.Generator().manual_seed(5))
 
     def background_reader(x: torch.Tensor) -> torch.Tensor:
-        bg = torch.where(objects[:, None], torch.zeros(()), x).mean((1, 2, 3))
-        return torch.stack([torch.zeros_like(bg), 40 * bg], 1)
+        bg = _dark_texture(x)
+        return torch.stack([torch.zeros_like(bg), 140 * bg], 1)
 
     mon = ShortcutMonitor(causal_budget=None)
     a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=background_reader)
@@ -369,8 +382,9 @@ def test_flag_messages_never_print_nan_or_negative_percentages() -> None:
     def gains(x: torch.Tensor) -> torch.Tensor:  # erasing anything *raises* the target's logit
         return torch.stack([torch.zeros(x.shape[0]), 5 - 20 * x.mean((1, 2, 3))], 1)
 
-    for score_fn in (gains, None):
-        mon = ShortcutMonitor(causal_budget=None, object_enrichment=5.0)
+    # background_drop=-1: a background finding stands whatever the background's erasure does
+    for score_fn, bg_drop in ((gains, None), (gains, -1.0), (None, None)):
+        mon = ShortcutMonitor(causal_budget=None, object_enrichment=5.0, background_drop=bg_drop)
         a = _analyze(mon, corner, images, targets, object_masks=objects, score_fn=score_fn)
         assert a.flags
         for f in a.flags:
@@ -592,10 +606,11 @@ def test_a_held_finding_is_kept_by_measurement_and_dropped_by_a_low_one() -> Non
 
 def test_with_object_masks_a_diffuse_map_flags_only_if_the_objects_are_not_needed() -> None:
     """A coarse, diffuse map of a model that reads its (small) objects: the map's hottest cells
-    are elsewhere, so erasing them leaves the evidence and the mask-free diffuse rule fires
-    (weak evidence, all it has). Given object masks, the diffuse rule is confirmed by erasing the
-    objects instead (``background_diffuse_objects``), which the model needs: no flag. A model
-    that reads the background under the same maps is still flagged."""
+    are elsewhere, so erasing them leaves the evidence; but erasing everything around them (the
+    background's own effect) leaves it too, so the mask-free diffuse rule does not fire (before
+    0.3.2 it did). Given object masks, the diffuse rule is confirmed by erasing the objects
+    instead (``background_diffuse_objects``), which the model needs: no flag. A model that
+    reads the background texture under the same maps is flagged."""
     n = 8
     targets = torch.ones(n, dtype=torch.long)
     objects, _ = _objects(n)
@@ -608,15 +623,16 @@ def test_with_object_masks_a_diffuse_map_flags_only_if_the_objects_are_not_neede
         return torch.stack([torch.zeros_like(fg), 20 * fg - 10], 1)
 
     def background_reader(x: torch.Tensor) -> torch.Tensor:
-        dark = (x < 0.25).float()
-        bg = (x * dark).sum((1, 2, 3)) / dark.sum((1, 2, 3)).clamp_min(1)
-        return torch.stack([torch.zeros_like(bg), 80 * bg], 1)
+        bg = _dark_texture(x)
+        return torch.stack([torch.zeros_like(bg), 140 * bg], 1)
 
     bare = _analyze(
         ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=object_reader
     )
     assert bare.summary["attention/entropy"] >= 0.95
-    assert [f.kind for f in bare.flags if f.kind in ALARM_KINDS] == ["background"]
+    assert not [f for f in bare.flags if f.kind in ALARM_KINDS], bare.flags
+    assert bare.summary["causal/focus_evidence"] < 0.5  # the old test alone would confirm
+    assert bare.summary["causal/surround_evidence"] < 0.5  # the background's own does not
     assert bare.skipped.get("background_diffuse_objects") == "no object masks"
     masked = _analyze(
         ShortcutMonitor(causal_budget=None),
@@ -632,3 +648,97 @@ def test_with_object_masks_a_diffuse_map_flags_only_if_the_objects_are_not_neede
     bg = [f for f in texture.flags if f.kind == "background"]
     assert len(bg) == 1 and bg[0].classes == (1,), texture.flags
     assert "also: background_diffuse_objects" in bg[0].message  # the object rule leads
+
+
+# ------------------------------------------------------- background: the background's own effect
+def test_flat_fill_replaces_only_the_region_by_one_colour() -> None:
+    from gradcam_callback.metrics import flat_fill
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 8, 8, generator=g)
+    region = torch.zeros(2, 8, 8, dtype=torch.bool)
+    region[0, :4] = True  # image 1: an empty region
+    own = flat_fill(images, region)
+    assert torch.equal(own[1], images[1]) and torch.equal(own[0, :, 4:], images[0, :, 4:])
+    mean = images[0, :, :4].mean((1, 2))
+    assert torch.allclose(own[0, :, :4], mean[:, None, None].expand(3, 4, 8))
+    grey = flat_fill(images, region, torch.tensor([0.5, 0.5, 0.5]))
+    assert torch.all(grey[0, :, :4] == 0.5) and torch.equal(grey[1], images[1])
+
+
+def test_a_background_finding_needs_the_background_to_matter() -> None:
+    """Maps off the objects (object enrichment ~0) and erasing the objects leaves the evidence:
+    the 0.3.1 test alone confirms a background finding even for a model that relies on nothing
+    crisp (constant logits: an early or clean model). The background's own erasure leaves the
+    evidence too, so there is no flag; a model that reads the background texture loses its
+    evidence when the background is flattened and is flagged. ``background_drop=None`` switches
+    the second test off (the 0.3.1 behaviour)."""
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    objects, _ = _objects(n, seed=4)
+    images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    maps = (~objects).float()
+
+    def nothing_crisp(x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 3.0]).expand(x.shape[0], 2)
+
+    def texture_reader(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros(x.shape[0]), 140 * _dark_texture(x)], 1)
+
+    def run(score_fn, **kw):
+        mon = ShortcutMonitor(causal_budget=None, **kw)
+        a = _analyze(mon, maps, images, targets, object_masks=objects, score_fn=score_fn)
+        return a, [f for f in a.flags if f.kind == "background"]
+
+    quiet, bg = run(nothing_crisp)
+    assert not bg, [f.message for f in bg]
+    assert quiet.summary["causal/object_evidence"] < 0.5  # the absence-of-evidence test passes
+    assert quiet.summary["causal/backdrop_evidence"] < 0.5  # the background's own does not
+    assert quiet.tested["object"] == quiet.tested["backdrop"] == n  # the same probes
+    _, old = run(nothing_crisp, background_drop=None)
+    assert [f.classes for f in old] == [(1,)]
+    reads, bg = run(texture_reader)
+    assert [f.classes for f in bg] == [(1,)], reads.flags
+    assert reads.summary["causal/backdrop_evidence"] >= 0.5
+    assert "replacing everything around the objects by its mean colour removes" in bg[0].message
+
+
+def test_the_background_test_keeps_the_objects_and_skips_probes_without_one() -> None:
+    from gradcam_callback import evidence as E
+
+    n = 4
+    objects, _ = _objects(n, seed=2)
+    objects[3] = False  # no object in the last probe: no background to speak of
+    images = _images(objects, torch.zeros(n, dtype=torch.bool))
+    mon = ShortcutMonitor()
+    x = E.prepare(mon, torch.rand(n, 8, 8), images, torch.zeros(n), None, objects, None, None)
+    back = E.regions(mon, x, None)["backdrop"]()  # type: ignore[arg-type]
+    assert not (back & objects).any() and not back[3].any()
+    grown = F_dilate(objects[:3], 2)  # 5 % of a 32-px side: a 2-px margin stays
+    assert torch.equal(back[:3], ~grown)
+
+
+def F_dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
+    k = 2 * px + 1
+    return torch.nn.functional.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0
+
+
+def test_a_rule_with_a_context_region_costs_two_erasures_per_probe() -> None:
+    from gradcam_callback.causal import CausalMemory, regions_to_erase
+
+    decisions = [
+        _decision("artifact_masks", [True, False]),
+        _decision("background_masks", [False, True]),
+    ]
+    mem = CausalMemory()
+    costs = {"background_masks": 2}
+    # 16 erasures: 4 probes of the artifact pair, then 4 of the background pair (8 erasures)
+    plan = mem.plan(decisions, [0, 1], [8, 8], budget=12, min_probes=4, costs=costs)
+    assert plan == {"artifact_masks": {0: 4}, "background_masks": {1: 4}}
+    assert mem.plan(decisions, [0, 1], [8, 8], budget=11, min_probes=4, costs=costs) == {
+        "artifact_masks": {0: 4}
+    }
+    groups = torch.tensor([0] * 8 + [1] * 8)
+    wanted = regions_to_erase(plan, decisions, groups, contexts={"background_masks": "backdrop"})
+    assert set(wanted) == {"artifact", "object", "backdrop"}
+    assert torch.equal(wanted["object"], wanted["backdrop"]) and int(wanted["object"].sum()) == 4
