@@ -103,7 +103,7 @@ def verdict(
     tested = measured(mon, rule, counts, r)
     ctx = context_of(mon, rule) if region is None else None
     if ctx is not None:  # the background's own effect: erasing it must take the evidence
-        need = float(mon.settings[rule.context_setting])
+        need = float(getattr(mon, rule.context_setting))
         tested = tested & measured(mon, rule, counts, ctx)
         tested = tested & (stats[f"causal/{ctx}_evidence"] >= need)  # NaN fails
     if rule.confirm == "depends":
@@ -120,10 +120,19 @@ def verdict(
 
 def context_of(mon: Any, rule: Rule) -> str | None:
     """The rule's :attr:`~gradcam_callback.rules.Rule.context_region` when its test is on (its
-    ``context_setting`` is a number in ``mon.settings``), else ``None``."""
-    if rule.context_region is None or mon.settings.get(rule.context_setting) is None:
+    ``context_setting`` is set on ``mon``), else ``None``."""
+    if rule.context_region is None or getattr(mon, rule.context_setting, None) is None:
         return None
     return rule.context_region
+
+
+def _context_stats(rule: Rule, key: str, stats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The ``causal/<context_region>_*`` rows of ``stats`` for the rule's own test (``key`` is
+    the rule's name; none for a held re-test or a rule without a context region)."""
+    if key != rule.name or rule.context_region is None:
+        return {}
+    prefix = f"causal/{rule.context_region}_"
+    return {k: v for k, v in stats.items() if k.startswith(prefix)}
 
 
 def measured(
@@ -230,8 +239,9 @@ class CausalMemory:
         The budget is shared among the pairs whose attention holds: each gets
         ``max(min_probes, budget // erasures)`` of its class's probes (all of them when fewer;
         ``erasures``: the pairs' erased images per probe, summed), in priority order, until the
-        budget is spent; the first pair always gets its share. ``costs``: rule name -> erased images per tested probe (2 for a rule with a context
-        region: both regions are erased; default 1); the budget counts erased images.
+        budget is spent; the first pair always gets its share. ``costs``: rule name -> erased
+        images per tested probe (2 for a rule with a context region: both regions are erased;
+        default 1); the budget counts erased images.
 
         Args:
             decisions: this run's :func:`~gradcam_callback.rules.evaluate` output.
@@ -330,9 +340,7 @@ class CausalMemory:
                     for k, v in stats.items()
                     if k.startswith(prefix)
                 }
-                if key == d.rule.name and d.rule.context_region is not None:
-                    ctx = f"causal/{d.rule.context_region}_"
-                    mine |= {k: v for k, v in stats.items() if k.startswith(ctx)}
+                mine |= _context_stats(d.rule, key, stats)
                 for g in groups:
                     values = {k: float(v[g]) for k, v in mine.items()}
                     self.findings[(d.rule.name, classes[g])] = Finding(
@@ -429,9 +437,7 @@ class CausalMemory:
                         for k, v in stats.items()
                         if k.startswith(prefix)
                     }
-                    if key == rule.name and rule.context_region is not None:
-                        ctx = f"causal/{rule.context_region}_"
-                        out |= {k: float(v[g]) for k, v in stats.items() if k.startswith(ctx)}
+                    out |= {k: float(v[g]) for k, v in _context_stats(rule, key, stats).items()}
                     return out, None
             return self.values(rule.name, classes[g])
 

@@ -440,18 +440,19 @@ def confirm(
         return {}
     with torch.no_grad():
         base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
+        inpainted = [b for b in batches if b[0] not in FLAT_REGIONS]
         flat = [b for b in batches if b[0] in FLAT_REGIONS]
-        batches = [b for b in batches if b[0] not in FLAT_REGIONS] + flat
+        batches = inpainted + flat  # the rows of `erased`, in order
         parts = []
-        if len(flat) < len(batches):  # every inpainted region in one inpainting pass
+        if inpainted:  # every inpainted region in one inpainting pass
             parts.append(
                 M.erase(
-                    torch.cat([x.images[idx] for r, idx, _ in batches if r not in FLAT_REGIONS]),
-                    torch.cat([reg for r, _, reg in batches if r not in FLAT_REGIONS]),
+                    torch.cat([x.images[idx] for _, idx, _ in inpainted]),
+                    torch.cat([reg for _, _, reg in inpainted]),
                     fill_size=tuple(x.maps.shape[-2:]),
                 )
             )
-        if flat:  # the background regions, filled by their own mean colour
+        if flat:  # the background regions, filled by their mean colour over the probes
             parts.append(
                 M.flat_fill(
                     torch.cat([x.images[idx] for _, idx, _ in flat]),
@@ -459,7 +460,7 @@ def confirm(
                     torch.cat([colours[r].expand(idx.numel(), -1) for r, idx, _ in flat]),
                 )
             )
-        erased = torch.cat(parts) if len(parts) > 1 else parts[0]
+        erased = torch.cat(parts)
         after = score_fn(erased).detach().float().to(base.device)  # one forward
     start = 0
     for region, idx, _ in batches:
