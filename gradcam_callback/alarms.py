@@ -186,9 +186,10 @@ class ShortcutMonitor:
             only tests a flag can depend on); the causal values of classes not tested are
             ``NaN`` (not logged).
         causal_budget: the most probes a run erases, as a multiple of the probe-set size (the
-            default ``0.5``: half a probe-set forward, so a run costs at most about two Grad-CAM
-            passes; ``None``: every probe of every rule that needs it). Tests are shared out and
-            findings carried between runs as :mod:`gradcam_callback.causal` describes.
+            default ``0.5``: at most half a probe-set forward, one when every tested rule is a
+            background rule, which erases two images of each probe; ``None``: every probe of
+            every rule that needs it). Tests are shared out and findings carried between runs as
+            :mod:`gradcam_callback.causal` describes.
         analysis_size: the analysis grid's longer side, in cells (maps, masks and images are
             resized to it; never larger than the images).
         min_map_cells: spatial rules need maps with at least this many cells per side.
@@ -456,8 +457,7 @@ class ShortcutMonitor:
         contexts = {
             d.rule.name: ctx for d in decisions if (ctx := context_of(self, d.rule)) is not None
         }
-        costs = {name: 2 for name in contexts}  # both regions are erased in each probe
-        plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes, costs)
+        plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
         wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run, contexts)
         grid = tuple(x.maps.shape[-2:])
 

@@ -232,16 +232,16 @@ class CausalMemory:
         sizes: Sequence[int],
         budget: int | None,
         min_probes: int = 1,
-        costs: Mapping[str, int] | None = None,
     ) -> dict[str, dict[int, int]]:
         """Rule name -> {group (index into ``classes``): probes of it to test in this run}.
 
         The budget is shared among the pairs whose attention holds: each gets
-        ``max(min_probes, budget // erasures)`` of its class's probes (all of them when fewer;
-        ``erasures``: the pairs' erased images per probe, summed), in priority order, until the
-        budget is spent; the first pair always gets its share. ``costs``: rule name -> erased
-        images per tested probe (2 for a rule with a context region: both regions are erased;
-        default 1); the budget counts erased images.
+        ``max(min_probes, budget // pairs)`` of its class's probes (all of them when fewer), in
+        priority order, until the budget is spent; the first pair always gets its share. The
+        budget counts tested probes: a rule with a context region (a background rule) erases two
+        images per tested probe in the same forward, which is not counted twice, so that its test
+        does not take a second pair's turn (counted twice, one background test spent a
+        two-class probe set's whole budget and pushed the artifact tests to later runs).
 
         Args:
             decisions: this run's :func:`~gradcam_callback.rules.evaluate` output.
@@ -249,19 +249,17 @@ class CausalMemory:
             budget: most probes to erase (``None``: every probe of every pair).
             min_probes: the fewest probes a test needs to decide (the monitor's ``min_probes``).
         """
-        costs = costs or {}
         cands = sorted(self._candidates(decisions, classes))
-        wanted = sum(int(costs.get(c[3], 1)) for c in cands if c[0] < 3)
+        wanted = sum(1 for c in cands if c[0] < 3)
         share = None if budget is None else max(min_probes, budget // max(wanted, 1))
         out: dict[str, dict[int, int]] = {}
         spent = 0
         for _, _, _, name, g in cands:
             k = sizes[g] if share is None else min(sizes[g], share)
-            cost = k * int(costs.get(name, 1))
-            if budget is not None and spent and spent + cost > budget:
+            if budget is not None and spent and spent + k > budget:
                 continue
             out.setdefault(name, {})[g] = k
-            spent += cost
+            spent += k
         return out
 
     def _candidates(

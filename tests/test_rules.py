@@ -723,7 +723,7 @@ def F_dilate(mask: torch.Tensor, px: int) -> torch.Tensor:
     return torch.nn.functional.max_pool2d(mask[:, None].float(), k, 1, px)[:, 0] > 0
 
 
-def test_a_rule_with_a_context_region_costs_two_erasures_per_probe() -> None:
+def test_a_rule_with_a_context_region_counts_its_probes_once_in_the_budget() -> None:
     from gradcam_callback.causal import CausalMemory, regions_to_erase
 
     decisions = [
@@ -731,13 +731,11 @@ def test_a_rule_with_a_context_region_costs_two_erasures_per_probe() -> None:
         _decision("background_masks", [False, True]),
     ]
     mem = CausalMemory()
-    costs = {"background_masks": 2}
-    # 16 erasures: 4 probes of the artifact pair, then 4 of the background pair (8 erasures)
-    plan = mem.plan(decisions, [0, 1], [8, 8], budget=12, min_probes=4, costs=costs)
+    # the budget counts tested probes: 4 of the artifact pair and 4 of the background pair fit
+    # in 8, although the background test erases two images of each of its probes
+    plan = mem.plan(decisions, [0, 1], [8, 8], budget=8, min_probes=4)
     assert plan == {"artifact_masks": {0: 4}, "background_masks": {1: 4}}
-    assert mem.plan(decisions, [0, 1], [8, 8], budget=11, min_probes=4, costs=costs) == {
-        "artifact_masks": {0: 4}
-    }
+    assert mem.plan(decisions, [0, 1], [8, 8], budget=7, min_probes=4) == {"artifact_masks": {0: 4}}
     groups = torch.tensor([0] * 8 + [1] * 8)
     wanted = regions_to_erase(plan, decisions, groups, contexts={"background_masks": "backdrop"})
     assert set(wanted) == {"artifact", "object", "backdrop"}
