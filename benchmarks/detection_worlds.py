@@ -31,20 +31,27 @@ W23   group shortcut: notched tab (right edge) on 95% of 1, 2, 5 of 6  6 digits 
 W24   thin 2-px horizontal line near the top edge (64 px)             3 vs 6    rn18   calibration
 W25   group shortcut: corner bracket (bottom right) on 95% of 0, 3     5 digits  rn18   held-out
 W26   jittered thin plus sign (1-px arms, left edge, +-3 px, 56 px)    2, 4, 7   cnn    held-out
+W27   thin diagonal fold line (2 px per row), bottom-left, 60 px      1, 4, 9   cnn    held-out
+W28   group shortcut: lime wedge (top centre) on 95% of 1, 3 of 6     6 digits  rn18   held-out
+W29   jittered token: 7x7 diamond, bottom centre, +-3 px, 52 px       4 digits  cnn    held-out
+W30   radiograph side marker (letter L/R/A/P, right edge), 90/10      4 digits  cnn    held-out
 ====  =============================================================  ========  =====  ============
 
 W15-W18 (multi-label and few-probe worlds) and W20, W22 (multi-label on ResNet-18, coarse maps)
 are defined at the end of the module (:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
 
-So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 and HELD-OUT = W2, W4, W6, W7, W10, W12, W14: both
-splits have small-CNN and ResNet-18 worlds; the held-out split has the two 10-class worlds, the
-one-class artifact and the moving artifact. W9-W14 are three families the first eight did not
-have, one calibration and one held-out world each, differing in geometry, colour, classes, image
-size and model: *thin* artifacts (a line thinner than a map cell), *jittered* tokens (a mark that
-shifts by a few pixels from image to image) and *group* shortcuts (one artifact shared by two of
-five classes: it tells the group, the digit tells the class inside it; "swapped" takes it off the
-group's images and puts it on the others'). W4 is scored with object/artifact masks only (without masks nothing tells the
-callback where a moving mark is).
+So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 (+ W15, W17, W19, W20, W23, W24) and HELD-OUT =
+W2, W4, W6, W7, W10, W12, W14 (+ W16, W18, W21, W22, W25, W26, and W27-W30, one fresh world per
+family: thin, group, jittered, plain per-class label artifact, validated with ground truth only
+and fixed before any monitor ran on them): both splits have small-CNN and ResNet-18 worlds; the
+held-out split has the two 10-class worlds, the one-class artifact and the moving artifact.
+W9-W14 are three families the first eight did not have, one calibration and one held-out world
+each, differing in geometry, colour, classes, image size and model: *thin* artifacts (a line
+thinner than a map cell), *jittered* tokens (a mark that shifts by a few pixels from image to
+image) and *group* shortcuts (one artifact shared by two of five classes: it tells the group, the
+digit tells the class inside it; "swapped" takes it off the group's images and puts it on the
+others'). W4 is scored with object/artifact masks only (without masks nothing tells the callback
+where a moving mark is).
 
 Every world comes as a shortcut world (the artifact follows the label with probability
 ``correlation``, otherwise another class's artifact) and as its clean control
@@ -98,6 +105,10 @@ ArtifactKind = Literal[
     "group_bracket",
     "hline",
     "jitter_cross",
+    "diagonal",
+    "group_wedge",
+    "jitter_diamond",
+    "side_marker",
 ]
 
 
@@ -380,6 +391,21 @@ EDGE_TAB_COLOUR = (1.0, 0.45, 0.1)
 BRACKET_COLOUR = (0.95, 0.6, 0.85)
 HLINE_COLOURS = ((0.2, 1.0, 0.6), (1.0, 0.3, 0.3))
 CROSS_COLOURS = ((0.2, 0.6, 1.0), (1.0, 0.9, 0.2), (0.9, 0.2, 0.9))
+DIAGONAL_COLOURS = ((1.0, 0.35, 0.55), (0.35, 1.0, 0.85), (0.95, 0.95, 0.55))
+WEDGE_COLOUR = (0.6, 1.0, 0.2)
+DIAMOND_COLOURS = ((0.0, 0.8, 0.7), (1.0, 0.55, 0.75), (0.95, 0.95, 0.95), (1.0, 0.1, 0.1))
+DIAGONAL_LENGTH = 16
+
+
+def _side_letters() -> list[Tensor]:
+    """Per class a ``[7, 5]`` bitmap: the side / view letters L, R, A, P of a radiograph marker."""
+    rows = (
+        ["10000", "10000", "10000", "10000", "10000", "10000", "11111"],
+        ["11110", "10001", "10001", "11110", "10100", "10010", "10001"],
+        ["01110", "10001", "10001", "11111", "10001", "10001", "10001"],
+        ["11110", "10001", "10001", "11110", "10000", "10000", "10000"],
+    )
+    return [torch.tensor([[float(c) for c in r] for r in letter]) for letter in rows]
 
 
 def design_of(spec: WorldSpec, cls: int) -> int | None:
@@ -434,6 +460,14 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, 0, 6, s)
     if spec.artifact == "jitter_cross":
         return (s // 2 - 3 - j - 1, 3 - j - 1, s // 2 + 4 + j + 1, 10 + j + 1)
+    if spec.artifact == "diagonal":
+        return (s - DIAGONAL_LENGTH - 3, 0, s, DIAGONAL_LENGTH + 3)
+    if spec.artifact == "group_wedge":
+        return (0, s // 2 - 8, 10, s // 2 + 9)
+    if spec.artifact == "jitter_diamond":
+        return (s - 10 - j - 1, s // 2 - 3 - j - 1, s - 3 + j + 1, s // 2 + 4 + j + 1)
+    if spec.artifact == "side_marker":
+        return (s // 5 - 1, s - 11, s // 5 + 10, s)
     return None
 
 
@@ -554,6 +588,29 @@ def apply_artifact(
         mask[y + 2, x : x + 5] = True
         mask[y : y + 5, x + 2] = True
         patch[:] = torch.tensor(CROSS_COLOURS[design]).view(3, 1, 1)
+    elif kind == "diagonal":  # a thin fold line (2 px per row) cutting the bottom-left corner
+        n = DIAGONAL_LENGTH
+        for t in range(n):
+            mask[h - 2 - n + t, 1 + t : 3 + t] = True
+        patch[:] = torch.tensor(DIAGONAL_COLOURS[design]).view(3, 1, 1)
+    elif kind == "group_wedge":  # a lime wedge (filled triangle, 13 px wide) at the top centre
+        c = w // 2
+        for r in range(7):
+            mask[1 + r, c - 6 + r : c + 7 - r] = True
+        patch[:] = torch.tensor(WEDGE_COLOUR).view(3, 1, 1)
+    elif kind == "jitter_diamond":  # a filled 7x7 diamond at the bottom centre
+        dy, dx = mark_pos
+        y, x = h - 10 + dy, w // 2 - 3 + dx
+        for r in range(7):
+            half = 3 - abs(r - 3)
+            mask[y + r, x + 3 - half : x + 4 + half] = True
+        patch[:] = torch.tensor(DIAMOND_COLOURS[design]).view(3, 1, 1)
+    elif kind == "side_marker":  # a radiograph side marker: light letter on a dark 9x7 box
+        y, x = h // 5, w - 9
+        mask[y : y + 9, x : x + 7] = True
+        patch[:] = 0.08
+        letter = _side_letters()[design].bool()
+        patch[:, y + 1 : y + 8, x + 1 : x + 6] = torch.where(letter, 0.97, 0.08)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -1233,6 +1290,72 @@ WORLDS.update(
                 n_train=1200,
                 n_val=400,
                 epochs=5,
+            ),
+        )
+    }
+)
+
+# W27-W30 (fifth round): four held-out worlds to judge a change to the monitor's causal test
+# plan, one per family (thin, group, jittered, plain per-class label artifact), each with a new
+# artifact kind at a new position; validated with ground truth only, fixed before any monitor ran.
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W27",
+                "thin diagonal fold line (2 px per row) cutting the bottom-left corner, colour "
+                "per class, 3 classes, 60 px",
+                "heldout",
+                (1, 4, 9),
+                "diagonal",
+                image_size=60,
+                digit_size=30,
+                n_train=1200,
+                n_val=400,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W28",
+                "group shortcut: lime wedge (top centre) on 95% of classes 1, 3 of 6, 5% of "
+                "others, ResNet-18",
+                "heldout",
+                (0, 2, 4, 6, 7, 9),
+                "group_wedge",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                correlation=0.95,
+                group=(1, 3),
+                n_train=1000,
+                n_val=200,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W29",
+                "jittered token (filled 7x7 diamond, bottom centre, +-3 px), colour per class, "
+                "4 classes, 52 px",
+                "heldout",
+                (0, 1, 5, 7),
+                "jitter_diamond",
+                image_size=52,
+                digit_size=26,
+                jitter=3,
+                n_train=1200,
+                n_val=400,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W30",
+                "radiograph side marker (light letter L/R/A/P on a dark box, right edge, upper "
+                "part), 4 classes, 90/10 correlation",
+                "heldout",
+                (2, 3, 5, 8),
+                "side_marker",
+                correlation=0.9,
+                n_train=1500,
+                n_val=400,
+                epochs=6,
             ),
         )
     }

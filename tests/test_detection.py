@@ -42,6 +42,13 @@ def _world(name: str, shortcut: bool = True, seed: int = 0):
     return dw.DigitWorld(dw.WORLDS[name], shortcut=shortcut, seed=seed, **SMALL)
 
 
+def _bounding_crop(mask: torch.Tensor) -> torch.Tensor:
+    """The ``[H, W]`` bool mask cropped to the bounding box of its True pixels."""
+    idx = torch.nonzero(mask)
+    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    return mask[y0 : y1 + 1, x0 : x1 + 1]
+
+
 def test_splits_cover_what_the_benchmark_promises() -> None:
     cal = dw.select_worlds(split="calibration")
     held = dw.select_worlds(split="heldout")
@@ -143,7 +150,7 @@ def test_token_world_marks_one_class_only() -> None:
     assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
 
 
-@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25"])
+@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28"])
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
     world = dw.DigitWorld(spec, n_train=10, n_val=400)
@@ -165,7 +172,7 @@ def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
         assert abs(part.float().mean().item() - share) < 0.15
 
 
-@pytest.mark.parametrize("name", ["W11", "W12", "W26"])
+@pytest.mark.parametrize("name", ["W11", "W12", "W26", "W29"])
 def test_jittered_token_moves_by_at_most_the_jitter(name: str) -> None:
     spec = dw.WORLDS[name]
     _, labels, _, art = _world(name).val.tensors
@@ -178,10 +185,9 @@ def test_jittered_token_moves_by_at_most_the_jitter(name: str) -> None:
     assert int(ys_t.max() - ys_t.min()) <= 2 * spec.jitter
     assert int(xs_t.max() - xs_t.min()) <= 2 * spec.jitter
     assert len(set(zip(ys, xs))) > 5  # it does move
-    # same class, same design: equal mask shapes up to the shift
-    first = art[0][ys[0] :, xs[0] :]
+    # same class, same design: equal mask shapes up to the shift (the marks' bounding boxes)
     j = next(i for i in range(1, len(labels)) if labels[i] == labels[0])
-    assert torch.equal(art[j][ys[j] :, xs[j] :][:8, :8], first[:8, :8])
+    assert torch.equal(_bounding_crop(art[j]), _bounding_crop(art[0]))
 
 
 def test_thin_worlds_draw_lines_thinner_than_a_map_cell() -> None:
@@ -192,6 +198,35 @@ def test_thin_worlds_draw_lines_thinner_than_a_map_cell() -> None:
         thickness = min(int(m.any(1).sum()), int(m.any(0).sum()))
         assert 1 <= thickness < stride, name
         assert int(m.sum()) > 3 * spec.image_size // 4  # long: most of a side
+
+
+def test_thin_diagonal_is_thinner_than_a_map_cell() -> None:
+    spec = dw.WORLDS["W27"]
+    _, _, _, art = _world("W27").val.tensors
+    m = art[0]
+    # no 3x3 block inside the mark: its stroke is at most 2 px (a map cell of the CNN is 4 px)
+    blocks = torch.nn.functional.avg_pool2d(m[None, None].float(), 3, stride=1)
+    assert float(blocks.max()) < 1.0
+    idx = torch.nonzero(m)
+    rows = idx[:, 0].unique()
+    assert len(rows) == dw.DIAGONAL_LENGTH > spec.image_size // 4  # long: a quarter of a side
+    firsts = torch.stack([idx[idx[:, 0] == r, 1].min() for r in rows])
+    assert torch.equal(firsts.diff(), torch.ones(len(rows) - 1, dtype=torch.long))  # diagonal
+    assert all(int((idx[:, 0] == r).sum()) == 2 for r in rows)
+    assert all(torch.equal(a, m) for a in art if a.any())  # one position for every image
+
+
+def test_side_marker_letters_differ_per_class_in_one_box() -> None:
+    spec = dw.WORLDS["W30"]
+    base = torch.zeros(3, spec.image_size, spec.image_size)
+    drawn = [dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0)) for c in range(4)]
+    assert all(torch.equal(mask, drawn[0][1]) for _, mask in drawn)  # the same 9x7 box
+    assert int(drawn[0][1].sum()) == 63
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not torch.equal(drawn[a][0], drawn[b][0])  # L, R, A, P
+    split = dw.DigitWorld(spec, n_train=10, n_val=400)._split("val")
+    assert 0.82 < (split.assigned == split.labels).float().mean().item() < 0.97  # 90/10
 
 
 @pytest.mark.parametrize("name", ["W1", "W6"])
