@@ -2,8 +2,9 @@
 
 A causal test erases a rule's region in the probes of one explained class and measures the
 evidence the model loses (:func:`~gradcam_callback.evidence.confirm`). It costs one forward per
-erased probe, as much as the Grad-CAM pass itself, so a run spends at most ``budget`` probes on
-it (by default one probe-set forward). :class:`CausalMemory` decides what to test first and
+erased image, so a run spends at most ``budget`` tested probes on it (the monitor's default:
+half the probe set); a background rule erases two images of each of its probes (its target
+region and the background around it), counted once. :class:`CausalMemory` decides what to test first and
 carries a test's result while the rule's attention condition keeps holding for the class:
 
 1. a (rule, class) whose flag kind is not yet confirmed for the class and that was never tested
