@@ -35,15 +35,24 @@ W27   thin diagonal fold line (2 px per row), bottom-left, 60 px      1, 4, 9   
 W28   group shortcut: lime wedge (top centre) on 95% of 1, 3 of 6     6 digits  rn18   held-out
 W29   jittered token: 7x7 diamond, bottom centre, +-3 px, 52 px       4 digits  cnn    held-out
 W30   radiograph side marker (letter L/R/A/P, right edge), 90/10      4 digits  cnn    held-out
+W31   background colour cast per class over the whole background      2, 6, 9   cnn    held-out (*)
+W33   group shortcut: punched holes (left edge, low) on 95% of 3 of 6  6 digits  cnn    held-out (*)
+W34   thin 2-px scanner frame along the bottom and right edges        0, 5, 7   rn18   held-out (*)
 ====  =============================================================  ========  =====  ============
 
-W15-W18 (multi-label and few-probe worlds) and W20, W22 (multi-label on ResNet-18, coarse maps)
-are defined at the end of the module (:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
+(*) reserved for the next round: validated with ground truth only, not yet run with flags.
+
+W15-W18 (multi-label and few-probe worlds), W20, W22 (multi-label on ResNet-18, coarse maps) and
+W32 (multi-label, small CNN: a calibration checker, bottom centre, tied to one finding; held-out,
+reserved for the next round like W31, W33, W34) are defined at the end of the module
+(:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
 
 So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 (+ W15, W17, W19, W20, W23, W24) and HELD-OUT =
 W2, W4, W6, W7, W10, W12, W14 (+ W16, W18, W21, W22, W25, W26, and W27-W30, one fresh world per
 family: thin, group, jittered, plain per-class label artifact, validated with ground truth only
-and fixed before any monitor ran on them): both splits have small-CNN and ResNet-18 worlds; the
+and fixed before any monitor ran on them; and W31-W34, a RESERVE for the next round, one fresh
+world per family: background, multi-label, group, border, validated with ground truth only and
+not yet run with flags): both splits have small-CNN and ResNet-18 worlds; the
 held-out split has the two 10-class worlds, the one-class artifact and the moving artifact.
 W9-W14 are three families the first eight did not have, one calibration and one held-out world
 each, differing in geometry, colour, classes, image size and model: *thin* artifacts (a line
@@ -109,6 +118,9 @@ ArtifactKind = Literal[
     "group_wedge",
     "jitter_diamond",
     "side_marker",
+    "tint",
+    "group_punch",
+    "frame",
 ]
 
 
@@ -395,6 +407,10 @@ DIAGONAL_COLOURS = ((1.0, 0.35, 0.55), (0.35, 1.0, 0.85), (0.95, 0.95, 0.55))
 WEDGE_COLOUR = (0.6, 1.0, 0.2)
 DIAMOND_COLOURS = ((0.0, 0.8, 0.7), (1.0, 0.55, 0.75), (0.95, 0.95, 0.95), (1.0, 0.1, 0.1))
 DIAGONAL_LENGTH = 16
+TINT_COLOURS = ((1.0, 0.7, 0.3), (0.3, 0.55, 1.0), (0.5, 1.0, 0.45))
+TINT_STRENGTH = (0.1, 0.35)  # the cast's opacity at the top row and at the bottom row
+PUNCH_COLOUR = (0.95, 0.95, 0.9)
+FRAME_COLOURS = ((0.75, 0.4, 1.0), (1.0, 0.8, 0.4), (0.4, 0.95, 0.95))
 
 
 def _side_letters() -> list[Tensor]:
@@ -422,8 +438,19 @@ def shortcut_classes(spec: WorldSpec) -> tuple[int, ...]:
     return tuple(c for c in range(spec.num_classes) if design_of(spec, c) is not None)
 
 
+def reserved_boxes(spec: WorldSpec) -> list[tuple[int, int, int, int]]:
+    """Every fixed artifact zone ``(y0, x0, y1, x1)`` (exclusive ends) the digit must avoid:
+    none, the one :func:`reserved_box`, or two for a frame along two edges."""
+    s = spec.image_size
+    if spec.artifact == "frame":  # the bottom and the right edge, 2 px wide, 2 px to spare
+        return [(s - 4, 0, s, s), (0, s - 4, s, s)]
+    box = reserved_box(spec)
+    return [] if box is None else [box]
+
+
 def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
-    """The fixed artifact zone ``(y0, x0, y1, x1)`` (exclusive ends) the digit must avoid."""
+    """The fixed artifact zone ``(y0, x0, y1, x1)`` (exclusive ends) the digit must avoid
+    (``None``: no zone, or several: see :func:`reserved_boxes`)."""
     s = spec.image_size
     if spec.artifact == "watermark":
         return (0, 0, 10, 10)
@@ -468,6 +495,8 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (s - 10 - j - 1, s // 2 - 3 - j - 1, s - 3 + j + 1, s // 2 + 4 + j + 1)
     if spec.artifact == "side_marker":
         return (s // 5 - 1, s - 11, s // 5 + 10, s)
+    if spec.artifact == "group_punch":
+        return (3 * s // 4 - 7, 0, 3 * s // 4 + 7, 9)
     return None
 
 
@@ -484,7 +513,7 @@ def apply_artifact(
         spec: the world.
         base: the image without artifact, ``[3, H, W]`` float in [0, 1] (not modified).
         design: the design index (``None``: no artifact).
-        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture avoids it).
+        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture and the tint avoid it).
         mark_pos: ``(y, x)`` top-left corner of the moving mark (``artifact="moving"``), or the
             artifact's per-image shift (``jitter_*``).
 
@@ -611,6 +640,24 @@ def apply_artifact(
         patch[:] = 0.08
         letter = _side_letters()[design].bool()
         patch[:, y + 1 : y + 8, x + 1 : x + 6] = torch.where(letter, 0.97, 0.08)
+    elif kind == "tint":  # a scanner's colour cast over the whole background, stronger downwards
+        y0, x0, y1, x1 = digit_box
+        mask[:] = True
+        mask[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        top, bottom = TINT_STRENGTH
+        alpha = (top + (bottom - top) * torch.arange(h) / (h - 1)).view(1, h, 1)
+        cast = torch.tensor(TINT_COLOURS[design]).view(3, 1, 1)
+        patch = (base * (1 - alpha) + cast * alpha).clamp(0, 1)
+    elif kind == "group_punch":  # two light punched holes (5x5 discs) at the left edge, low
+        for y in (3 * h // 4 - 6, 3 * h // 4 + 1):
+            mask[y : y + 5, 2:7] = True
+            for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):  # round the corners
+                mask[y + dy, 2 + dx] = False
+        patch[:] = torch.tensor(PUNCH_COLOUR).view(3, 1, 1)
+    elif kind == "frame":  # a thin scanner frame (2 px) along the bottom and the right edge
+        mask[h - 2 :, :] = True
+        mask[:, w - 2 :] = True
+        patch[:] = torch.tensor(FRAME_COLOURS[design]).view(3, 1, 1)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -694,7 +741,7 @@ class DigitWorld:
         background = F.interpolate(blobs, size=(s, s), mode="bilinear", align_corners=False)
         background = background + 0.03 * torch.randn(n, 3, s, s, generator=g)
         colours = torch.rand(n, 3, generator=g) * 0.35 + 0.65
-        reserved = reserved_box(spec)
+        reserved = reserved_boxes(spec)
         base = background.clamp(0, 1)
         object_masks = torch.zeros(n, s, s, dtype=torch.bool)
         boxes, marks = [], []
@@ -732,14 +779,14 @@ class DigitWorld:
 
     @staticmethod
     def _place(
-        g: torch.Generator, s: int, d: int, reserved: tuple[int, int, int, int] | None
+        g: torch.Generator, s: int, d: int, reserved: list[tuple[int, int, int, int]]
     ) -> tuple[int, int]:
         for _ in range(200):
             y0, x0 = (int(v) for v in torch.randint(s - d + 1, (2,), generator=g))
-            if reserved is None:
-                return y0, x0
-            ry0, rx0, ry1, rx1 = reserved
-            if y0 >= ry1 or y0 + d <= ry0 or x0 >= rx1 or x0 + d <= rx0:
+            if all(
+                y0 >= ry1 or y0 + d <= ry0 or x0 >= rx1 or x0 + d <= rx0
+                for ry0, rx0, ry1, rx1 in reserved
+            ):
                 return y0, x0
         raise RuntimeError("no digit position avoids the artifact zone: enlarge the canvas")
 
@@ -894,16 +941,19 @@ class MultiLabelSpec(WorldSpec):
             predicted present everywhere before it is learned).
         token_rate: the token's probability in the clean control (independent of the findings).
         token: ``"square"`` (a red square), ``"sticker"`` (a white label with a dark bar),
-            ``"ring"`` (a cyan ring) or ``"bar"`` (a yellow bar with a dark edge).
-        corner: ``"top_right"``, ``"bottom_left"``, ``"top_left"`` or ``"bottom_right"``: the
-            token's cell.
+            ``"ring"`` (a cyan ring), ``"bar"`` (a yellow bar with a dark edge) or ``"checker"``
+            (an 8x8 black-and-white calibration checker, 2-px squares).
+        corner: ``"top_right"``, ``"bottom_left"``, ``"top_left"``, ``"bottom_right"`` or
+            ``"bottom_centre"`` (the middle cell of the bottom row): the token's cell.
         cells: the grid's cells per side.
     """
 
     prevalence: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
     token_rate: float = 0.5
-    token: Literal["square", "sticker", "ring", "bar"] = "square"
-    corner: Literal["top_right", "bottom_left", "top_left", "bottom_right"] = "top_right"
+    token: Literal["square", "sticker", "ring", "bar", "checker"] = "square"
+    corner: Literal["top_right", "bottom_left", "top_left", "bottom_right", "bottom_centre"] = (
+        "top_right"
+    )
     cells: int = 3
 
     @property
@@ -950,8 +1000,9 @@ def _token_patch(spec: MultiLabelSpec, s: int) -> tuple[Tensor, Tensor]:
     mask = torch.zeros(s, s, dtype=torch.bool)
     colour = torch.zeros(3, s, s)
     r, q = _token_cell(spec)
-    y0 = 2 if r == 0 else s - cell + 2
-    x0 = 2 if q == 0 else s - cell + 2
+    last = spec.cells - 1
+    y0 = 2 if r == 0 else s - cell + 2 if r == last else r * cell + 2
+    x0 = 2 if q == 0 else s - cell + 2 if q == last else q * cell + 2
     if spec.token == "square":
         mask[y0 : y0 + 6, x0 : x0 + 6] = True
         colour[:] = torch.tensor([1.0, 0.15, 0.15]).view(3, 1, 1)
@@ -963,6 +1014,11 @@ def _token_patch(spec: MultiLabelSpec, s: int) -> tuple[Tensor, Tensor]:
         mask[y0 : y0 + 7, x0 : x0 + 7] = True
         mask[y0 + 2 : y0 + 5, x0 + 2 : x0 + 5] = False
         colour[:] = torch.tensor([0.1, 0.9, 0.9]).view(3, 1, 1)
+    elif spec.token == "checker":  # an 8x8 calibration checker: 2-px black and white squares
+        mask[y0 : y0 + 8, x0 : x0 + 8] = True
+        ramp = torch.arange(8) // 2
+        light = (ramp.view(8, 1) + ramp.view(1, 8)) % 2 == 0
+        colour[:, y0 : y0 + 8, x0 : x0 + 8] = torch.where(light, 0.97, 0.05)
     else:  # a yellow bar, 4x12, with a dark lower edge
         mask[y0 : y0 + 4, x0 : x0 + 12] = True
         colour[:] = torch.tensor([1.0, 0.9, 0.1]).view(3, 1, 1)
@@ -978,6 +1034,7 @@ def _token_cell(spec: MultiLabelSpec) -> tuple[int, int]:
         "bottom_left": (last, 0),
         "top_left": (0, 0),
         "bottom_right": (last, last),
+        "bottom_centre": (last, spec.cells // 2),
     }[spec.corner]
 
 
@@ -1356,6 +1413,79 @@ WORLDS.update(
                 n_train=1500,
                 n_val=400,
                 epochs=6,
+            ),
+        )
+    }
+)
+
+# W31-W34 (reserved for the next round): four held-out worlds kept for judging the NEXT change to
+# the monitor, one per family (background: a scanner's colour cast over the whole background, no
+# compact mark; multi-label: a calibration checker tied to one finding; group: punched holes on
+# three of six classes, small CNN; border: a thin frame along two edges, ResNet-18), each with a
+# new artifact kind or token at a new position. Validated with ground truth only (one run each,
+# all valid, the clean controls show no reliance); not yet run with flags (no monitor has run on
+# them).
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W31",
+                "background colour cast (amber / blue / green per class, stronger towards the "
+                "bottom) over the whole background outside the digit, 3 classes, 52 px",
+                "heldout",
+                (2, 6, 9),
+                "tint",
+                image_size=52,
+                digit_size=26,
+                n_train=1200,
+                n_val=400,
+                epochs=4,
+            ),
+            MultiLabelSpec(
+                "W32",
+                "multi-label, 4 findings; black-and-white calibration checker (bottom centre) "
+                "tied to finding 1, 95/5",
+                "heldout",
+                (3, 4, 7, 9),
+                "token",
+                image_size=54,
+                digit_size=16,
+                token_class=1,
+                correlation=0.95,
+                prevalence=(0.4, 0.6, 0.7, 0.35),
+                token="checker",
+                corner="bottom_centre",
+                n_train=2000,
+                n_val=400,
+                epochs=10,
+            ),
+            WorldSpec(
+                "W33",
+                "group shortcut: two light punched holes (left edge, lower quarter) on 95% of "
+                "classes 1, 2, 4 of 6, 5% of others",
+                "heldout",
+                (1, 3, 4, 6, 8, 9),
+                "group_punch",
+                correlation=0.95,
+                group=(1, 2, 4),
+                n_train=1500,
+                n_val=400,
+                epochs=6,
+            ),
+            WorldSpec(
+                "W34",
+                "thin 2-px scanner frame along the bottom and right edges, colour per class, "
+                "3 classes, ResNet-18",
+                "heldout",
+                (0, 5, 7),
+                "frame",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                n_train=900,
+                n_val=200,
+                epochs=4,
             ),
         )
     }

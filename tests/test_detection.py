@@ -150,7 +150,7 @@ def test_token_world_marks_one_class_only() -> None:
     assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
 
 
-@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28"])
+@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33"])
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
     world = dw.DigitWorld(spec, n_train=10, n_val=400)
@@ -229,6 +229,84 @@ def test_side_marker_letters_differ_per_class_in_one_box() -> None:
     assert 0.82 < (split.assigned == split.labels).float().mean().item() < 0.97  # 90/10
 
 
+def test_background_tint_covers_the_background_and_changes_colour_per_class() -> None:
+    spec = dw.WORLDS["W31"]
+    world = _world("W31")
+    present, removed = world.val.tensors, world.variant("removed").tensors
+    split = world._split("val")
+    s = spec.image_size
+    for i in range(4):
+        y0, x0, y1, x1 = split.boxes[i]
+        expected = torch.ones(s, s, dtype=torch.bool)  # the whole background, as W3's texture
+        expected[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        assert torch.equal(present[3][i], expected)
+        assert int(expected.sum()) > s * s // 2  # no compact mark: most of the canvas
+        # every background pixel changes, more towards the bottom (the cast's gradient)
+        delta = (present[0][i] - removed[0][i]).abs().sum(0)
+        assert bool((delta[expected] > 0).all())
+        rows = delta.sum(1) / expected.sum(1).clamp_min(1)
+        assert float(rows[-3:].mean()) > 2 * float(rows[:3].mean())
+    # one cast colour per class: on a flat grey canvas the casts differ, and equal the colours
+    base = torch.full((3, s, s), 0.3)
+    drawn = [dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0] for c in range(3)]
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.allclose(drawn[a], drawn[b], atol=0.02)
+        hue = drawn[a][:, -1, -1] - base[:, -1, -1]  # the bottom row: the strongest cast
+        expected_hue = dw.TINT_STRENGTH[1] * (torch.tensor(dw.TINT_COLOURS[a]) - 0.3)
+        assert torch.allclose(hue, expected_hue, atol=1e-5)
+
+
+def test_punched_holes_are_two_round_discs_at_the_left_edge() -> None:
+    spec = dw.WORLDS["W33"]
+    s = spec.image_size
+    _, m = dw.apply_artifact(spec, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    assert int(m.sum()) == 2 * 21  # two 5x5 discs with their corners cut
+    idx = torch.nonzero(m)
+    assert int(idx[:, 1].min()) == 2 and int(idx[:, 1].max()) == 6  # at the left edge
+    assert int(idx[:, 0].min()) > s // 2  # in the lower half
+    rows = m.any(1).nonzero().flatten()
+    assert len(rows) == 10 and int(rows.diff().max()) == 3  # two holes, two rows apart
+    assert not m[rows[0], 2] and not m[rows[0], 6]  # round: no corner pixel
+    ry0, _, ry1, rx1 = dw.reserved_box(spec)  # the digit keeps out of the zone
+    assert not m[:ry0].any() and not m[ry1:].any() and not m[:, rx1:].any()
+
+
+def test_scanner_frame_is_thin_along_two_edges_and_the_digit_keeps_off() -> None:
+    spec = dw.WORLDS["W34"]
+    s = spec.image_size
+    _, _, obj, art = _world("W34").val.tensors
+    expected = torch.zeros(s, s, dtype=torch.bool)
+    expected[s - 2 :, :] = True
+    expected[:, s - 2 :] = True
+    assert all(torch.equal(a, expected) for a in art)  # every image, one frame
+    assert not obj[:, s - 4 :, :].any() and not obj[:, :, s - 4 :].any()  # 2 px to spare
+    assert len(dw.reserved_boxes(spec)) == 2 and dw.reserved_box(spec) is None
+    base = torch.zeros(3, s, s)
+    colours = [
+        dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0][:, -1, 0] for c in range(3)
+    ]
+    assert len({tuple(c.tolist()) for c in colours}) == 3  # one colour per class
+    # the frame is thinner than a map cell of ResNet-18's first stage (4 px at stride 4)
+    assert int(expected[:, 0].sum()) == 2 and int(expected[0].sum()) == 2
+
+
+def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
+    spec = dw.WORLDS["W32"]
+    s, cell = spec.image_size, spec.image_size // spec.cells
+    colour, mask = dw._token_patch(spec, s)
+    idx = torch.nonzero(mask)
+    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    assert (y1 - y0 + 1, x1 - x0 + 1) == (8, 8) and int(mask.sum()) == 64  # a full 8x8 patch
+    assert y0 >= s - cell and cell <= x0 and x1 < 2 * cell  # the middle cell of the bottom row
+    patch = colour[0, y0 : y1 + 1, x0 : x1 + 1]
+    light = patch > 0.5
+    assert int(light.sum()) == 32  # half light, half dark
+    squares = light[::2, ::2]  # one pixel per 2x2 square: a 4x4 checkerboard
+    assert torch.equal(squares, (torch.arange(4).view(4, 1) + torch.arange(4)) % 2 == 0)
+    assert torch.equal(light, squares.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
 @pytest.mark.parametrize("name", ["W1", "W6"])
 def test_models_are_deterministic_without_the_global_rng(name: str) -> None:
     spec = dw.WORLDS[name]
@@ -261,7 +339,9 @@ def test_multilabel_world_token_follows_its_finding_only_in_the_shortcut_world(n
         assert labels.dtype == torch.float32 and set(labels.unique().tolist()) == {0.0, 1.0}
         assert 0.35 < float(labels.mean()) < 0.65 and not (obj & art).any()
         has, tied = art.flatten(1).any(1), labels[:, spec.token_class] > 0
-        assert bool((has == tied).all()) is follows
+        assert bool((has == tied).all()) is (follows and spec.correlation == 1.0)
+        if follows:  # the token follows its finding on a share ``correlation`` of the images
+            assert abs(float((has == tied).float().mean()) - spec.correlation) < 0.05
         if not follows:  # independent of every finding
             for c in range(k):
                 agree = float((has == (labels[:, c] > 0)).float().mean())
