@@ -40,19 +40,20 @@ W33   group shortcut: punched holes (left edge, low) on 95% of 3 of 6  6 digits 
 W34   thin 2-px scanner frame along the bottom and right edges        0, 5, 7   rn18   held-out (*)
 ====  =============================================================  ========  =====  ============
 
-(*) reserved for the next round: validated with ground truth only, not yet run with flags.
+(*) built as a reserve after 0.3.3's change was decided, validated with ground truth only, then run
+with flags once, as 0.3.3's last check (benchmarks/DETECTION.md).
 
 W15-W18 (multi-label and few-probe worlds), W20, W22 (multi-label on ResNet-18, coarse maps) and
 W32 (multi-label, small CNN: a calibration checker, bottom centre, tied to one finding; held-out,
-reserved for the next round like W31, W33, W34) are defined at the end of the module
+built and first run like W31, W33, W34) are defined at the end of the module
 (:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
 
 So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 (+ W15, W17, W19, W20, W23, W24) and HELD-OUT =
 W2, W4, W6, W7, W10, W12, W14 (+ W16, W18, W21, W22, W25, W26, and W27-W30, one fresh world per
 family: thin, group, jittered, plain per-class label artifact, validated with ground truth only
-and fixed before any monitor ran on them; and W31-W34, a RESERVE for the next round, one fresh
-world per family: background, multi-label, group, border, validated with ground truth only and
-not yet run with flags): both splits have small-CNN and ResNet-18 worlds; the
+and fixed before any monitor ran on them; and W31-W34, one fresh world per family: background,
+multi-label, group, border, built the same way after 0.3.3's change was decided and run with
+flags once): both splits have small-CNN and ResNet-18 worlds; the
 held-out split has the two 10-class worlds, the one-class artifact and the moving artifact.
 W9-W14 are three families the first eight did not have, one calibration and one held-out world
 each, differing in geometry, colour, classes, image size and model: *thin* artifacts (a line
@@ -1418,13 +1419,13 @@ WORLDS.update(
     }
 )
 
-# W31-W34 (reserved for the next round): four held-out worlds kept for judging the NEXT change to
-# the monitor, one per family (background: a scanner's colour cast over the whole background, no
-# compact mark; multi-label: a calibration checker tied to one finding; group: punched holes on
-# three of six classes, small CNN; border: a thin frame along two edges, ResNet-18), each with a
-# new artifact kind or token at a new position. Validated with ground truth only (one run each,
-# all valid, the clean controls show no reliance); not yet run with flags (no monitor has run on
-# them).
+# W31-W34: four held-out worlds built after 0.3.3's change was decided, one per family
+# (background: a scanner's colour cast over the whole background, no compact mark; multi-label: a
+# calibration checker tied to one finding; group: punched holes on three of six classes, small
+# CNN; border: a thin frame along two edges, ResNet-18), each with a new artifact kind or token at
+# a new position. Validated with ground truth only (one run each,
+# all valid, the clean controls show no reliance) before any monitor ran on them; then run with
+# flags once, as 0.3.3's last check.
 WORLDS.update(
     {
         s.name: s
