@@ -38,6 +38,8 @@ W30   radiograph side marker (letter L/R/A/P, right edge), 90/10      4 digits  
 W31   background colour cast per class over the whole background      2, 6, 9   cnn    held-out (*)
 W33   group shortcut: punched holes (left edge, low) on 95% of 3 of 6  6 digits  cnn    held-out (*)
 W34   thin 2-px scanner frame along the bottom and right edges        0, 5, 7   rn18   held-out (*)
+W35   background exposure per class (grey contrast + brightness)      0, 4, 7   cnn    calibration
+W36   thin 2-px scanner frame along the top and left edges            1, 4, 6   rn18   calibration
 ====  =============================================================  ========  =====  ============
 
 (*) built as a reserve after 0.3.3's change was decided, validated with ground truth only, then run
@@ -48,7 +50,9 @@ W32 (multi-label, small CNN: a calibration checker, bottom centre, tied to one f
 built and first run like W31, W33, W34) are defined at the end of the module
 (:class:`MultiLabelSpec`, :class:`FewProbeSpec`).
 
-So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 (+ W15, W17, W19, W20, W23, W24) and HELD-OUT =
+So CALIBRATION = W1, W3, W5, W8, W9, W11, W13 (+ W15, W17, W19, W20, W23, W24, and W35, W36: a
+calibration world for each of the two families whose held-out worlds W31, W34 were missed without
+masks, background and border, validated with ground truth only) and HELD-OUT =
 W2, W4, W6, W7, W10, W12, W14 (+ W16, W18, W21, W22, W25, W26, and W27-W30, one fresh world per
 family: thin, group, jittered, plain per-class label artifact, validated with ground truth only
 and fixed before any monitor ran on them; and W31-W34, one fresh world per family: background,
@@ -122,6 +126,8 @@ ArtifactKind = Literal[
     "tint",
     "group_punch",
     "frame",
+    "exposure",
+    "frame_top_left",
 ]
 
 
@@ -412,6 +418,11 @@ TINT_COLOURS = ((1.0, 0.7, 0.3), (0.3, 0.55, 1.0), (0.5, 1.0, 0.45))
 TINT_STRENGTH = (0.1, 0.35)  # the cast's opacity at the top row and at the bottom row
 PUNCH_COLOUR = (0.95, 0.95, 0.9)
 FRAME_COLOURS = ((0.75, 0.4, 1.0), (1.0, 0.8, 0.4), (0.4, 0.95, 0.95))
+FRAME_EDGES = {"frame": ("bottom", "right"), "frame_top_left": ("top", "left")}
+FRAME_WIDTH = 2  # the frame's thickness in px; the digit keeps 2 px more off its edges
+# (contrast, brightness) of the background per class: a scanner's exposure setting, grey only
+EXPOSURE_LEVELS = ((0.5, -0.08), (1.0, 0.15), (1.8, 0.0))
+EXPOSURE_PIVOT = 0.3  # the grey level the contrast scales around (about the mean background)
 
 
 def _side_letters() -> list[Tensor]:
@@ -441,10 +452,17 @@ def shortcut_classes(spec: WorldSpec) -> tuple[int, ...]:
 
 def reserved_boxes(spec: WorldSpec) -> list[tuple[int, int, int, int]]:
     """Every fixed artifact zone ``(y0, x0, y1, x1)`` (exclusive ends) the digit must avoid:
-    none, the one :func:`reserved_box`, or two for a frame along two edges."""
+    none, the one :func:`reserved_box`, or one per edge of a frame (:data:`FRAME_EDGES`)."""
     s = spec.image_size
-    if spec.artifact == "frame":  # the bottom and the right edge, 2 px wide, 2 px to spare
-        return [(s - 4, 0, s, s), (0, s - 4, s, s)]
+    if spec.artifact in FRAME_EDGES:  # one strip per edge, the frame's width + 2 px to spare
+        r = FRAME_WIDTH + 2
+        strips = {
+            "bottom": (s - r, 0, s, s),
+            "right": (0, s - r, s, s),
+            "top": (0, 0, r, s),
+            "left": (0, 0, s, r),
+        }
+        return [strips[e] for e in FRAME_EDGES[spec.artifact]]
     box = reserved_box(spec)
     return [] if box is None else [box]
 
@@ -514,7 +532,8 @@ def apply_artifact(
         spec: the world.
         base: the image without artifact, ``[3, H, W]`` float in [0, 1] (not modified).
         design: the design index (``None``: no artifact).
-        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture and the tint avoid it).
+        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture, the tint and the exposure
+            avoid it).
         mark_pos: ``(y, x)`` top-left corner of the moving mark (``artifact="moving"``), or the
             artifact's per-image shift (``jitter_*``).
 
@@ -655,10 +674,24 @@ def apply_artifact(
             for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):  # round the corners
                 mask[y + dy, 2 + dx] = False
         patch[:] = torch.tensor(PUNCH_COLOUR).view(3, 1, 1)
-    elif kind == "frame":  # a thin scanner frame (2 px) along the bottom and the right edge
-        mask[h - 2 :, :] = True
-        mask[:, w - 2 :] = True
+    elif kind in FRAME_EDGES:  # a thin scanner frame (2 px) along two edges
+        b = FRAME_WIDTH
+        edges = FRAME_EDGES[kind]
+        if "bottom" in edges:
+            mask[h - b :, :] = True
+        if "right" in edges:
+            mask[:, w - b :] = True
+        if "top" in edges:
+            mask[:b, :] = True
+        if "left" in edges:
+            mask[:, :b] = True
         patch[:] = torch.tensor(FRAME_COLOURS[design]).view(3, 1, 1)
+    elif kind == "exposure":  # a scanner's exposure: background contrast and brightness per class
+        y0, x0, y1, x1 = digit_box
+        mask[:] = True
+        mask[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        contrast, brightness = EXPOSURE_LEVELS[design]
+        patch = ((base - EXPOSURE_PIVOT) * contrast + EXPOSURE_PIVOT + brightness).clamp(0, 1)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -1485,6 +1518,45 @@ WORLDS.update(
                 image_size=64,
                 digit_size=32,
                 n_train=900,
+                n_val=200,
+                epochs=4,
+            ),
+        )
+    }
+)
+
+# W35-W36: two calibration worlds of the two families whose held-out worlds (W31, W34) were
+# missed without masks: a class-tied property of the whole background (the exposure, grey only,
+# unlike W31's colour cast and W3's stripes) and a thin frame along two other edges on ResNet-18.
+# Validated with ground truth only.
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W35",
+                "background exposure per class (dim and flat / bright / high contrast, grey) over "
+                "the whole background outside the digit, 3 classes, 56 px",
+                "calibration",
+                (0, 4, 7),
+                "exposure",
+                image_size=56,
+                digit_size=28,
+                n_train=1200,
+                n_val=400,
+                epochs=4,
+            ),
+            WorldSpec(
+                "W36",
+                "thin 2-px scanner frame along the top and left edges, colour per class, "
+                "3 classes, ResNet-18",
+                "calibration",
+                (1, 4, 6),
+                "frame_top_left",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                n_train=800,
                 n_val=200,
                 epochs=4,
             ),

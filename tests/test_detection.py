@@ -272,23 +272,74 @@ def test_punched_holes_are_two_round_discs_at_the_left_edge() -> None:
     assert not m[:ry0].any() and not m[ry1:].any() and not m[:, rx1:].any()
 
 
-def test_scanner_frame_is_thin_along_two_edges_and_the_digit_keeps_off() -> None:
-    spec = dw.WORLDS["W34"]
+@pytest.mark.parametrize("name", ["W34", "W36"])
+def test_scanner_frame_is_thin_along_two_edges_and_the_digit_keeps_off(name: str) -> None:
+    spec = dw.WORLDS[name]
     s = spec.image_size
-    _, _, obj, art = _world("W34").val.tensors
+    edges = dw.FRAME_EDGES[spec.artifact]
+    _, _, obj, art = _world(name).val.tensors
     expected = torch.zeros(s, s, dtype=torch.bool)
-    expected[s - 2 :, :] = True
-    expected[:, s - 2 :] = True
+    keep_off = {  # the 4-px strip along each edge of the frame: 2 px of frame, 2 px to spare
+        "bottom": (expected[s - 2 :, :], obj[:, s - 4 :, :]),
+        "right": (expected[:, s - 2 :], obj[:, :, s - 4 :]),
+        "top": (expected[:2, :], obj[:, :4, :]),
+        "left": (expected[:, :2], obj[:, :, :4]),
+    }
+    for edge in edges:
+        keep_off[edge][0][:] = True
+        assert not keep_off[edge][1].any()  # the digit keeps off the frame, 2 px to spare
+    assert len(edges) == 2 and int(expected.sum()) == 2 * 2 * s - 4  # two edges, 2 px wide
     assert all(torch.equal(a, expected) for a in art)  # every image, one frame
-    assert not obj[:, s - 4 :, :].any() and not obj[:, :, s - 4 :].any()  # 2 px to spare
     assert len(dw.reserved_boxes(spec)) == 2 and dw.reserved_box(spec) is None
     base = torch.zeros(3, s, s)
+    corner = (s - 1, 0) if "bottom" in edges else (0, s - 1)  # a pixel on one edge only
     colours = [
-        dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0][:, -1, 0] for c in range(3)
+        dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0][:, corner[0], corner[1]]
+        for c in range(3)
     ]
     assert len({tuple(c.tolist()) for c in colours}) == 3  # one colour per class
     # the frame is thinner than a map cell of ResNet-18's first stage (4 px at stride 4)
-    assert int(expected[:, 0].sum()) == 2 and int(expected[0].sum()) == 2
+    assert int(expected[:, s // 2].sum()) == 2 and int(expected[s // 2].sum()) == 2
+
+
+def test_top_left_frame_is_the_mirror_of_the_bottom_right_frame() -> None:
+    a, b = dw.WORLDS["W34"], dw.WORLDS["W36"]
+    assert a.image_size == b.image_size
+    s = a.image_size
+    _, ma = dw.apply_artifact(a, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    _, mb = dw.apply_artifact(b, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    assert torch.equal(mb, ma.flip(0, 1))
+    assert int((ma & mb).sum()) == 2 * 4  # they share only the two 2x2 corners they cross
+
+
+def test_background_exposure_covers_the_background_and_is_grey_per_class() -> None:
+    spec = dw.WORLDS["W35"]
+    world = _world("W35")
+    present, removed = world.val.tensors, world.variant("removed").tensors
+    split = world._split("val")
+    s = spec.image_size
+    for i in range(4):
+        y0, x0, y1, x1 = split.boxes[i]
+        expected = torch.ones(s, s, dtype=torch.bool)  # the whole background, as W3 and W31
+        expected[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        assert torch.equal(present[3][i], expected)
+        assert int(expected.sum()) > s * s // 2  # no compact mark: most of the canvas
+        assert torch.equal(present[0][i][:, ~expected], removed[0][i][:, ~expected])
+    # on a grey ramp each class maps a grey level to a grey level (no colour), all differently
+    ramp = torch.linspace(0.2, 0.4, s).view(1, 1, s).expand(3, s, s).contiguous()
+    drawn = [dw.apply_artifact(spec, ramp, c, (0, 0, 1, 1), (0, 0))[0] for c in range(3)]
+    for a in range(3):
+        assert torch.equal(drawn[a][0], drawn[a][1]) and torch.equal(drawn[a][1], drawn[a][2])
+        contrast, brightness = dw.EXPOSURE_LEVELS[a]
+        row = drawn[a][0, -1]  # the bottom row, away from the digit box
+        slope = (row[-1] - row[1]) / (ramp[0, -1, -1] - ramp[0, -1, 1])
+        assert abs(float(slope) - contrast) < 1e-4  # the contrast: the slope of the mapping
+        level = row[1:].mean() - ramp[0, -1, 1:].mean()
+        pivot = dw.EXPOSURE_PIVOT
+        expected_level = (contrast - 1) * (ramp[0, -1, 1:].mean() - pivot) + brightness
+        assert abs(float(level - expected_level)) < 1e-4
+        for b in range(a + 1, 3):
+            assert (drawn[a] - drawn[b]).abs().mean() > 0.05
 
 
 def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
