@@ -519,6 +519,15 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
     return None
 
 
+def _background(h: int, w: int, digit_box: tuple[int, int, int, int]) -> Tensor:
+    """Bool ``[h, w]``: the whole canvas but the digit's box grown by 1 px (the region a
+    background-wide artifact changes: a texture, a colour cast, an exposure)."""
+    y0, x0, y1, x1 = digit_box
+    out = torch.ones(h, w, dtype=torch.bool)
+    out[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+    return out
+
+
 def apply_artifact(
     spec: WorldSpec,
     base: Tensor,
@@ -555,9 +564,7 @@ def apply_artifact(
         mask[2:7, w - 7 : w - 2] = True
         patch[:] = torch.tensor([1.0, 0.15, 0.15]).view(3, 1, 1)
     elif kind == "texture":
-        y0, x0, y1, x1 = digit_box
-        mask[:] = True
-        mask[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        mask = _background(h, w, digit_box)
         ramp = torch.arange(h if design == 0 else w)
         stripes = ((ramp // 2) % 2).float() - 0.5
         stripes = (
@@ -661,9 +668,7 @@ def apply_artifact(
         letter = _side_letters()[design].bool()
         patch[:, y + 1 : y + 8, x + 1 : x + 6] = torch.where(letter, 0.97, 0.08)
     elif kind == "tint":  # a scanner's colour cast over the whole background, stronger downwards
-        y0, x0, y1, x1 = digit_box
-        mask[:] = True
-        mask[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        mask = _background(h, w, digit_box)
         top, bottom = TINT_STRENGTH
         alpha = (top + (bottom - top) * torch.arange(h) / (h - 1)).view(1, h, 1)
         cast = torch.tensor(TINT_COLOURS[design]).view(3, 1, 1)
@@ -687,9 +692,7 @@ def apply_artifact(
             mask[:, :b] = True
         patch[:] = torch.tensor(FRAME_COLOURS[design]).view(3, 1, 1)
     elif kind == "exposure":  # a scanner's exposure: background contrast and brightness per class
-        y0, x0, y1, x1 = digit_box
-        mask[:] = True
-        mask[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
+        mask = _background(h, w, digit_box)
         contrast, brightness = EXPOSURE_LEVELS[design]
         patch = ((base - EXPOSURE_PIVOT) * contrast + EXPOSURE_PIVOT + brightness).clamp(0, 1)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out

@@ -4,8 +4,9 @@ A causal test erases a rule's region in the probes of one explained class and me
 evidence the model loses (:func:`~gradcam_callback.evidence.confirm`). It costs one forward per
 erased image, so a run spends at most ``budget`` tested probes on it (the monitor's default:
 half the probe set); a background rule erases two images of each of its probes (its target
-region and the background around it), counted once. :class:`CausalMemory` decides what to test first and
-carries a test's result while the rule's attention condition keeps holding for the class:
+region and the background around it), counted once. :class:`CausalMemory` decides what to test
+first and carries a test's result while the rule's attention condition keeps holding for the
+class:
 
 1. a (rule, class) whose flag kind is not yet confirmed for the class and that was never tested
    (at most one rule per kind and class, in table order: one confirmed rule is enough to flag);
@@ -240,9 +241,8 @@ class CausalMemory:
         ``max(min_probes, budget // pairs)`` of its class's probes (all of them when fewer), in
         priority order, until the budget is spent; the first pair always gets its share. The
         budget counts tested probes: a rule with a context region (a background rule) erases two
-        images per tested probe in the same forward, which is not counted twice, so that its test
-        does not take a second pair's turn (counted twice, one background test spent a
-        two-class probe set's whole budget and pushed the artifact tests to later runs).
+        images of each tested probe in the same forward, counted once, so that its test does not
+        take another pair's turn.
 
         Args:
             decisions: this run's :func:`~gradcam_callback.rules.evaluate` output.

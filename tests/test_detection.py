@@ -229,18 +229,31 @@ def test_side_marker_letters_differ_per_class_in_one_box() -> None:
     assert 0.82 < (split.assigned == split.labels).float().mean().item() < 0.97  # 90/10
 
 
-def test_background_tint_covers_the_background_and_changes_colour_per_class() -> None:
-    spec = dw.WORLDS["W31"]
-    world = _world("W31")
+def _whole_background(name: str, n: int = 4) -> tuple[tuple, tuple, list[torch.Tensor]]:
+    """The val tensors of world ``name`` as present and with the artifact removed, and the
+    expected masks of its first ``n`` images: the whole canvas but the digit's box grown by
+    1 px (as W3's texture), checked against the world's artifact masks, and most of the canvas
+    (no compact mark)."""
+    world = _world(name)
     present, removed = world.val.tensors, world.variant("removed").tensors
     split = world._split("val")
-    s = spec.image_size
-    for i in range(4):
+    s = dw.WORLDS[name].image_size
+    masks = []
+    for i in range(n):
         y0, x0, y1, x1 = split.boxes[i]
-        expected = torch.ones(s, s, dtype=torch.bool)  # the whole background, as W3's texture
+        expected = torch.ones(s, s, dtype=torch.bool)
         expected[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
         assert torch.equal(present[3][i], expected)
-        assert int(expected.sum()) > s * s // 2  # no compact mark: most of the canvas
+        assert int(expected.sum()) > s * s // 2
+        masks.append(expected)
+    return present, removed, masks
+
+
+def test_background_tint_covers_the_background_and_changes_colour_per_class() -> None:
+    spec = dw.WORLDS["W31"]
+    s = spec.image_size
+    present, removed, masks = _whole_background("W31")
+    for i, expected in enumerate(masks):
         # every background pixel changes, more towards the bottom (the cast's gradient)
         delta = (present[0][i] - removed[0][i]).abs().sum(0)
         assert bool((delta[expected] > 0).all())
@@ -314,16 +327,9 @@ def test_top_left_frame_is_the_mirror_of_the_bottom_right_frame() -> None:
 
 def test_background_exposure_covers_the_background_and_is_grey_per_class() -> None:
     spec = dw.WORLDS["W35"]
-    world = _world("W35")
-    present, removed = world.val.tensors, world.variant("removed").tensors
-    split = world._split("val")
     s = spec.image_size
-    for i in range(4):
-        y0, x0, y1, x1 = split.boxes[i]
-        expected = torch.ones(s, s, dtype=torch.bool)  # the whole background, as W3 and W31
-        expected[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
-        assert torch.equal(present[3][i], expected)
-        assert int(expected.sum()) > s * s // 2  # no compact mark: most of the canvas
+    present, removed, masks = _whole_background("W35")
+    for i, expected in enumerate(masks):  # the digit's box is untouched
         assert torch.equal(present[0][i][:, ~expected], removed[0][i][:, ~expected])
     # on a grey ramp each class maps a grey level to a grey level (no colour), all differently
     ramp = torch.linspace(0.2, 0.4, s).view(1, 1, s).expand(3, s, s).contiguous()
