@@ -82,7 +82,7 @@ from typing import Any
 from torch import Tensor
 
 from . import evidence as E
-from .causal import CausalMemory, context_of, regions_to_erase
+from .causal import CausalMemory, contexts, regions_to_erase
 from .flags import FLAG_KINDS, Flag, ShortcutDetected, mark_persistent
 from .rules import RULES, FlagKind, Rule, RuleDecision, evaluate, fired
 from .wording import word_few_probes, word_flag
@@ -454,11 +454,10 @@ class ShortcutMonitor:
         n = x.maps.shape[0]
         budget = None if self.causal_budget is None else max(1, math.ceil(self.causal_budget * n))
         sizes = [int(s) for s in x.onehot.sum(0).tolist()]
-        contexts = {
-            d.rule.name: ctx for d in decisions if (ctx := context_of(self, d.rule)) is not None
-        }
         plan = self.memory.plan(decisions, x.classes, sizes, budget, self.min_probes)
-        wanted = regions_to_erase(plan, decisions, x.groups, self.memory.run, contexts)
+        wanted = regions_to_erase(
+            plan, decisions, x.groups, self.memory.run, contexts(self, decisions)
+        )
         grid = tuple(x.maps.shape[-2:])
 
         def remembered() -> Tensor:

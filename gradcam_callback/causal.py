@@ -23,10 +23,11 @@ it never reaches the logs: the causal values of a run are those it measured, ``N
 :attr:`~gradcam_callback.rules.Rule.held_region` is not forgotten when the rule's attention lets
 go of the class (Grad-CAM attention on a region the model relies on can fade while the reliance
 stays): it is re-tested on that region (the artifact masks, or the hot-spot footprint remembered
-from the confirming test) among the re-tests of tier 3, under the plan key ``"<rule>@held"``,
-and keeps its flag while the measured dependence meets the rule's threshold. A conclusive lower
-measurement, or the class no longer usable (unlearned, too few probes), drops it; an
-inconclusive or postponed re-test carries it.
+from the confirming test; for the background rules, their own test again: the objects or the
+map's focus and the background around them, or the image frame) among the re-tests of tier 3,
+under the plan key ``"<rule>@held"``, and keeps its flag while the re-test confirms it as the
+rule's own test would. A conclusive lower measurement, or the class no longer usable (unlearned,
+too few probes), drops it; an inconclusive or postponed re-test carries it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "CausalValues",
     "Finding",
     "context_of",
+    "contexts",
     "measured",
     "regions_to_erase",
     "verdict",
@@ -98,12 +100,13 @@ def verdict(
     context_region` (when its setting is on) needs, besides, that region measured on at least
     ``mon.min_probes`` probes and its mean evidence lost at least the rule's ``context_setting``
     (the background's own causal effect). ``region``: read another region's measurements (a held
-    finding's :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own, and its
-    context region).
+    finding's :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own). The
+    context region is read with the rule's own region only: a held re-test on another region
+    (the artifact masks, a remembered footprint) is a dependence test alone.
     """
     r = rule.region if region is None else region
     tested = measured(mon, rule, counts, r)
-    ctx = context_of(mon, rule) if region is None else None
+    ctx = context_of(mon, rule) if r == rule.region else None
     if ctx is not None:  # the background's own effect: erasing it must take the evidence
         need = float(getattr(mon, rule.context_setting))
         tested = tested & measured(mon, rule, counts, ctx)
@@ -128,10 +131,30 @@ def context_of(mon: Any, rule: Rule) -> str | None:
     return rule.context_region
 
 
+def contexts(mon: Any, decisions: Sequence[RuleDecision]) -> dict[str, str]:
+    """Plan key -> the context region erased with it (:func:`context_of`): a rule's own test,
+    and its held re-test where that is the rule's own test again (its ``held_region`` is its
+    ``region``)."""
+    out: dict[str, str] = {}
+    for d in decisions:
+        if (ctx := context_of(mon, d.rule)) is not None:
+            out[d.rule.name] = ctx
+            if d.rule.held_region == d.rule.region:
+                out[d.rule.name + HELD] = ctx
+    return out
+
+
+def _own_test(rule: Rule, key: str) -> bool:
+    """The plan key ``key`` runs the rule's own test: its name, or a held re-test on the
+    rule's own region."""
+    return key == rule.name or (key == rule.name + HELD and rule.held_region == rule.region)
+
+
 def _context_stats(rule: Rule, key: str, stats: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The ``causal/<context_region>_*`` rows of ``stats`` for the rule's own test (``key`` is
-    the rule's name; none for a held re-test or a rule without a context region)."""
-    if key != rule.name or rule.context_region is None:
+    """The ``causal/<context_region>_*`` rows of ``stats`` for the rule's own test (``key``, see
+    :func:`_own_test`; none for a held re-test on another region or a rule without a context
+    region)."""
+    if not _own_test(rule, key) or rule.context_region is None:
         return {}
     prefix = f"causal/{rule.context_region}_"
     return {k: v for k, v in stats.items() if k.startswith(prefix)}
@@ -144,6 +167,15 @@ def measured(
     ``mon.min_probes`` probes of the class (a defined evidence drop: the probe had the region
     and evidence to lose)."""
     return counts[f"causal/{rule.region if region is None else region}_evidence"] >= mon.min_probes
+
+
+def _conclusive(mon: Any, rule: Rule, counts: Mapping[str, Tensor], region: str | None) -> Tensor:
+    """Bool ``[G]``: this run measured ``region`` conclusively for the class (:func:`measured`),
+    and the rule's context region too where ``region`` is the rule's own (see :func:`verdict`)."""
+    ok = measured(mon, rule, counts, region)
+    if region == rule.region and (ctx := context_of(mon, rule)) is not None:
+        ok = ok & measured(mon, rule, counts, ctx)
+    return ok
 
 
 def regions_to_erase(
@@ -159,8 +191,8 @@ def regions_to_erase(
     probes (``groups``: long ``[N]`` group ids) to test; a partial test takes them in turn, from
     probe ``turn * k`` on (cyclically, in probe order), so that successive runs test different
     probes of the class. A held finding's re-test (key ``"<rule>@held"``) erases the rule's
-    ``held_region``. ``contexts``: rule name -> its context region (see :func:`context_of`),
-    erased in the same probes as the rule's own region.
+    ``held_region``. ``contexts``: plan key -> its context region (see :func:`contexts`),
+    erased in the same probes as the key's own region.
     """
     region_of = {d.rule.name: str(d.rule.region) for d in decisions}
     region_of |= {d.rule.name + HELD: str(d.rule.held_region) for d in decisions}
@@ -394,10 +426,7 @@ class CausalMemory:
             verdicts[name] = verdict(mon, d.rule, stats, counts)
             # a test with too few measured probes (no artifact in them, or no evidence to lose)
             # is inconclusive: it neither confirms nor refutes a finding carried from before
-            ok = measured(mon, d.rule, counts)
-            if (ctx := context_of(mon, d.rule)) is not None:
-                ok = ok & measured(mon, d.rule, counts, ctx)
-            ok = ok.tolist()
+            ok = _conclusive(mon, d.rule, counts, d.rule.region).tolist()
             conclusive[name] = {g: k for g, k in tested.get(name, {}).items() if ok[g]}
             now = torch.zeros_like(verdicts[name])
             now[list(conclusive[name])] = True
@@ -407,7 +436,7 @@ class CausalMemory:
                 continue
             key, region = name + HELD, d.rule.held_region
             verdicts[key] = verdict(mon, d.rule, stats, counts, region)
-            ok = measured(mon, d.rule, counts, region).tolist()
+            ok = _conclusive(mon, d.rule, counts, region).tolist()
             conclusive[key] = {g: k for g, k in tested.get(key, {}).items() if ok[g]}
             keep = torch.zeros_like(verdicts[name])
             for g, c in enumerate(classes):

@@ -146,7 +146,9 @@ class Rule:
             meets the rule's ``dependence_setting`` and clears on a conclusive lower
             measurement. ``"artifact"``: the artifact masks (they do not move with the
             attention); ``"remembered"``: the class's hot-spot footprint as it was when the
-            finding was confirmed.
+            finding was confirmed; the rule's own ``region``: its whole test again, the
+            context region included (the background rules: the objects or the map's focus,
+            and the background around them; the image frame).
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
@@ -290,6 +292,7 @@ RULES: tuple[Rule, ...] = (
         confirm="indifferent",
         drop_setting="object_drop",
         context_region="backdrop",
+        held_region="object",
         summary=(
             "attention left the objects: {attention/object_share:pct} of the maps' mass is on "
             "them, {value:.2f}x their area share"
@@ -308,6 +311,7 @@ RULES: tuple[Rule, ...] = (
         confirm="indifferent",
         drop_setting="focus_drop",
         context_region="surround",
+        held_region="focus",
         summary="attention is spread over the whole image (normalised entropy {value:.3f})",
         advice=(
             "The model may read a background texture or colour instead of an object: see "
@@ -327,6 +331,7 @@ RULES: tuple[Rule, ...] = (
         confirm="indifferent",
         drop_setting="object_drop",
         context_region="backdrop",
+        held_region="object",
         summary="attention is spread over the whole image (normalised entropy {value:.3f})",
         advice=(
             "The model reads something other than the objects (a background texture or "
@@ -339,6 +344,7 @@ RULES: tuple[Rule, ...] = (
         conditions=(Condition("attention/border_enrichment", ">=", "border_enrichment"),),
         region="border",
         confirm="depends",
+        held_region="border",
         summary="attention sits on the image frame: {value:.2f}x its area share",
         advice=(
             "A border, ruler or scanner frame may be a shortcut: see attention/border_enrichment."

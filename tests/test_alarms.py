@@ -521,6 +521,63 @@ def test_a_confirmed_finding_is_held_while_the_model_still_depends_on_it(masks: 
     assert not mon.memory.footprints
 
 
+def texture_reader(images: torch.Tensor) -> torch.Tensor:
+    """A 'model' whose class-1 logit is the spread of the dark (background) pixels' values: it
+    reads the background's texture, which a flat fill removes and inpainting the objects keeps."""
+    x = images.mean(1)
+    dark = (x < 0.5).float()
+    n = dark.sum((1, 2))
+    mean = (x * dark).sum((1, 2)) / n
+    spread = ((((x - mean[:, None, None]) ** 2) * dark).sum((1, 2)) / n).sqrt()
+    return torch.stack([torch.full_like(spread, 0.5), 300 * spread], dim=1)
+
+
+def constant_reader(images: torch.Tensor) -> torch.Tensor:
+    """A 'model' that reads nothing: the same confident class-1 logits for every image."""
+    return torch.tensor([0.5, 5.0]).expand(images.shape[0], 2)
+
+
+@pytest.mark.parametrize(
+    "rule, later",
+    [
+        ("background_masks", object_reader),
+        ("background_masks", constant_reader),
+        ("background_border", object_reader),
+    ],
+)
+def test_a_confirmed_background_finding_is_held_by_its_own_test(rule: str, later) -> None:
+    """The background rules re-test a held finding with their own test: with object masks the
+    objects and the background around them in the same probes (both must still confirm: a model
+    that needs the objects again, or that no longer needs the background, clears it), the frame
+    rule its frame band."""
+    w = _world()
+    masks = rule == "background_masks"
+    mon = ShortcutMonitor(causal_budget=None, border_enrichment=None if masks else 1.5)
+    reader = texture_reader if masks else corner_reader
+    frame = torch.zeros(N, H, W)
+    frame[:, :2, :] = frame[:, -2:, :] = frame[:, :, :2] = frame[:, :, -2:] = 1.0
+    looks = (~w["object_masks"]).float() if masks else frame
+    _run(mon, w["on_object"], w, 0, masks=masks, baseline=True)
+    first = _run(mon, looks, w, 1, masks=masks, score_fn=reader)
+    (bg,) = [f for f in first.flags if f.kind == "background"]
+    metric = "attention/object_enrichment" if masks else "attention/border_enrichment"
+    assert bg.metric == metric and not bg.persistent, first.flags
+    # epoch 2: the maps are on the objects, the model still reads the background
+    faded = _run(mon, w["on_object"], w, 2, masks=masks, score_fn=reader)
+    (bg,) = [f for f in faded.flags if f.kind == "background"]
+    assert bg.persistent and bg.since_epoch == 1 and "held while measured" in bg.message
+    region, context = ("object", "backdrop") if masks else ("border", None)
+    assert faded.tested[region] == N and faded.tested.get(context) == (N if masks else None)
+    assert bool(mon.memory.held[rule].all())
+    if masks:  # the objects' erasure leaves the evidence, the background's takes it
+        assert faded.summary["causal/object_evidence"] < mon.object_drop
+        assert faded.summary["causal/backdrop_evidence"] >= mon.background_drop
+    # epoch 3: the model reads the objects, or nothing; a conclusive re-test clears the flag
+    gone = _run(mon, w["on_object"], w, 3, masks=masks, score_fn=later)
+    assert not [f for f in gone.flags if f.kind == "background"], gone.flags
+    assert not [k for k in mon.memory.findings if k[0] == rule]
+
+
 def test_an_unconfirmed_finding_is_not_held_and_held_state_round_trips() -> None:
     w = _world()
     # never confirmed (the model reads the objects): nothing is held once the attention moves
