@@ -39,7 +39,10 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     Either way confirmed by the background's own effect too: replacing the background (outside
     the dilated objects, or outside each map's focus region) by its mean colour takes at least
     ``background_drop`` of the evidence. A model that relies on nothing crisp yet (an early or
-    a clean model) passes "erasing the object leaves the evidence", but not this.
+    a clean model) passes "erasing the object leaves the evidence", but not this. A confirmed
+    background finding is held while measured too, each re-test the rule's whole test again
+    (the objects or the map's current focus region, and the background around them; the frame
+    band), and cleared by a conclusive re-test that no longer confirms it.
 ``"drift"``
     Informational: the maps changed suddenly between two consecutive trained runs.
 ``"few_probes"``

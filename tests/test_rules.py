@@ -574,7 +574,8 @@ def test_a_held_finding_is_kept_by_measurement_and_dropped_by_a_low_one() -> Non
     mon = ShortcutMonitor()
     rule = next(r for r in RULES if r.name == "artifact_masks_partial")
     assert rule.held_region == "artifact" and rule.dependence_setting == "partial_dependence"
-    assert all(r.held_region is None for r in RULES if r.kind != "artifact")
+    # the background rules hold by their own test (their own region, the context with it)
+    assert all(r.held_region == r.region for r in RULES if r.kind == "background")
     yes, no = torch.tensor([True]), torch.tensor([False])
     memory = CausalMemory()
 
@@ -740,3 +741,55 @@ def test_a_rule_with_a_context_region_counts_its_probes_once_in_the_budget() -> 
     wanted = regions_to_erase(plan, decisions, groups, contexts={"background_masks": "backdrop"})
     assert set(wanted) == {"artifact", "object", "backdrop"}
     assert torch.equal(wanted["object"], wanted["backdrop"]) and int(wanted["object"].sum()) == 4
+
+
+def test_a_held_background_finding_is_re_tested_with_its_context() -> None:
+    """A background rule's held re-test is its whole test: the focus region and the background
+    around it erased in the same probes, and both verdicts needed (focus indifferent, the
+    background's own erasure taking at least ``background_drop``); a re-test that measured
+    either region on too few probes is inconclusive and carries the finding."""
+    from gradcam_callback.causal import HELD, CausalMemory, contexts, regions_to_erase
+    from gradcam_callback.rules import RuleDecision
+
+    mon = ShortcutMonitor()
+    rule = next(r for r in RULES if r.name == "background_diffuse")
+    assert (rule.region, rule.context_region, rule.held_region) == ("focus", "surround", "focus")
+    yes, no = torch.tensor([True]), torch.tensor([False])
+    memory = CausalMemory()
+
+    def run(attention: torch.Tensor, focus: float, surround: float, n_surround: float = 8.0):
+        d = RuleDecision(rule, True, usable=yes, attention=attention, near=attention)
+        plan = memory.plan([d], [3], [8], budget=8, min_probes=4)
+        stats = {
+            "causal/focus_evidence": torch.tensor([focus]),
+            "causal/surround_evidence": torch.tensor([surround]),
+        }
+        counts = {
+            "causal/focus_evidence": torch.tensor([8.0]),
+            "causal/surround_evidence": torch.tensor([n_surround]),
+        }
+        (key,) = plan
+        out = memory.settle(mon, [3], [d], stats, counts, {key: {0: 8}}, 1)
+        return plan, bool(out[rule.name][0]), bool(memory.held[rule.name][0])
+
+    # confirmed by its own test: the focus's erasure leaves the evidence, the surround's takes it
+    plan, confirmed, held = run(yes, 0.1, 0.9)
+    assert plan == {rule.name: {0: 8}} and confirmed and not held
+    assert contexts(mon, [RuleDecision(rule, True)]) == {
+        rule.name: "surround",
+        rule.name + HELD: "surround",
+    }
+    # the maps are no longer diffuse: re-tested as a whole, both regions in the same probes
+    plan, _, held = run(no, 0.1, 0.9)
+    assert plan == {rule.name + HELD: {0: 8}} and held
+    d = [RuleDecision(rule, True)]
+    wanted = regions_to_erase(plan, d, torch.zeros(8, dtype=torch.long), 0, contexts(mon, d))
+    assert sorted(wanted) == ["focus", "surround"] and all(
+        int(w.sum()) == 8 for w in wanted.values()
+    )
+    assert run(no, 0.1, 0.9, n_surround=2.0)[2]  # the surround measured on 2 probes: carried
+    assert not run(no, 0.1, 0.2)[2]  # the background no longer matters: dropped
+    assert not memory.findings
+    # and a re-test where the focus matters again drops it too
+    run(yes, 0.1, 0.9)
+    assert run(no, 0.1, 0.9)[2] and not run(no, 0.8, 0.9)[2]
