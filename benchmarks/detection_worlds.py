@@ -40,10 +40,16 @@ W33   group shortcut: punched holes (left edge, low) on 95% of 3 of 6  6 digits 
 W34   thin 2-px scanner frame along the bottom and right edges        0, 5, 7   rn18   held-out (*)
 W35   background exposure per class (grey contrast + brightness)      0, 4, 7   cnn    calibration
 W36   thin 2-px scanner frame along the top and left edges            1, 4, 6   rn18   calibration
+W37   background vignette per class (smooth radial grey, 60 px)       3, 5, 8   cnn    held-out (+)
+W38   3-px dashed frame on all four edges, colour per class, 52 px    2, 8, 9   cnn    held-out (+)
+W39   group shortcut: barcode (bottom centre) on 95% of 2 of 5        5 digits  rn18   held-out (+)
+W40   thin 1-px dashed line through the centre, angle per class       0, 6, 9   cnn    held-out (+)
 ====  =============================================================  ========  =====  ============
 
 (*) built as a reserve after 0.3.3's change was decided, validated with ground truth only, then run
 with flags once, as 0.3.3's last check (benchmarks/DETECTION.md).
+(+) built after 0.3.4's change was decided on the calibration split, validated with ground truth
+only (no Grad-CAM callback, no monitor, no flags looked at) to judge that change.
 
 W15-W18 (multi-label and few-probe worlds), W20, W22 (multi-label on ResNet-18, coarse maps) and
 W32 (multi-label, small CNN: a calibration checker, bottom centre, tied to one finding; held-out,
@@ -57,7 +63,9 @@ W2, W4, W6, W7, W10, W12, W14 (+ W16, W18, W21, W22, W25, W26, and W27-W30, one 
 family: thin, group, jittered, plain per-class label artifact, validated with ground truth only
 and fixed before any monitor ran on them; and W31-W34, one fresh world per family: background,
 multi-label, group, border, built the same way after 0.3.3's change was decided and run with
-flags once): both splits have small-CNN and ResNet-18 worlds; the
+flags once; and W37-W40, one fresh world per family: background, border, group, thin, built after
+0.3.4's change was decided and validated with ground truth only): both splits have small-CNN and
+ResNet-18 worlds; the
 held-out split has the two 10-class worlds, the one-class artifact and the moving artifact.
 W9-W14 are three families the first eight did not have, one calibration and one held-out world
 each, differing in geometry, colour, classes, image size and model: *thin* artifacts (a line
@@ -128,6 +136,10 @@ ArtifactKind = Literal[
     "frame",
     "exposure",
     "frame_top_left",
+    "vignette",
+    "frame_dashed",
+    "group_barcode",
+    "angled_line",
 ]
 
 
@@ -418,11 +430,26 @@ TINT_COLOURS = ((1.0, 0.7, 0.3), (0.3, 0.55, 1.0), (0.5, 1.0, 0.45))
 TINT_STRENGTH = (0.1, 0.35)  # the cast's opacity at the top row and at the bottom row
 PUNCH_COLOUR = (0.95, 0.95, 0.9)
 FRAME_COLOURS = ((0.75, 0.4, 1.0), (1.0, 0.8, 0.4), (0.4, 0.95, 0.95))
-FRAME_EDGES = {"frame": ("bottom", "right"), "frame_top_left": ("top", "left")}
+FRAME_EDGES = {
+    "frame": ("bottom", "right"),
+    "frame_top_left": ("top", "left"),
+    "frame_dashed": ("top", "bottom", "left", "right"),
+}
 FRAME_WIDTH = 2  # the frame's thickness in px; the digit keeps 2 px more off its edges
+DASHED_FRAME_COLOURS = ((1.0, 1.0, 0.35), (0.3, 0.6, 1.0), (1.0, 0.4, 0.7))
+# (width px, dash length px (0: solid), colours) of a frame kind; the others: FRAME_WIDTH, solid
+FRAME_STYLES = {"frame_dashed": (3, 4, DASHED_FRAME_COLOURS)}
+DASH_DARK = 0.06  # the grey of the gaps between a dashed frame's coloured segments
 # (contrast, brightness) of the background per class: a scanner's exposure setting, grey only
 EXPOSURE_LEVELS = ((0.5, -0.08), (1.0, 0.15), (1.8, 0.0))
 EXPOSURE_PIVOT = 0.3  # the grey level the contrast scales around (about the mean background)
+# (centre y, centre x as fractions of the side, grey offset at the centre, at the farthest corner)
+# per class: a lens's or lamp's uneven illumination, smooth and radial (offset linear in r**2)
+VIGNETTE_PROFILES = ((0.5, 0.5, 0.12, -0.25), (0.5, 0.5, -0.12, 0.25), (0.0, 0.0, 0.2, -0.2))
+BARCODE = "1011010011101011011"  # the bars of the group barcode label (1: a dark bar)
+ANGLED_LINE_DEGREES = (20.0, 80.0, 140.0)  # the angle per class (from the x axis, y down)
+ANGLED_LINE_DASH = (4, 2)  # px on, px off, along the line's major axis
+ANGLED_LINE_COLOUR = (0.95, 0.95, 0.75)
 
 
 def _side_letters() -> list[Tensor]:
@@ -455,7 +482,7 @@ def reserved_boxes(spec: WorldSpec) -> list[tuple[int, int, int, int]]:
     none, the one :func:`reserved_box`, or one per edge of a frame (:data:`FRAME_EDGES`)."""
     s = spec.image_size
     if spec.artifact in FRAME_EDGES:  # one strip per edge, the frame's width + 2 px to spare
-        r = FRAME_WIDTH + 2
+        r = frame_style(spec.artifact)[0] + 2
         strips = {
             "bottom": (s - r, 0, s, s),
             "right": (0, s - r, s, s),
@@ -516,12 +543,21 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (s // 5 - 1, s - 11, s // 5 + 10, s)
     if spec.artifact == "group_punch":
         return (3 * s // 4 - 7, 0, 3 * s // 4 + 7, 9)
+    if spec.artifact == "group_barcode":
+        n = len(BARCODE)
+        return (s - 12, s // 2 - n // 2 - 3, s, s // 2 - n // 2 + n + 3)
     return None
+
+
+def frame_style(kind: str) -> tuple[int, int, tuple[tuple[float, float, float], ...]]:
+    """``(width px, dash length px (0: solid), colours per class)`` of a frame kind."""
+    return FRAME_STYLES.get(kind, (FRAME_WIDTH, 0, FRAME_COLOURS))
 
 
 def _background(h: int, w: int, digit_box: tuple[int, int, int, int]) -> Tensor:
     """Bool ``[h, w]``: the whole canvas but the digit's box grown by 1 px (the region a
-    background-wide artifact changes: a texture, a colour cast, an exposure)."""
+    background-wide artifact changes: a texture, a colour cast, an exposure, a vignette; an
+    angled line is drawn only there)."""
     y0, x0, y1, x1 = digit_box
     out = torch.ones(h, w, dtype=torch.bool)
     out[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1] = False
@@ -541,8 +577,8 @@ def apply_artifact(
         spec: the world.
         base: the image without artifact, ``[3, H, W]`` float in [0, 1] (not modified).
         design: the design index (``None``: no artifact).
-        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture, the tint and the exposure
-            avoid it).
+        digit_box: ``(y0, x0, y1, x1)`` of the digit (the texture, the tint, the exposure, the
+            vignette and the angled line avoid it).
         mark_pos: ``(y, x)`` top-left corner of the moving mark (``artifact="moving"``), or the
             artifact's per-image shift (``jitter_*``).
 
@@ -679,8 +715,8 @@ def apply_artifact(
             for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):  # round the corners
                 mask[y + dy, 2 + dx] = False
         patch[:] = torch.tensor(PUNCH_COLOUR).view(3, 1, 1)
-    elif kind in FRAME_EDGES:  # a thin scanner frame (2 px) along two edges
-        b = FRAME_WIDTH
+    elif kind in FRAME_EDGES:  # a thin scanner frame along some edges, solid or dashed
+        b, dash, colours = frame_style(kind)
         edges = FRAME_EDGES[kind]
         if "bottom" in edges:
             mask[h - b :, :] = True
@@ -690,11 +726,48 @@ def apply_artifact(
             mask[:b, :] = True
         if "left" in edges:
             mask[:, :b] = True
-        patch[:] = torch.tensor(FRAME_COLOURS[design]).view(3, 1, 1)
+        patch[:] = torch.tensor(colours[design]).view(3, 1, 1)
+        if dash:  # dark gaps: along the top and bottom strips by x, along the sides by y
+            ys, xs = torch.arange(h).view(h, 1), torch.arange(w).view(1, w)
+            along = torch.where((ys < b) | (ys >= h - b), xs, ys)
+            patch[:, (along // dash) % 2 == 1] = DASH_DARK
     elif kind == "exposure":  # a scanner's exposure: background contrast and brightness per class
         mask = _background(h, w, digit_box)
         contrast, brightness = EXPOSURE_LEVELS[design]
         patch = ((base - EXPOSURE_PIVOT) * contrast + EXPOSURE_PIVOT + brightness).clamp(0, 1)
+    elif kind == "vignette":  # uneven illumination: a smooth radial grey offset per class
+        mask = _background(h, w, digit_box)
+        cy, cx, centre, corner = VIGNETTE_PROFILES[design]
+        cy, cx = cy * (h - 1), cx * (w - 1)
+        r2 = (torch.arange(h).view(h, 1) - cy) ** 2 + (torch.arange(w).view(1, w) - cx) ** 2
+        r2 = r2 / (max(cy, h - 1 - cy) ** 2 + max(cx, w - 1 - cx) ** 2)  # 1 at the far corner
+        patch = (base + (centre + (corner - centre) * r2).view(1, h, w)).clamp(0, 1)
+    elif kind == "group_barcode":  # a white barcode label (dark bars), bottom centre
+        n = len(BARCODE)
+        y, x = h - 9, w // 2 - n // 2
+        mask[y : y + 7, x - 1 : x + n + 1] = True
+        patch[:] = 0.97
+        bars = torch.tensor([c == "1" for c in BARCODE])
+        patch[:, y + 1 : y + 6, x : x + n] = torch.where(bars, 0.05, 0.97).view(1, 1, n)
+    elif kind == "angled_line":  # a 1-px dashed line through the centre, angle per class
+        theta = torch.tensor(ANGLED_LINE_DEGREES[design]).deg2rad()
+        dy, dx = float(torch.sin(theta)), float(torch.cos(theta))
+        on, off = ANGLED_LINE_DASH
+        if abs(dx) >= abs(dy):  # one pixel per column
+            t = torch.arange(w)
+            ys = ((h - 1) / 2 + (t - (w - 1) / 2) * dy / dx).round().long()
+            keep = ((ys >= 0) & (ys < h) & (t % (on + off) < on)).tolist()
+            pixels = zip(ys.tolist(), t.tolist(), keep)
+        else:  # one pixel per row
+            t = torch.arange(h)
+            xs = ((w - 1) / 2 + (t - (h - 1) / 2) * dx / dy).round().long()
+            keep = ((xs >= 0) & (xs < w) & (t % (on + off) < on)).tolist()
+            pixels = zip(t.tolist(), xs.tolist(), keep)
+        for y, x, k in pixels:
+            if k:
+                mask[y, x] = True
+        mask &= _background(h, w, digit_box)  # behind the digit: broken around its box
+        patch[:] = torch.tensor(ANGLED_LINE_COLOUR).view(3, 1, 1)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out
         raise ValueError(f"unknown artifact kind {kind!r}")
     return torch.where(mask, patch, base), mask
@@ -1562,6 +1635,77 @@ WORLDS.update(
                 n_train=800,
                 n_val=200,
                 epochs=4,
+            ),
+        )
+    }
+)
+
+# W37-W40: four held-out worlds built after 0.3.4's change was decided, one per family
+# (background: uneven illumination, a smooth radial vignette per class over the whole background,
+# no colour, no stripes, no flat exposure; border: a 3-px dashed frame on all four edges, small
+# CNN; group: a barcode label at the bottom centre on two of five classes, ResNet-18; thin: a
+# 1-px dashed line through the centre whose angle, not its colour, tells the class), each with a
+# new artifact kind at a new position. Validated with ground truth only (one run each, all valid,
+# the clean controls show no reliance; W38's clean control learns the digits with a thin margin:
+# 0.68 against 0.67) before any monitor ran on them.
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W37",
+                "background vignette per class (light centre / light corners / lit from the top "
+                "left, grey, smooth) over the whole background outside the digit, 3 classes, 60 px",
+                "heldout",
+                (3, 5, 8),
+                "vignette",
+                image_size=60,
+                digit_size=30,
+                n_train=1200,
+                n_val=400,
+                epochs=4,
+            ),
+            WorldSpec(
+                "W38",
+                "3-px dashed frame (coloured dashes on dark gaps) on all four edges, colour per "
+                "class, 3 classes, 52 px",
+                "heldout",
+                (2, 8, 9),
+                "frame_dashed",
+                image_size=52,
+                digit_size=26,
+                n_train=1200,
+                n_val=400,
+                epochs=4,
+            ),
+            WorldSpec(
+                "W39",
+                "group shortcut: white barcode label (bottom centre) on 95% of classes 1, 4 of 5, "
+                "5% of others, ResNet-18",
+                "heldout",
+                (0, 2, 3, 6, 8),
+                "group_barcode",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                correlation=0.95,
+                group=(1, 4),
+                n_train=1000,
+                n_val=200,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W40",
+                "thin 1-px dashed line through the centre (broken by the digit), angle per class "
+                "(20, 80, 140 degrees), one colour, 3 classes, 44 px",
+                "heldout",
+                (0, 6, 9),
+                "angled_line",
+                image_size=44,
+                digit_size=22,
+                n_train=1200,
+                n_val=400,
+                epochs=5,
             ),
         )
     }

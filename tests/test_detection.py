@@ -150,7 +150,7 @@ def test_token_world_marks_one_class_only() -> None:
     assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
 
 
-@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33"])
+@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39"])
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
     world = dw.DigitWorld(spec, n_train=10, n_val=400)
@@ -346,6 +346,135 @@ def test_background_exposure_covers_the_background_and_is_grey_per_class() -> No
         assert abs(float(level - expected_level)) < 1e-4
         for b in range(a + 1, 3):
             assert (drawn[a] - drawn[b]).abs().mean() > 0.05
+
+
+@pytest.mark.parametrize("name", ["W37", "W38", "W40"])
+def test_new_worlds_follow_the_label_and_the_clean_control_draws_it_independently(
+    name: str,
+) -> None:
+    spec = dw.WORLDS[name]
+    short = dw.DigitWorld(spec, n_train=10, n_val=300)._split("val")
+    clean = dw.DigitWorld(spec, shortcut=False, n_train=10, n_val=300)._split("val")
+    assert torch.equal(short.assigned, short.labels)  # correlation 1: every image its own class
+    assert torch.equal(short.base, clean.base)  # the same images, only the artifact differs
+    agree = (clean.assigned == clean.labels).float().mean().item()
+    assert abs(agree - 1 / spec.num_classes) < 0.1  # independent of the label
+    for c in range(spec.num_classes):  # every artifact design on every class
+        assert len(clean.assigned[clean.labels == c].unique()) == spec.num_classes
+
+
+def test_background_vignette_covers_the_background_and_is_smooth_grey_per_class() -> None:
+    spec = dw.WORLDS["W37"]
+    s = spec.image_size
+    present, removed, masks = _whole_background("W37")
+    for i, expected in enumerate(masks):
+        assert torch.equal(present[0][i][:, ~expected], removed[0][i][:, ~expected])
+        changed = (present[0][i] != removed[0][i]).any(0)
+        assert float(changed[expected].float().mean()) > 0.9  # nearly all of the background
+    # on a flat grey canvas: grey, smooth (no stripes, no edges), radial, different per class;
+    # the digit box (0, 0, 1, 1) keeps the 2x2 top-left corner as it is
+    base = torch.full((3, s, s), 0.4)
+    drawn = [dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0] for c in range(3)]
+    for a, img in enumerate(drawn):
+        assert torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])  # no colour
+        g = img[0]
+        assert float(g[:, 2:].diff(dim=0).abs().max()) < 0.03  # smooth down the columns
+        assert float(g[2:, :].diff(dim=1).abs().max()) < 0.03  # and along the rows
+        cy, cx, centre, corner = dw.VIGNETTE_PROFILES[a]
+        y, x = max(round(cy * (s - 1)), 2), max(round(cx * (s - 1)), 2)
+        assert abs(float(g[y, x]) - (0.4 + centre)) < 0.01  # the profile's centre
+        assert abs(float(g[-1, -1]) - (0.4 + corner)) < 1e-5  # the farthest corner
+        assert torch.allclose(g, g.T, atol=1e-6)  # radial around a point on the diagonal
+        for b in range(a + 1, 3):
+            assert (drawn[a] - drawn[b]).abs().mean() > 0.05
+    # not an exposure: the same class darkens some background pixels and lightens others
+    delta = drawn[0][0] - base[0]
+    assert float(delta.min()) < -0.1 and float(delta.max()) > 0.1
+
+
+def test_dashed_frame_runs_along_all_four_edges_and_the_digit_keeps_off() -> None:
+    spec = dw.WORLDS["W38"]
+    s = spec.image_size
+    width, dash, colours = dw.frame_style(spec.artifact)
+    assert (width, dash) == (3, 4) and dw.FRAME_EDGES[spec.artifact] == (
+        "top",
+        "bottom",
+        "left",
+        "right",
+    )
+    _, _, obj, art = _world("W38").val.tensors
+    expected = torch.ones(s, s, dtype=torch.bool)
+    expected[width : s - width, width : s - width] = False
+    assert all(torch.equal(a, expected) for a in art)  # every image, one 3-px frame
+    inner = torch.ones(s, s, dtype=torch.bool)
+    inner[width + 2 : s - width - 2, width + 2 : s - width - 2] = False
+    assert not (obj & inner).any()  # the digit keeps 2 px off the frame
+    assert len(dw.reserved_boxes(spec)) == 4 and dw.reserved_box(spec) is None
+    base = torch.zeros(3, s, s)
+    drawn = [dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0] for c in range(3)]
+    for c, img in enumerate(drawn):
+        top, left = img[:, 1, :], img[:, :, 1]  # a row of the top strip, a column of the left
+        for line in (top, left):
+            coloured = (line == torch.tensor(colours[c]).view(3, 1)).all(0)
+            dark = (line == dw.DASH_DARK).all(0)
+            assert torch.equal(coloured | dark, torch.ones(s, dtype=torch.bool))
+            assert torch.equal(coloured, (torch.arange(s) // dash) % 2 == 0)  # 4 on, 4 off
+    assert len({tuple(img[:, 1, 0].tolist()) for img in drawn}) == 3  # one colour per class
+    # thinner than a map cell of the small CNN (4 px at stride 4), on every edge
+    assert int(expected[:, s // 2].sum()) == 2 * width and int(expected[s // 2].sum()) == 2 * width
+
+
+def test_barcode_label_sits_at_the_bottom_centre_inside_its_zone() -> None:
+    spec = dw.WORLDS["W39"]
+    s = spec.image_size
+    img, m = dw.apply_artifact(spec, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    crop = _bounding_crop(m)
+    n = len(dw.BARCODE)
+    assert crop.shape == (7, n + 2) and bool(crop.all())  # one solid label, a 1-px quiet zone
+    idx = torch.nonzero(m)
+    x0, x1 = int(idx[:, 1].min()), int(idx[:, 1].max())
+    assert abs((x0 + x1) / 2 - (s - 1) / 2) <= 1  # centred
+    assert int(idx[:, 0].max()) == s - 3  # at the bottom, 2 px above the edge
+    ry0, rx0, ry1, rx1 = dw.reserved_box(spec)
+    assert int(idx[:, 0].min()) >= ry0 + 2 and x0 >= rx0 + 1 and x1 < rx1 - 1  # inside the zone
+    row = img[0, int(idx[:, 0].min()) + 3, x0 + 1 : x1]  # a row through the bars
+    assert torch.equal(row < 0.5, torch.tensor([c == "1" for c in dw.BARCODE]))
+    _, _, obj, _ = _world("W39").val.tensors
+    assert not obj[:, ry0:ry1, rx0:rx1].any()  # the digit keeps out of the zone
+
+
+def test_angled_line_is_one_pixel_dashed_and_its_angle_tells_the_class() -> None:
+    spec = dw.WORLDS["W40"]
+    s = spec.image_size
+    masks = [
+        dw.apply_artifact(spec, torch.zeros(3, s, s), c, (0, 0, 1, 1), (0, 0))[1] for c in range(3)
+    ]
+    on, off = dw.ANGLED_LINE_DASH
+    for c, m in enumerate(masks):
+        blocks = torch.nn.functional.avg_pool2d(m[None, None].float(), 2, stride=1)
+        assert float(blocks.max()) < 1.0  # no 2x2 block: 1 px, thinner than a map cell (4 px)
+        idx = torch.nonzero(m).float()
+        assert len(idx) > s // 2  # long: the dashes cover most of a side
+        centred = idx - idx.mean(0)
+        vy, vx = torch.linalg.eigh(centred.T @ centred).eigenvectors[:, -1].tolist()
+        angle = float(torch.atan2(torch.tensor(vy), torch.tensor(vx)).rad2deg()) % 180
+        assert abs(angle - dw.ANGLED_LINE_DEGREES[c]) < 3  # the principal axis: the class angle
+        along = idx[:, 1] if abs(vx) >= abs(vy) else idx[:, 0]
+        assert torch.equal(along.long() % (on + off) < on, torch.ones(len(idx), dtype=torch.bool))
+        assert len(along.unique()) == len(along)  # one pixel per step along the major axis
+    colours = set()
+    for c in range(3):
+        img, _ = dw.apply_artifact(spec, torch.zeros(3, s, s), c, (0, 0, 1, 1), (0, 0))
+        colours |= {tuple(img[:, masks[c]].T[k].tolist()) for k in range(int(masks[c].sum()))}
+    assert colours == {tuple(torch.tensor(dw.ANGLED_LINE_COLOUR).tolist())}  # only the angle
+    # in the world: the line stops at the digit's box grown by 1 px (drawn behind it)
+    world = _world("W40")
+    split = world._split("val")
+    _, _, _, art = world.val.tensors
+    for i in range(8):
+        y0, x0, y1, x1 = split.boxes[i]
+        assert not art[i, max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1].any()
+        assert art[i].any()
 
 
 def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
