@@ -135,13 +135,13 @@ def contexts(mon: Any, decisions: Sequence[RuleDecision]) -> dict[str, str]:
     """Plan key -> the context region erased with it (:func:`context_of`): a rule's own test,
     and its held re-test where that is the rule's own test again (its ``held_region`` is its
     ``region``)."""
-    out: dict[str, str] = {}
-    for d in decisions:
-        if (ctx := context_of(mon, d.rule)) is not None:
-            out[d.rule.name] = ctx
-            if d.rule.held_region == d.rule.region:
-                out[d.rule.name + HELD] = ctx
-    return out
+    return {
+        key: ctx
+        for d in decisions
+        if (ctx := context_of(mon, d.rule)) is not None
+        for key in (d.rule.name, d.rule.name + HELD)
+        if _own_test(d.rule, key)
+    }
 
 
 def _own_test(rule: Rule, key: str) -> bool:
