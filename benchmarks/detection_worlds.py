@@ -46,7 +46,7 @@ W39   group shortcut: barcode (bottom centre) on 95% of 2 of 5        5 digits  
 W40   thin 1-px dashed line through the centre, angle per class       0, 6, 9   cnn    held-out (+)
 W41   background colour cast per class, stronger towards the right    1, 5, 8   cnn    calibration (++)
 W42   group shortcut: corner bracket (top left) on 95% of 1, 4 of 5   5 digits  rn18   calibration (++)
-W43   multi-label: upright sticker (top right) tied to finding 3      4 digits  rn18   calibration (++)
+W43   multi-label: upright sticker (top right) tied to finding 0      4 digits  rn18   calibration (++)
 ====  =============================================================  ========  =====  ================
 
 (*) built as a reserve after 0.3.3's change was decided, validated with ground truth only, then run
@@ -1751,6 +1751,9 @@ WORLDS.update(
 # never flagged without masks), a thin corner bracket on two of five classes, ResNet-18 (W25,
 # missed without masks) and a sticker tied to one of four findings, ResNet-18 (W16, flagged with
 # masks at epochs 1-3, not at its final epoch).
+# Validated with ground truth (one run each; /work/notes/s6/gt_W41_W43.txt): W41 and W42 valid as
+# first built; W43's clean control first missed its tied finding (digit 8: 0.74 < 0.75), so W43
+# was changed to findings 0/1/2/6 tied to finding 0 and re-validated (valid, no reliance).
 WORLDS.update(
     {
         s.name: s
@@ -1785,15 +1788,15 @@ WORLDS.update(
             MultiLabelSpec(
                 "W43",
                 "multi-label, 4 findings; light-green upright sticker (top right) tied to finding "
-                "3, ResNet-18",
+                "0, ResNet-18",
                 "calibration",
-                (1, 2, 6, 8),
+                (0, 1, 2, 6),
                 "token",
                 arch="resnet18",
                 image_size=64,
                 digit_size=18,
-                token_class=3,
-                prevalence=(0.6, 0.35, 0.7, 0.5),
+                token_class=0,
+                prevalence=(0.5, 0.6, 0.35, 0.7),
                 token="tall_sticker",
                 corner="top_right",
                 n_train=1000,
