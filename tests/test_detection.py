@@ -150,7 +150,9 @@ def test_token_world_marks_one_class_only() -> None:
     assert torch.equal(art.flatten(1).any(1), labels != world.spec.token_class)
 
 
-@pytest.mark.parametrize("name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39"])
+@pytest.mark.parametrize(
+    "name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39", "W42"]
+)
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
     world = dw.DigitWorld(spec, n_train=10, n_val=400)
@@ -270,6 +272,50 @@ def test_background_tint_covers_the_background_and_changes_colour_per_class() ->
         assert torch.allclose(hue, expected_hue, atol=1e-5)
 
 
+def test_side_graded_tint_covers_the_background_and_grows_towards_the_right() -> None:
+    spec = dw.WORLDS["W41"]
+    s = spec.image_size
+    colours, (weak, strong), edge = dw.TINT_STYLES[spec.artifact]
+    assert edge == "right" and dw.TINT_STYLES["tint"][2] == "bottom"
+    present, removed, masks = _whole_background("W41")
+    for i, expected in enumerate(masks):
+        assert torch.equal(present[0][i][:, ~expected], removed[0][i][:, ~expected])
+        delta = (present[0][i] - removed[0][i]).abs().sum(0)
+        assert bool((delta[expected] > 0).all())  # every background pixel changes
+        cols = delta.sum(0) / expected.sum(0).clamp_min(1)
+        assert float(cols[-3:].mean()) > 2 * float(cols[:3].mean())  # more towards the right
+    # on a flat grey canvas: one colour per class (not W31's), constant down each column,
+    # growing linearly from the left edge to the right edge
+    base = torch.full((3, s, s), 0.3)
+    drawn = [dw.apply_artifact(spec, base, c, (0, 0, 1, 1), (0, 0))[0] for c in range(3)]
+    for a in range(3):
+        assert torch.allclose(drawn[a][:, 2:], drawn[a][:, 2:3].expand(3, s - 2, s))
+        for side, opacity in ((0, weak), (-1, strong)):
+            hue = drawn[a][:, -1, side] - base[:, -1, side]
+            assert torch.allclose(hue, opacity * (torch.tensor(colours[a]) - 0.3), atol=1e-5)
+        assert colours[a] not in dw.TINT_COLOURS
+        for b in range(a + 1, 3):
+            assert not torch.allclose(drawn[a], drawn[b], atol=0.02)
+
+
+def test_top_left_bracket_is_the_mirror_of_the_bottom_right_bracket() -> None:
+    a, b = dw.WORLDS["W25"], dw.WORLDS["W42"]
+    assert a.image_size == b.image_size
+    s = a.image_size
+    img_a, ma = dw.apply_artifact(a, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    img_b, mb = dw.apply_artifact(b, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    assert torch.equal(mb, ma.flip(0, 1))
+    assert int(mb.sum()) == 2 * 2 * 10 - 4  # two 2x10 arms sharing a 2x2 corner
+    assert bool(mb[2:4, 2:12].all()) and bool(mb[2:12, 2:4].all())  # 2 px off the edges
+    blocks = torch.nn.functional.avg_pool2d(mb[None, None].float(), 3, stride=1)
+    assert float(blocks.max()) < 1.0  # 2-px arms: no 3x3 block
+    assert not torch.equal(img_a[:, ma][:, 0], img_b[:, mb][:, 0])  # another colour
+    assert dw.reserved_box(b) == (0, 0, 14, 14) and dw.reserved_box(a) == (s - 14, s - 14, s, s)
+    _, _, obj, art = dw.DigitWorld(b, n_train=10, n_val=60).val.tensors
+    assert not obj[:, :14, :14].any()  # the digit keeps out of the bracket's corner
+    assert all(torch.equal(m, mb) for m in art if m.any())  # one position for every image
+
+
 def test_punched_holes_are_two_round_discs_at_the_left_edge() -> None:
     spec = dw.WORLDS["W33"]
     s = spec.image_size
@@ -348,7 +394,7 @@ def test_background_exposure_covers_the_background_and_is_grey_per_class() -> No
             assert (drawn[a] - drawn[b]).abs().mean() > 0.05
 
 
-@pytest.mark.parametrize("name", ["W37", "W38", "W40"])
+@pytest.mark.parametrize("name", ["W37", "W38", "W40", "W41"])
 def test_new_worlds_follow_the_label_and_the_clean_control_draws_it_independently(
     name: str,
 ) -> None:
@@ -491,6 +537,24 @@ def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
     squares = light[::2, ::2]  # one pixel per 2x2 square: a 4x4 checkerboard
     assert torch.equal(squares, (torch.arange(4).view(4, 1) + torch.arange(4)) % 2 == 0)
     assert torch.equal(light, squares.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_tall_sticker_token_sits_in_the_top_right_cell() -> None:
+    spec = dw.WORLDS["W43"]
+    s, cell = spec.image_size, spec.image_size // spec.cells
+    colour, mask = dw._token_patch(spec, s)
+    crop = _bounding_crop(mask)
+    assert crop.shape == (10, 6) and bool(crop.all())  # an upright 10x6 label
+    idx = torch.nonzero(mask)
+    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    assert y1 < cell and x0 >= s - cell  # inside the top-right cell
+    patch = colour[:, y0 : y1 + 1, x0 : x1 + 1]
+    dark = (patch < 0.1).all(0)
+    assert int(dark.sum()) == 2 * 4 and dark.any(1).sum() == 2  # two 4-px dark text lines
+    assert torch.equal(patch[:, ~dark][:, 0], torch.tensor([0.6, 1.0, 0.55]))  # light green
+    assert not (patch[:, ~dark] != patch[:, ~dark][:, :1]).any()
+    w16 = dw._token_patch(dw.WORLDS["W16"], s)[1]
+    assert not (mask & w16).any()  # not W16's sticker: another place, another shape
 
 
 @pytest.mark.parametrize("name", ["W1", "W6"])
