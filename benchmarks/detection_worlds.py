@@ -1751,7 +1751,7 @@ WORLDS.update(
 # never flagged without masks), a thin corner bracket on two of five classes, ResNet-18 (W25,
 # missed without masks) and a sticker tied to one of four findings, ResNet-18 (W16, flagged with
 # masks at epochs 1-3, not at its final epoch).
-# Validated with ground truth (one run each; /work/notes/s6/gt_W41_W43.txt): W41 and W42 valid as
+# Validated with ground truth (one run each; DETECTION.md, 0.3.4): W41 and W42 valid as
 # first built; W43's clean control first missed its tied finding (digit 8: 0.74 < 0.75), so W43
 # was changed to findings 0/1/2/6 tied to finding 0 and re-validated (valid, no reliance).
 # Then run with flags once (0.3.4 monitor, seed 0, threads 1): W42 reproduces W25's failure
