@@ -92,8 +92,8 @@ def word_flag(
     text = _FMT.format(rule.summary, **fields)
     if held and rule.name in held and bool(held[rule.name][best]):
         text = (
-            f"the attention has moved since {rule.name} was confirmed, but a re-test still "
-            f"confirms it (held while measured; the attention now: {text})"
+            f"the attention has moved since {rule.name} was confirmed, and the finding is held "
+            f"while its causal test confirms it (the attention now: {text})"
         )
     if rule.per_class:
         classes = tuple(x.classes[g] for g in all_groups)

@@ -510,7 +510,8 @@ def test_a_confirmed_finding_is_held_while_the_model_still_depends_on_it(masks: 
     art = [f for f in faded.flags if f.kind == "artifact"]
     region = "artifact" if masks else "remembered"
     assert art and art[0].persistent and art[0].since_epoch == 1, faded.flags
-    assert "held while measured" in art[0].message and faded.tested.get(region) == N
+    assert "held while its causal test confirms it" in art[0].message
+    assert faded.tested.get(region) == N
     assert faded.summary[f"causal/{region}_depends"] == 1.0
     if not masks:  # the class's current hot spot sits on the objects: not what is re-tested
         assert faded.summary["attention/hotspot_offset"] < mon.hotspot_offset
@@ -565,7 +566,8 @@ def test_a_confirmed_background_finding_is_held_by_its_own_test(rule: str, later
     # epoch 2: the maps are on the objects, the model still reads the background
     faded = _run(mon, w["on_object"], w, 2, masks=masks, score_fn=reader)
     (bg,) = [f for f in faded.flags if f.kind == "background"]
-    assert bg.persistent and bg.since_epoch == 1 and "held while measured" in bg.message
+    assert bg.persistent and bg.since_epoch == 1
+    assert "held while its causal test confirms it" in bg.message, bg.message
     region, context = ("object", "backdrop") if masks else ("border", None)
     assert faded.tested[region] == N and faded.tested.get(context) == (N if masks else None)
     assert bool(mon.memory.held[rule].all())
