@@ -782,19 +782,13 @@ def apply_artifact(
         theta = torch.tensor(ANGLED_LINE_DEGREES[design]).deg2rad()
         dy, dx = float(torch.sin(theta)), float(torch.cos(theta))
         on, off = ANGLED_LINE_DASH
-        if abs(dx) >= abs(dy):  # one pixel per column
-            t = torch.arange(w)
-            ys = ((h - 1) / 2 + (t - (w - 1) / 2) * dy / dx).round().long()
-            keep = ((ys >= 0) & (ys < h) & (t % (on + off) < on)).tolist()
-            pixels = zip(ys.tolist(), t.tolist(), keep)
-        else:  # one pixel per row
-            t = torch.arange(h)
-            xs = ((w - 1) / 2 + (t - (h - 1) / 2) * dx / dy).round().long()
-            keep = ((xs >= 0) & (xs < w) & (t % (on + off) < on)).tolist()
-            pixels = zip(t.tolist(), xs.tolist(), keep)
-        for y, x, k in pixels:
-            if k:
-                mask[y, x] = True
+        steep = abs(dx) < abs(dy)  # one pixel per row, else one per column
+        n, m = (h, w) if steep else (w, h)
+        t = torch.arange(n)
+        u = ((m - 1) / 2 + (t - (n - 1) / 2) * (dx / dy if steep else dy / dx)).round().long()
+        keep = (u >= 0) & (u < m) & (t % (on + off) < on)
+        ys, xs = (t, u) if steep else (u, t)
+        mask[ys[keep], xs[keep]] = True
         mask &= _background(h, w, digit_box)  # behind the digit: broken around its box
         patch[:] = torch.tensor(ANGLED_LINE_COLOUR).view(3, 1, 1)
     else:  # pragma: no cover - WorldSpec's Literal keeps this out

@@ -105,11 +105,10 @@ def verdict(
     (the artifact masks, a remembered footprint) is a dependence test alone.
     """
     r = rule.region if region is None else region
-    tested = measured(mon, rule, counts, r)
+    tested = _conclusive(mon, rule, counts, r)
     ctx = context_of(mon, rule) if r == rule.region else None
     if ctx is not None:  # the background's own effect: erasing it must take the evidence
         need = float(getattr(mon, rule.context_setting))
-        tested = tested & measured(mon, rule, counts, ctx)
         tested = tested & (stats[f"causal/{ctx}_evidence"] >= need)  # NaN fails
     if rule.confirm == "depends":
         need = float(getattr(mon, rule.dependence_setting))

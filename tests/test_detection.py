@@ -298,12 +298,22 @@ def test_side_graded_tint_covers_the_background_and_grows_towards_the_right() ->
             assert not torch.allclose(drawn[a], drawn[b], atol=0.02)
 
 
-def test_top_left_bracket_is_the_mirror_of_the_bottom_right_bracket() -> None:
-    a, b = dw.WORLDS["W25"], dw.WORLDS["W42"]
+Drawn = tuple[torch.Tensor, torch.Tensor]
+
+
+def _drawn_pair(first: str, second: str) -> tuple[Drawn, Drawn, int]:
+    """Class 0's ``(image, mask)`` of two worlds of one image size on a black canvas, and the
+    size."""
+    a, b = dw.WORLDS[first], dw.WORLDS[second]
     assert a.image_size == b.image_size
     s = a.image_size
-    img_a, ma = dw.apply_artifact(a, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
-    img_b, mb = dw.apply_artifact(b, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    draw = [dw.apply_artifact(w, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0)) for w in (a, b)]
+    return draw[0], draw[1], s
+
+
+def test_top_left_bracket_is_the_mirror_of_the_bottom_right_bracket() -> None:
+    (img_a, ma), (img_b, mb), s = _drawn_pair("W25", "W42")
+    a, b = dw.WORLDS["W25"], dw.WORLDS["W42"]
     assert torch.equal(mb, ma.flip(0, 1))
     assert int(mb.sum()) == 2 * 2 * 10 - 4  # two 2x10 arms sharing a 2x2 corner
     assert bool(mb[2:4, 2:12].all()) and bool(mb[2:12, 2:4].all())  # 2 px off the edges
@@ -362,11 +372,7 @@ def test_scanner_frame_is_thin_along_two_edges_and_the_digit_keeps_off(name: str
 
 
 def test_top_left_frame_is_the_mirror_of_the_bottom_right_frame() -> None:
-    a, b = dw.WORLDS["W34"], dw.WORLDS["W36"]
-    assert a.image_size == b.image_size
-    s = a.image_size
-    _, ma = dw.apply_artifact(a, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
-    _, mb = dw.apply_artifact(b, torch.zeros(3, s, s), 0, (0, 0, 1, 1), (0, 0))
+    (_, ma), (_, mb), _ = _drawn_pair("W34", "W36")
     assert torch.equal(mb, ma.flip(0, 1))
     assert int((ma & mb).sum()) == 2 * 4  # they share only the two 2x2 corners they cross
 
