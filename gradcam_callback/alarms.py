@@ -153,6 +153,17 @@ class ShortcutMonitor:
         partial_dependence: ... and such a rule is confirmed only by a strong measured
             dependence: at least this share of the class's tested probes depend on the region
             (``dependence`` is the share for the rules over their thresholds).
+        mark_contrast: mark rules (no artifact masks needed; ``None`` = off): where no artifact
+            masks are given, each class's *fixed-place mark* is looked for in the probe images
+            (:func:`~.metrics.class_marks`): pixels that at least this share more of the class's
+            images carry than of a typical other class's (a watermark, tag, stamp or ruler on
+            one class or a group of classes; a moving object or a varying background has none).
+            The attention on a class's mark, as the map sees it, is then read like the
+            attention on artifact masks: at least ``artifact_enrichment`` confirmed by
+            ``dependence``, or at least ``partial_enrichment`` confirmed by
+            ``partial_dependence`` (partial reliance).
+        mark_tolerance: ... an image carries a pixel's value when every channel lies within this
+            fraction of the typical pixel spread across the probe images of the class's median.
         diffuse_entropy: diffuse background rule (no masks needed): the class's mean normalised
             map entropy is at least this (attention spread over the whole image) ...
         focus_drop: ... and erasing each map's hottest ``focus_frac`` removes on average less
@@ -213,6 +224,8 @@ class ShortcutMonitor:
         partial_enrichment: float | None = 1.5,
         partial_consistency: float | None = 1.5,
         partial_dependence: float = 0.9,
+        mark_contrast: float | None = 0.5,
+        mark_tolerance: float = 0.25,
         diffuse_entropy: float | None = 0.95,
         focus_drop: float = 0.5,
         background_drop: float | None = 0.5,
@@ -477,6 +490,7 @@ _OPTIONAL = frozenset(
         "hotspot_consistency",
         "partial_enrichment",
         "partial_consistency",
+        "mark_contrast",
         "diffuse_entropy",
         "background_drop",
         "focus_mass",

@@ -43,6 +43,7 @@ __all__ = [
 _REGIONS = (
     "artifact",
     "hotspot",
+    "mark",
     "object",
     "focus",
     "border",
@@ -81,6 +82,9 @@ class Inputs:
     probe_index: Tensor | None = None
     # [N, gh, gw] bool: the artifact masks as the map sees them (the cells they touch)
     artifact_cells: Tensor | None = None
+    # [N, gh, gw] bool: each probe's class's fixed-place mark (:func:`~.metrics.class_marks`),
+    # found from the probe images where no artifact masks are given (None: not looked for)
+    mark_masks: Tensor | None = None
 
     @property
     def stride(self) -> float:
@@ -134,16 +138,18 @@ class ImageCache:
         self._key: tuple[Tensor, int, tuple[int, int]] | None = None
         self._grid: Tensor | None = None
         self._extremes: dict[int, tuple[Tensor, Tensor]] = {}
+        self._marks: tuple[Tensor, tuple[float, float, int], Tensor] | None = None
 
     def grid(self, images: Tensor, size: tuple[int, int]) -> Tensor:
         """Float32 ``images`` ``[N, C, H, W]`` average-pooled to ``size`` (as they are at it)."""
         if images.is_inference():  # no version counter to notice a change by: read afresh
-            self._key, self._grid, self._extremes = None, None, {}
+            self._key, self._grid, self._extremes, self._marks = None, None, {}, None
             return _grid_images(images, size)
         key = self._key
         if key is None or key[0] is not images or key[1:] != (images._version, size):
             g = _grid_images(images, size)
             self._key, self._grid, self._extremes = (images, images._version, size), g, {}
+            self._marks = None
         assert self._grid is not None
         return self._grid
 
@@ -155,6 +161,29 @@ class ImageCache:
         if shift not in self._extremes:
             self._extremes[shift] = M.local_extremes(grid, shift)
         return self._extremes[shift]
+
+    def marks(
+        self, grid: Tensor, groups: Tensor, num_groups: int, params: tuple[float, float, int]
+    ) -> Tensor:
+        """:func:`~.metrics.class_marks` of ``grid`` (the tensor :meth:`grid` returned, else
+        computed afresh) for the group ids ``groups`` (long ``[N]``) and ``params`` =
+        ``(tolerance, contrast, min_group)``: bool ``[G, h, w]``, kept while the images, the
+        groups and the parameters stay the same (a probe set's classes do not change)."""
+        cached = self._marks
+        if (
+            cached is not None
+            and grid is self._grid
+            and cached[1] == params
+            and cached[0].shape == groups.shape
+            and cached[2].shape[0] == num_groups
+            and bool(torch.equal(cached[0], groups))
+        ):
+            return cached[2]
+        tolerance, contrast, min_group = params
+        out = M.class_marks(grid, groups, num_groups, tolerance, contrast, min_group)
+        if grid is self._grid:
+            self._marks = (groups.clone(), params, out)
+        return out
 
 
 def _grid_images(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -266,6 +295,17 @@ def measure(
         per["attention/artifact_pixel_enrichment"] = pixel
         per["attention/artifact_cell_enrichment"] = cell
         per["attention/artifact_enrichment"] = torch.fmax(pixel, cell)
+    if x.artifact_masks is None and mon.mark_contrast is not None:
+        # no artifact masks: look for fixed-place marks tied to a class in the probe images
+        params = (mon.mark_tolerance, mon.mark_contrast, mon.min_probes)
+        marks = mon.image_cache.marks(x.images_grid, x.groups, len(x.classes), params)
+        x.mark_masks = marks[x.groups]
+        pixel = M.enrichment(maps, x.mark_masks)
+        cell = M.enrichment(maps, M.cell_mask(x.mark_masks, x.cells, tuple(maps.shape[-2:])))
+        per["attention/mark_pixel_enrichment"] = pixel
+        per["attention/mark_cell_enrichment"] = cell
+        per["attention/mark_enrichment"] = torch.fmax(pixel, cell)
+        per["attention/mark_area"] = x.mark_masks.flatten(1).float().mean(1)
     hot = M.anchored_hotspot(
         maps,
         x.images_grid,
@@ -386,6 +426,9 @@ def regions(
         "artifact": lambda: M.dilate(x.artifact_full, 1),  # type: ignore[arg-type]
         "object": lambda: M.dilate(x.object_full, 1),  # type: ignore[arg-type]
         "hotspot": lambda: up(hot.footprint),
+        "mark": lambda: up(
+            x.mark_masks if x.mark_masks is not None else torch.zeros_like(hot.footprint)
+        ),
         "focus": focus,
         "border": lambda: M.border_mask(*size, mon.border_width, x.images.device).expand(
             x.images.shape[0], *size

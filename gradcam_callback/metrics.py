@@ -39,6 +39,7 @@ __all__ = [
     "border_mask",
     "cell_mask",
     "center_of_mass",
+    "class_marks",
     "com_shift",
     "corner_enrichment",
     "corner_masks",
@@ -860,6 +861,73 @@ def grow_region(
         if region.device.type == "cpu" and step % 4 == 3 and torch.equal(region, before):
             break
     return region[:, 0] > 0
+
+
+def class_marks(
+    images: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    tolerance: float = 0.25,
+    contrast: float = 0.5,
+    min_group: int = 4,
+) -> Tensor:
+    """Fixed-place marks tied to a class: pixels most of a class's images share and few of the
+    others' do.
+
+    A label artifact pasted at a fixed place (a watermark, tag, token, ruler, stamp, or a mark
+    shared by a group of classes) gives the images of its class (or classes) the same pixel
+    values there, and the other images do not have them. Objects that move and varying
+    backgrounds agree nowhere. Per group ``g`` and pixel, the images *carry* the group's value
+    when every channel lies within ``tolerance`` times the typical pixel spread (the median over
+    pixels of the per-pixel standard deviation across all images, averaged over channels) of
+    the group's per-pixel median. The pixel is a mark of ``g`` when the share of ``g``'s images that carry it, minus
+    the median of that share over the other groups, is at least ``contrast``: a mark on 95 % of
+    two classes' images of five, and 5 % of the rest, scores about 0.9 for both, while a mark
+    independent of the label scores about 0 (a chance majority in a few images rarely reaches
+    ``contrast``). Uses no map and no model: the marks are candidates that the attention and
+    a causal test then judge.
+
+    One pass per group (a median over its images, a comparison with every image): about
+    ``G * N * C * H * W`` operations, computed once per probe set by the caller.
+
+    Args:
+        images: float ``[N, C, H, W]`` (any normalisation; e.g. the analysis grid).
+        groups: long ``[N]`` group ids in ``[0, num_groups)`` (the explained class).
+        num_groups: ``G``.
+        tolerance: the largest difference from the group's median, as a fraction of the typical
+            pixel spread, for an image to carry the value.
+        contrast: the least share difference (in ``(0, 1]``) for a mark pixel.
+        min_group: groups with fewer images get no marks (their shares are too coarse).
+
+    Returns:
+        bool ``[G, H, W]``: each group's mark pixels (all ``False`` for a group without one, for
+        groups under ``min_group`` images, and for images that do not vary at all). A lone
+        pixel, with no mark pixel among its eight neighbours, is dropped as chance agreement.
+    """
+    n, _, h, w = images.shape
+    groups = groups.to(device=images.device, dtype=torch.long)
+    out = torch.zeros(num_groups, h * w, dtype=torch.bool, device=images.device)
+    if n == 0 or num_groups < 2:  # a mark tells a class from the others: none to compare with
+        return out.view(num_groups, h, w)
+    x = images.detach().float().flatten(2)  # [N, C, P]
+    # the typical pixel spread across images: the median over pixels (objects, which cover a
+    # minority of the pixels and vary most, do not widen the tolerance)
+    spread = x.std(0, unbiased=False).mean(0).median()
+    onehot = F.one_hot(groups, num_groups).float()  # [N, G]
+    size = onehot.sum(0)  # [G]
+    ok = (size >= min_group) & (spread > 0)
+    present = size > 0
+    for g in torch.nonzero(ok).flatten().tolist():
+        median = x[groups == g].median(0).values  # [C, P]
+        carry = ((x - median).abs() <= tolerance * spread).all(1).float()  # [N, P]
+        share = (onehot.T @ carry) / size.clamp_min(1.0)[:, None]  # [G, P]
+        others = present.clone()
+        others[g] = False
+        out[g] = share[g] - share[others].median(0).values >= contrast
+    marks = out.view(num_groups, h, w)
+    # a mark is a shape: a lone pixel (no mark pixel among its 8 neighbours) is chance agreement
+    near = F.avg_pool2d(marks[:, None].float(), 3, stride=1, padding=1)[:, 0] * 9.0
+    return marks & (near >= 2.0)
 
 
 # ----------------------------------------------------------------------------- causal

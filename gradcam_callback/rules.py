@@ -283,6 +283,52 @@ RULES: tuple[Rule, ...] = (
             "the overlays."
         ),
     ),
+    # Without artifact masks, a class's fixed-place mark found in the probe images (pixels most
+    # of the class's images share and few of the others' do) stands in for them: the same
+    # attention thresholds, the same confirmations.
+    Rule(
+        name="artifact_mark",
+        kind=FlagKind.artifact,
+        conditions=(Condition("attention/mark_enrichment", ">=", "artifact_enrichment"),),
+        unless="artifact_masks",
+        region="mark",
+        confirm="depends",
+        held_region="mark",
+        summary=(
+            "the class's probes share a fixed-place mark that the other classes' lack "
+            "({attention/mark_area:pct} of the image), and the attention on it is {value:.1f}x "
+            "its area share (as the map sees it: the larger of "
+            "{attention/mark_pixel_enrichment:.1f}x on its pixels and "
+            "{attention/mark_cell_enrichment:.1f}x on the cells of the {map_cells} map it touches)"
+        ),
+        advice=(
+            "A watermark, tag, stamp or ruler that comes with the class is a likely shortcut: "
+            "see attention/mark_enrichment and the overlays."
+        ),
+    ),
+    Rule(
+        name="artifact_mark_partial",
+        kind=FlagKind.artifact,
+        conditions=(
+            Condition("attention/mark_enrichment", ">=", "partial_enrichment"),
+            Condition("attention/mark_enrichment", "<", "artifact_enrichment"),
+        ),
+        unless="artifact_masks",
+        region="mark",
+        confirm="depends",
+        held_region="mark",
+        dependence_setting="partial_dependence",
+        summary=(
+            "the class's probes share a fixed-place mark that the other classes' lack "
+            "({attention/mark_area:pct} of the image); the attention on it is elevated but "
+            "under the artifact threshold ({value:.1f}x its area share, as the map sees it), "
+            "and the model depends on it (partial reliance)"
+        ),
+        advice=(
+            "The model uses the mark for part of its decision (e.g. to tell a group of classes "
+            "from the others): see attention/mark_enrichment and causal/mark_dependence."
+        ),
+    ),
     Rule(
         name="background_masks",
         kind=FlagKind.background,
