@@ -441,7 +441,11 @@ class ShortcutMonitor:
         self, x: E.Inputs, stats: dict[str, Tensor], counts: dict[str, Tensor], learned: Tensor
     ) -> list[RuleDecision]:
         """The attention half of every rule, per class (:func:`~.rules.evaluate`)."""
-        masks = (("object_masks", x.object_masks), ("artifact_masks", x.artifact_masks))
+        masks = (
+            ("object_masks", x.object_masks),
+            ("artifact_masks", x.artifact_masks),
+            ("class_marks", x.mark_masks),
+        )
         return evaluate(
             self.rules,
             stats,

@@ -295,6 +295,7 @@ def measure(
         per["attention/artifact_pixel_enrichment"] = pixel
         per["attention/artifact_cell_enrichment"] = cell
         per["attention/artifact_enrichment"] = torch.fmax(pixel, cell)
+    offsets: dict[str, Tensor] = {}
     if x.artifact_masks is None and mon.mark_contrast is not None:
         # no artifact masks: look for fixed-place marks tied to a class in the probe images
         params = (mon.mark_tolerance, mon.mark_contrast, mon.min_probes)
@@ -306,6 +307,7 @@ def measure(
         per["attention/mark_cell_enrichment"] = cell
         per["attention/mark_enrichment"] = torch.fmax(pixel, cell)
         per["attention/mark_area"] = x.mark_masks.flatten(1).float().mean(1)
+        offsets["attention/mark_offset"] = M.centre_offset(marks)
     hot = M.anchored_hotspot(
         maps,
         x.images_grid,
@@ -325,6 +327,7 @@ def measure(
         "attention/hotspot_pixel_stability": hot.pixel_stability,
         "attention/hotspot_shift_stability": hot.shift_stability,
         "attention/hotspot_area": hot.group_footprint.flatten(1).float().mean(1),
+        **offsets,
     }
     return per, group, hot
 

@@ -39,6 +39,7 @@ __all__ = [
     "border_mask",
     "cell_mask",
     "center_of_mass",
+    "centre_offset",
     "class_marks",
     "com_shift",
     "corner_enrichment",
@@ -700,6 +701,20 @@ def _group_spots(
     onehot = F.one_hot(groups, num_groups).float() * ok[:, None].float()
     mean = (onehot.T @ p) / onehot.sum(0).clamp_min(1.0)[:, None]
     return onehot, mean, _top_region(mean, frac)
+
+
+def centre_offset(weights: Tensor) -> Tensor:
+    """How far each region lies from the image centre.
+
+    Args:
+        weights: float or bool ``[G, H, W]``, ``>= 0`` (a region, or weights over one).
+
+    Returns:
+        float32 ``[G]`` in ``[0, 1]``: the distance of the weighted centre from the image
+        centre over half the diagonal (0 = centred, 1 = in a corner); ``NaN`` for an empty
+        region.
+    """
+    return _offset(weights.float())
 
 
 def _offset(wreg: Tensor) -> Tensor:

@@ -113,7 +113,9 @@ class Rule:
         kind: the :class:`FlagKind` it raises.
         conditions: all must hold for a class; the first is the headline (its value and threshold
             go into the flag).
-        needs: what the probes must carry: ``"artifact_masks"``, ``"object_masks"`` or nothing.
+        needs: what the probes must carry: ``"artifact_masks"``, ``"object_masks"``,
+            ``"class_marks"`` (the classes' fixed-place marks were looked for in the probe
+            images: no artifact masks, ``mark_contrast`` set) or nothing.
         unless: not evaluated when the probes carry this (``"object_masks"``): a rule that reads
             it measures the same thing more directly and decides instead.
         spatial: needs a map that can localise (not evaluated on maps coarser than the monitor's
@@ -255,7 +257,7 @@ RULES: tuple[Rule, ...] = (
         advice=(
             "The model uses the artifact for part of its decision (e.g. to tell a group of "
             "classes from the others): see attention/artifact_enrichment and "
-            "causal/artifact_dependence."
+            "causal/artifact_depends."
         ),
     ),
     Rule(
@@ -285,18 +287,24 @@ RULES: tuple[Rule, ...] = (
     ),
     # Without artifact masks, a class's fixed-place mark found in the probe images (pixels most
     # of the class's images share and few of the others' do) stands in for them: the same
-    # attention thresholds, the same confirmations.
+    # attention thresholds, the same confirmations. Off the centre, as the hot spot: in aligned
+    # images (centred objects) an object's own pixels can be shared by its class's images.
     Rule(
         name="artifact_mark",
         kind=FlagKind.artifact,
-        conditions=(Condition("attention/mark_enrichment", ">=", "artifact_enrichment"),),
+        conditions=(
+            Condition("attention/mark_enrichment", ">=", "artifact_enrichment"),
+            Condition("attention/mark_offset", ">=", "hotspot_offset"),
+        ),
+        needs="class_marks",
         unless="artifact_masks",
         region="mark",
         confirm="depends",
         held_region="mark",
         summary=(
             "the class's probes share a fixed-place mark that the other classes' lack "
-            "({attention/mark_area:pct} of the image), and the attention on it is {value:.1f}x "
+            "({attention/mark_area:pct} of the image, {attention/mark_offset:pct} of the way from "
+            "the centre to a corner), and the attention on it is {value:.1f}x "
             "its area share (as the map sees it: the larger of "
             "{attention/mark_pixel_enrichment:.1f}x on its pixels and "
             "{attention/mark_cell_enrichment:.1f}x on the cells of the {map_cells} map it touches)"
@@ -312,7 +320,9 @@ RULES: tuple[Rule, ...] = (
         conditions=(
             Condition("attention/mark_enrichment", ">=", "partial_enrichment"),
             Condition("attention/mark_enrichment", "<", "artifact_enrichment"),
+            Condition("attention/mark_offset", ">=", "hotspot_offset"),
         ),
+        needs="class_marks",
         unless="artifact_masks",
         region="mark",
         confirm="depends",
@@ -326,7 +336,7 @@ RULES: tuple[Rule, ...] = (
         ),
         advice=(
             "The model uses the mark for part of its decision (e.g. to tell a group of classes "
-            "from the others): see attention/mark_enrichment and causal/mark_dependence."
+            "from the others): see attention/mark_enrichment and causal/mark_depends."
         ),
     ),
     Rule(
@@ -455,7 +465,8 @@ def evaluate(
             under the same name with the suffix ``"@set"``).
         counts: metric name -> float ``[G]``, number of usable (non-NaN) probes behind it.
         settings: threshold name -> value (``None`` switches the rule off).
-        available: what the probes carry (``{"artifact_masks", "object_masks"}`` or fewer).
+        available: what the probes carry (``{"artifact_masks", "object_masks", "class_marks"}``
+            or fewer).
         can_localise: the map has enough cells for spatial rules.
         after_trained_run: the previous run was a trained run (drift is evaluated only then).
         min_probes: the fewest usable probes a group needs.
@@ -509,10 +520,10 @@ def _why_not(
     """Why ``rule`` cannot be evaluated in this run, in a few words (``""``: it can)."""
     if not rule.enabled(settings):
         return "switched off"
-    if rule.needs is not None and rule.needs not in available:
-        return f"no {rule.needs.replace('_', ' ')}"
     if rule.unless is not None and rule.unless in available:
         return f"{rule.unless.replace('_', ' ')} given: a rule that reads them decides"
+    if rule.needs is not None and rule.needs not in available:
+        return f"no {rule.needs.replace('_', ' ')}"
     if rule.spatial and not can_localise:
         return "map too coarse to localise"
     if rule.after_trained_run and not after_trained_run:

@@ -194,6 +194,66 @@ def test_anchored_hotspot_groups_and_zero_maps() -> None:
     assert torch.isnan(zero.consistency).all() and not zero.region.any()
 
 
+def _marked_images(
+    groups: torch.Tensor, carries: torch.Tensor, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images ``[N, 3, 24, 24]`` with a bright 4x4 square that moves over the whole image
+    from image to image (the object) and, in the images ``carries`` marks, a fixed 4x6 "stamp" in the top-right corner;
+    returns the images and the stamp's mask ``[24, 24]``."""
+    g = torch.Generator().manual_seed(seed)
+    n, h, w = groups.numel(), 24, 24
+    images = 0.2 * torch.rand(n, 3, h, w, generator=g)
+    corners = torch.randint(0, 20, (n, 2), generator=g)
+    for i, (y, x) in enumerate(corners.tolist()):
+        images[i, :, y : y + 4, x : x + 4] = 1.0
+    stamp = torch.zeros(h, w, dtype=torch.bool)
+    stamp[1:5, 17:23] = True
+    images[carries[:, None, None, None] & stamp[None, None].expand(n, 3, h, w)] = 0.7
+    return images, stamp
+
+
+def test_class_marks_find_a_fixed_place_mark_of_one_class_or_a_group() -> None:
+    groups = torch.arange(4).repeat_interleave(6)  # four classes of six images
+    # the stamp on every image of class 1 and on five of six of class 2 (a group shortcut),
+    # on one image of class 0, on none of class 3
+    carries = (groups == 1) | (groups == 2)
+    carries[13] = False  # class 2: one image without it
+    carries[0] = True  # class 0: one image with it
+    images, stamp = _marked_images(groups, carries)
+    marks = M.class_marks(images, groups, 4)
+    assert marks.shape == (4, 24, 24) and marks.dtype == torch.bool
+    for g in (1, 2):  # the mark of the group, exactly: not the moving object, not the noise
+        assert torch.equal(marks[g], stamp), g
+    assert not marks[0].any() and not marks[3].any()
+    # 5 of 6 images (0.83) against a median other class (0.17): a contrast of 0.67
+    assert torch.equal(M.class_marks(images, groups, 4, contrast=0.6)[2], stamp)
+    assert not M.class_marks(images, groups, 4, contrast=0.7)[2].any()
+
+
+def test_class_marks_ignore_a_mark_independent_of_the_label_and_small_groups() -> None:
+    groups = torch.arange(3).repeat_interleave(8)
+    carries = torch.arange(24) % 2 == 0  # half of every class: the clean control
+    images, _ = _marked_images(groups, carries, seed=1)
+    assert not M.class_marks(images, groups, 3).any()
+    carries = groups == 0
+    images, stamp = _marked_images(groups, carries, seed=2)
+    assert torch.equal(M.class_marks(images, groups, 3)[0], stamp)
+    # a class under min_group images gets no mark; one class has nothing to differ from
+    assert not M.class_marks(images, groups, 3, min_group=9).any()
+    assert not M.class_marks(images, torch.zeros(24, dtype=torch.long), 1).any()
+    assert not M.class_marks(torch.zeros(24, 3, 8, 8), groups, 3).any()  # nothing varies
+
+
+def test_class_marks_drop_a_lone_pixel() -> None:
+    groups = torch.arange(2).repeat_interleave(6)
+    carries = groups == 1
+    images, _ = _marked_images(groups, torch.zeros(12, dtype=torch.bool), seed=3)
+    images[carries, :, 20, 3] = 0.7  # one pixel shared by class 1's images
+    images[carries, :, 10:12, 20] = 0.7  # and two neighbouring ones
+    marks = M.class_marks(images, groups, 2)
+    assert not marks[1, 20, 3] and marks[1, 10:12, 20].all() and int(marks[1].sum()) == 2
+
+
 def test_grow_region_follows_allowed_pixels_and_respects_max_area() -> None:
     allowed = torch.zeros(16, 16, dtype=torch.bool)
     allowed[14:, :] = True  # a 2-px band along the bottom: 32 px, 12.5 % of the image

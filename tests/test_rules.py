@@ -508,6 +508,40 @@ def test_partial_reliance_is_confirmed_by_a_strong_measured_dependence_only() ->
     assert not [f for f in e.flags if f.kind == "artifact"]
 
 
+def test_without_masks_a_class_tied_mark_in_the_images_stands_in_for_them() -> None:
+    """No artifact masks: class 1's fixed corner mark is found in the probe images, and the
+    elevated attention on it is judged as on artifact masks (partial reliance, confirmed by a
+    strong measured dependence)."""
+    maps, images, targets, _ = _partial_world(0.1)
+    a = _analyze(ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=Reader(2, 1))
+    assert a.summary["attention/mark_area/class_1"] == pytest.approx(float(CORNER.float().mean()))
+    assert a.summary["attention/mark_area/class_0"] == 0.0  # nothing shared by class 0 alone
+    assert math.isnan(a.summary["attention/mark_enrichment/class_0"])
+    assert a.summary["attention/mark_offset/class_1"] > 0.7  # in the corner
+    assert 1.5 <= a.summary["attention/mark_enrichment/class_1"] < 3.0
+    assert a.tested["mark"] == 8
+    (flag,) = [f for f in a.flags if f.kind == "artifact"]
+    assert flag.classes == (1,) and "fixed-place mark" in flag.message
+    assert "artifact_mark_partial" in flag.message or flag.metric == "attention/mark_enrichment"
+    # the same maps, a model that does not read the mark: tested, not confirmed
+    b = _analyze(
+        ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=Reader(2, None)
+    )
+    assert b.tested["mark"] == 8 and not [f for f in b.flags if f.kind == "artifact"]
+    # the mark on half the images of every class (independent of the label): no mark at all
+    objects, _ = _objects(targets.numel(), seed=4)
+    clean = _images(objects, torch.arange(targets.numel()) % 2 == 0)
+    c = _analyze(ShortcutMonitor(causal_budget=None), maps, clean, targets, score_fn=Reader(2, 1))
+    assert c.summary["attention/mark_area"] == 0.0 and "mark" not in c.tested
+    # artifact masks given: their rules decide; switched off: said
+    arts = CORNER.expand(targets.numel(), H, W) & (targets == 1)[:, None, None]
+    d = _analyze(ShortcutMonitor(), maps, images, targets, artifact_masks=arts)
+    assert d.skipped["artifact_mark_partial"].startswith("artifact masks given")
+    e = _analyze(ShortcutMonitor(mark_contrast=None), maps, images, targets)
+    assert e.skipped["artifact_mark"] == "no class marks"
+    assert "attention/mark_enrichment" not in e.summary
+
+
 def test_partial_hotspot_rule_is_the_band_under_the_hotspot_threshold() -> None:
     from gradcam_callback.rules import evaluate
 
