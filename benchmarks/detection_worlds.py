@@ -47,6 +47,9 @@ W40   thin 1-px dashed line through the centre, angle per class       0, 6, 9   
 W41   background colour cast per class, stronger towards the right    1, 5, 8   cnn    calibration (++)
 W42   group shortcut: corner bracket (top left) on 95% of 1, 4 of 5   5 digits  rn18   calibration (++)
 W43   multi-label: upright sticker (top right) tied to finding 0      4 digits  rn18   calibration (++)
+W44   group shortcut: dark round grommet (bottom left) on 95% of 2, 4  5 digits  rn18   held-out (+++)
+W45   group shortcut: light hatched tape (right edge, top) on 3 of 6   6 digits  cnn    held-out (+++)
+W46   round colour stamp half-way to the top-right corner, 90/10      0, 4, 7   cnn    held-out (+++)
 ====  =============================================================  ========  =====  ================
 
 (*) built as a reserve after 0.3.3's change was decided, validated with ground truth only, then run
@@ -57,6 +60,9 @@ only (no Grad-CAM callback, no monitor, no flags looked at) to judge that change
 held-out split still showed (W31, W25, W16): a new instance of each world's kind (other colours,
 position, digits, size). Validated with ground truth first, then run with flags once (being
 calibration worlds): only W42 fails like its held-out counterpart (see the comment at W41-W43).
+(+++) built for the seventh round while the monitor's next change was being made, to judge it;
+validated with ground truth only (no Grad-CAM callback, no monitor, no flags looked at; see the
+comment at W44-W46).
 
 W15-W18 (multi-label and few-probe worlds), W20, W22 (multi-label on ResNet-18, coarse maps) and
 W32 (multi-label, small CNN: a calibration checker, bottom centre, tied to one finding; held-out,
@@ -73,8 +79,9 @@ family: thin, group, jittered, plain per-class label artifact, validated with gr
 and fixed before any monitor ran on them; and W31-W34, one fresh world per family: background,
 multi-label, group, border, built the same way after 0.3.3's change was decided and run with
 flags once; and W37-W40, one fresh world per family: background, border, group, thin, built after
-0.3.4's change was decided and validated with ground truth only): both splits have small-CNN and
-ResNet-18 worlds; the
+0.3.4's change was decided and validated with ground truth only; and W44-W46, two group worlds
+and a plain per-class label artifact away from the edges, built for the seventh round and
+validated with ground truth only): both splits have small-CNN and ResNet-18 worlds; the
 held-out split has the two 10-class worlds, the one-class artifact and the moving artifact.
 W9-W14 are three families the first eight did not have, one calibration and one held-out world
 each, differing in geometry, colour, classes, image size and model: *thin* artifacts (a line
@@ -151,6 +158,9 @@ ArtifactKind = Literal[
     "angled_line",
     "tint_right",
     "group_bracket_top_left",
+    "group_grommet",
+    "group_tape",
+    "inset_stamp",
 ]
 
 
@@ -423,13 +433,43 @@ def _jitter_glyphs() -> list[Tensor]:
 
 BORDER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.85, 0.3))
 TAG_COLOURS = ((1.0, 0.8, 0.0), (0.0, 0.75, 1.0))
+# (top-left (y, x), (height, width), colours per class, corner cut px, spare px in the digit's
+# zone) of a per-class tag kind: a filled patch, one colour per class. A position is in pixels
+# from the top / left edge (negative: from the bottom / right edge) or, as a float, the fraction
+# of the side the patch is centred on; a corner cut of c px takes the pixels less than c steps
+# (L1) from each corner off (2: a round stamp)
+TAG_STYLES = {
+    "tag": ((-7, -9), (6, 8), TAG_COLOURS, 0, 1),
+    "inset_stamp": (
+        (0.27, 0.73),
+        (6, 6),
+        ((1.0, 0.3, 0.1), (0.2, 0.9, 0.95), (0.85, 0.4, 1.0)),
+        2,
+        2,
+    ),
+}
 RULER_COLOURS = ((1.0, 0.95, 0.2), (0.2, 0.95, 1.0))
 LINE_COLOURS = ((0.95, 0.2, 0.95), (0.95, 0.95, 0.95))
 JITTER_COLOURS = ((1.0, 0.5, 0.0), (0.3, 1.0, 0.3), (0.6, 0.3, 1.0))
 MOVING_COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.4, 1.0))
 STAMP_COLOUR = (1.0, 0.85, 0.15)
+# (corner, colour, side px, wall px, px off the edges, corner cut px) of a group ring-stamp kind:
+# a hollow square ring (the background shows through its hole), its outer corners cut as in
+# TAG_STYLES (2: a round grommet)
+STAMP_STYLES = {
+    "group_stamp": ("top_right", STAMP_COLOUR, 10, 3, 2, 0),
+    "group_grommet": ("bottom_left", (0.07, 0.06, 0.09), 9, 2, 3, 2),
+}
 TAB_COLOUR = (0.1, 0.8, 0.9)
 EDGE_TAB_COLOUR = (1.0, 0.45, 0.1)
+# (edge, centre row as a fraction of the height, length px, colour, notch grey or colour, first
+# notch row, notch step) of a group edge-tab kind: a 4-px wide tab 1 px off the edge whose notches
+# (1-px rows across its outer 3 px) are dark, light or a faint hatch
+TAB_STYLES = {
+    "group_tab": ("left", 0.5, 16, TAB_COLOUR, 0.05, 3, 4),
+    "group_edge_tab": ("right", 0.5, 14, EDGE_TAB_COLOUR, 0.98, 2, 3),
+    "group_tape": ("right", 0.2, 12, (0.93, 0.9, 0.78), (0.8, 0.77, 0.66), 1, 2),
+}
 BRACKET_COLOUR = (0.95, 0.6, 0.85)
 # (corner, colour) of a corner-bracket kind: an L with 2-px arms 10 px long, 2 px off the edges
 BRACKET_STYLES = {
@@ -524,8 +564,10 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, 0, 10, 10)
     if spec.artifact == "token":
         return (0, s - 9, 9, s)
-    if spec.artifact == "tag":
-        return (s - 8, s - 10, s, s)
+    if spec.artifact in TAG_STYLES:  # the tag's box, its style's spare px around it
+        (y, x), (th, tw) = tag_box(spec.artifact, s, s)
+        spare = TAG_STYLES[spec.artifact][4]
+        return (y - spare, x - spare, min(y + th + spare, s), min(x + tw + spare, s))
     if spec.artifact == "border":
         return (0, 0, s, 6)
     if spec.artifact == "text":
@@ -543,12 +585,17 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, 0, 5, s)
     if spec.artifact == "group_scale":
         return (s - 10, 0, s, 26)
-    if spec.artifact == "group_stamp":
-        return (0, s - 14, 14, s)
-    if spec.artifact == "group_tab":
-        return (s // 2 - 10, 0, s // 2 + 10, 7)
-    if spec.artifact == "group_edge_tab":
-        return (s // 2 - 9, s - 7, s // 2 + 9, s)
+    if spec.artifact in STAMP_STYLES:  # the stamp's corner square, 2 px to spare
+        corner, _, side, _, off, _ = STAMP_STYLES[spec.artifact]
+        r = off + side + 2
+        y0, x0 = (0 if corner.startswith("top") else s - r), (0 if "left" in corner else s - r)
+        return (y0, x0, y0 + r, x0 + r)
+    if spec.artifact in TAB_STYLES:  # the tab's rows, 2 px to spare, and the edge's 7 px
+        edge, _, length, *_ = TAB_STYLES[spec.artifact]
+        y = tab_top(spec.artifact, s)
+        return (
+            (y - 2, 0, y + length + 2, 7) if edge == "left" else (y - 2, s - 7, y + length + 2, s)
+        )
     if spec.artifact in BRACKET_STYLES:  # the bracket's 12x12 corner, 2 px to spare
         return {"bottom_right": (s - 14, s - 14, s, s), "top_left": (0, 0, 14, 14)}[
             BRACKET_STYLES[spec.artifact][0]
@@ -576,6 +623,30 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
 def frame_style(kind: str) -> tuple[int, int, tuple[tuple[float, float, float], ...]]:
     """``(width px, dash length px (0: solid), colours per class)`` of a frame kind."""
     return FRAME_STYLES.get(kind, (FRAME_WIDTH, 0, FRAME_COLOURS))
+
+
+def tag_box(kind: str, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((y, x) top-left corner, (height, width))`` of a tag kind's patch on an ``h x w`` canvas
+    (:data:`TAG_STYLES`: a position in px from an edge, or the fraction of the side it centres on)."""
+    pos, size = TAG_STYLES[kind][:2]
+    corner = tuple(
+        round(p * n - m / 2) if isinstance(p, float) else (p if p >= 0 else n + p)
+        for p, n, m in zip(pos, (h, w), size)
+    )
+    return (corner[0], corner[1]), size
+
+
+def tab_top(kind: str, h: int) -> int:
+    """The first row of an edge-tab kind's tab (:data:`TAB_STYLES`) on a canvas ``h`` high."""
+    _, centre, length, *_ = TAB_STYLES[kind]
+    return int(h * centre) - length // 2
+
+
+def _cut_corners(h: int, w: int, cut: int) -> Tensor:
+    """Bool ``[h, w]``: a filled rectangle without the pixels less than ``cut`` steps (L1) from
+    any of its corners (0: the whole rectangle; 2 on a small square: a round disc)."""
+    ys, xs = torch.arange(h).view(h, 1), torch.arange(w).view(1, w)
+    return torch.minimum(ys, h - 1 - ys) + torch.minimum(xs, w - 1 - xs) >= cut
 
 
 def _background(h: int, w: int, digit_box: tuple[int, int, int, int]) -> Tensor:
@@ -638,9 +709,11 @@ def apply_artifact(
         patch[:] = colour
         if design == 1:  # a ring: dark inside
             patch[:, y + 2 : y + 4, x + 2 : x + 4] = 0.05
-    elif kind == "tag":
-        mask[h - 7 : h - 1, w - 9 : w - 1] = True
-        patch[:] = torch.tensor(TAG_COLOURS[design]).view(3, 1, 1)
+    elif kind in TAG_STYLES:  # a filled patch, one colour per class (square or round)
+        (y, x), (th, tw) = tag_box(kind, h, w)
+        colours, cut = TAG_STYLES[kind][2:4]
+        mask[y : y + th, x : x + tw] = _cut_corners(th, tw, cut)
+        patch[:] = torch.tensor(colours[design]).view(3, 1, 1)
     elif kind == "border":
         mask[:, 0:4] = True
         patch[:] = torch.tensor(BORDER_COLOURS[design]).view(3, 1, 1)
@@ -677,20 +750,21 @@ def apply_artifact(
         mask[h - 7 : h - 3, 3:23] = True
         patch[:] = 0.97
         patch[:, h - 7 : h - 5, 3:23:5] = 0.05
-    elif kind == "group_stamp":  # a yellow ring stamp (10x10, 3-px wall), top right
-        mask[2:12, w - 12 : w - 2] = True
-        mask[5:9, w - 9 : w - 5] = False
-        patch[:] = torch.tensor(STAMP_COLOUR).view(3, 1, 1)
-    elif kind == "group_tab":  # a cyan tab with dark notches on the left edge, mid height
-        y = h // 2 - 8
-        mask[y : y + 16, 1:5] = True
-        patch[:] = torch.tensor(TAB_COLOUR).view(3, 1, 1)
-        patch[:, y + 3 : y + 16 : 4, 1:4] = 0.05
-    elif kind == "group_edge_tab":  # an orange tab with light notches on the right edge
-        y = h // 2 - 7
-        mask[y : y + 14, w - 5 : w - 1] = True
-        patch[:] = torch.tensor(EDGE_TAB_COLOUR).view(3, 1, 1)
-        patch[:, y + 2 : y + 14 : 3, w - 4 : w - 1] = 0.98
+    elif kind in STAMP_STYLES:  # a hollow ring stamp in one corner (square or round)
+        corner, colour, side, wall, off, cut = STAMP_STYLES[kind]
+        y = off if corner.startswith("top") else h - off - side
+        x = off if "left" in corner else w - off - side
+        mask[y : y + side, x : x + side] = _cut_corners(side, side, cut)
+        mask[y + wall : y + side - wall, x + wall : x + side - wall] = False
+        patch[:] = torch.tensor(colour).view(3, 1, 1)
+    elif kind in TAB_STYLES:  # a notched tab along the left or right edge
+        edge, _, length, colour, notch, first, step = TAB_STYLES[kind]
+        y = tab_top(kind, h)
+        x = 1 if edge == "left" else w - 5  # 4 px wide, 1 px off the edge
+        mask[y : y + length, x : x + 4] = True
+        patch[:] = torch.tensor(colour).view(3, 1, 1)
+        outer = slice(x, x + 3) if edge == "left" else slice(x + 1, x + 4)  # the outer 3 px
+        patch[:, y + first : y + length : step, outer] = torch.tensor(notch).view(-1, 1, 1)
     elif kind in BRACKET_STYLES:  # an L-shaped corner bracket (2-px arms) in one corner
         corner, colour = BRACKET_STYLES[kind]
         mask[h - 12 : h - 2, w - 4 : w - 2] = True  # drawn bottom right, then mirrored
@@ -1801,6 +1875,72 @@ WORLDS.update(
                 n_train=1000,
                 n_val=240,
                 epochs=6,
+            ),
+        )
+    }
+)
+
+# W44-W46: three held-out worlds built for the seventh round, while the monitor's next change was
+# being made, to judge it: two group worlds (a small dark round grommet near the bottom-left corner
+# on two of five classes, ResNet-18; a light tape strip with a faint hatch on the right edge near
+# the top on three of six classes, small CNN) and a plain per-class label artifact away from every
+# edge (a small round colour stamp half-way between the centre and the top-right corner, small
+# CNN). Validated with ground truth only (no Grad-CAM callback, no monitor, no flags looked at;
+# one run each, seed 0, threads 1): all three valid as first built, no spec changed. Final
+# accuracy present / removed / swapped: W44 0.95 / 0.78 / 0.53 (reliance from epoch 1), clean
+# 0.95 / 0.95 / 0.95; W45 0.83 / 0.48 / 0.01 (from epoch 1), clean 0.79 / 0.79 / 0.79 (0.58
+# needed); W46 0.93 / 0.96 / 0.45 (from epoch 1), clean 0.96 / 0.95 / 0.95. The clean controls
+# show no reliance. Every older world's tensors are unchanged by the STAMP_STYLES / TAB_STYLES /
+# TAG_STYLES generalisation (W1-W43, shortcut and clean, train and val, all three variants:
+# identical hashes before and after).
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W44",
+                "group shortcut: small dark round grommet (9x9, 2-px wall, bottom left, 3 px in) "
+                "on 95% of classes 2, 4 of 5, 5% of others, ResNet-18",
+                "heldout",
+                (1, 2, 5, 7, 9),
+                "group_grommet",
+                arch="resnet18",
+                image_size=64,
+                digit_size=32,
+                correlation=0.95,
+                group=(2, 4),
+                n_train=1000,
+                n_val=200,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W45",
+                "group shortcut: light tape strip (12x4, faint hatch, right edge near the top) on "
+                "95% of classes 1, 3, 4 of 6, 5% of others, 56 px",
+                "heldout",
+                (0, 2, 3, 5, 7, 8),
+                "group_tape",
+                image_size=56,
+                digit_size=28,
+                correlation=0.95,
+                group=(1, 3, 4),
+                n_train=1500,
+                n_val=400,
+                epochs=6,
+            ),
+            WorldSpec(
+                "W46",
+                "round colour stamp (6x6) half-way between the centre and the top-right corner, "
+                "colour per class, 3 classes, 90/10 correlation, 52 px",
+                "heldout",
+                (0, 4, 7),
+                "inset_stamp",
+                image_size=52,
+                digit_size=26,
+                correlation=0.9,
+                n_train=1200,
+                n_val=400,
+                epochs=5,
             ),
         )
     }

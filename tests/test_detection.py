@@ -151,7 +151,8 @@ def test_token_world_marks_one_class_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39", "W42"]
+    "name",
+    ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39", "W42", "W44", "W45"],
 )
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
@@ -527,6 +528,117 @@ def test_angled_line_is_one_pixel_dashed_and_its_angle_tells_the_class() -> None
         y0, x0, y1, x1 = split.boxes[i]
         assert not art[i, max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1].any()
         assert art[i].any()
+
+
+def _drawn(name: str, design: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """World ``name``'s artifact design drawn on a black canvas: ``(image [3, S, S], mask)``."""
+    s = dw.WORLDS[name].image_size
+    return dw.apply_artifact(dw.WORLDS[name], torch.zeros(3, s, s), design, (0, 0, 1, 1), (0, 0))
+
+
+def test_styled_stamp_tab_and_tag_kinds_keep_the_old_worlds_geometry() -> None:
+    # the ring stamp, the two notched tabs and the corner tag, as they were drawn before their
+    # kinds became rows of STAMP_STYLES / TAB_STYLES / TAG_STYLES
+    for name in ("W19", "W21", "W23", "W5"):
+        spec = dw.WORLDS[name]
+        s = spec.image_size
+        img, mask = _drawn(name)
+        expected = torch.zeros(s, s, dtype=torch.bool)
+        if name == "W19":
+            expected[2:12, s - 12 : s - 2] = True
+            expected[5:9, s - 9 : s - 5] = False
+            box = (0, s - 14, 14, s)
+        elif name == "W21":
+            y = s // 2 - 8
+            expected[y : y + 16, 1:5] = True
+            assert bool((img[:, y + 3 : y + 16 : 4, 1:4] == 0.05).all())
+            box = (s // 2 - 10, 0, s // 2 + 10, 7)
+        elif name == "W23":
+            y = s // 2 - 7
+            expected[y : y + 14, s - 5 : s - 1] = True
+            assert bool((img[:, y + 2 : y + 14 : 3, s - 4 : s - 1] == 0.98).all())
+            box = (s // 2 - 9, s - 7, s // 2 + 9, s)
+        else:
+            expected[s - 7 : s - 1, s - 9 : s - 1] = True
+            box = (s - 8, s - 10, s, s)
+        assert torch.equal(mask, expected), name
+        assert dw.reserved_box(spec) == box, name
+
+
+def test_dark_grommet_is_a_round_hollow_ring_near_the_bottom_left_corner() -> None:
+    spec = dw.WORLDS["W44"]
+    s = spec.image_size
+    img, mask = _drawn("W44")
+    idx = torch.nonzero(mask)
+    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    assert (y0, x0, y1, x1) == (s - 12, 3, s - 4, 11)  # 9x9, 3 px in from the left and bottom
+    crop = mask[y0 : y1 + 1, x0 : x1 + 1]
+    assert not crop[2:7, 2:7].any()  # a 5x5 hole: the background shows through
+    ring = torch.ones(9, 9, dtype=torch.bool)
+    ring[2:7, 2:7] = False
+    corners = [(0, 0), (0, 1), (1, 0)]
+    for dy, dx in corners + [(8 - a, b) for a, b in corners]:
+        for y, x in ((dy, dx), (dy, 8 - dx)):
+            ring[y, x] = False  # round: 3 px cut at each outer corner
+    assert torch.equal(crop, ring)
+    assert bool(crop[4, :2].all()) and bool(crop[:2, 4].all())  # a 2-px wall
+    assert float(img[:, mask].max()) < 0.1  # dark
+    assert dw.reserved_box(spec) == (s - 14, 0, s, 14)
+    world = dw.DigitWorld(spec, n_train=10, n_val=60)
+    _, _, obj, art = world.val.tensors
+    assert not obj[:, s - 14 :, :14].any()  # the digit keeps out of the grommet's corner
+    assert all(torch.equal(m, mask) for m in art if m.any())  # one position for every image
+    w19 = dw._cut_corners(10, 10, 0)  # W19's square stamp: no cut
+    assert bool(w19.all()) and int(dw._cut_corners(9, 9, 2).sum()) == 81 - 12
+
+
+def test_light_tape_runs_down_the_right_edge_near_the_top_with_a_faint_hatch() -> None:
+    spec = dw.WORLDS["W45"]
+    s = spec.image_size
+    img, mask = _drawn("W45")
+    idx = torch.nonzero(mask)
+    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    assert (y1 - y0 + 1, x1 - x0 + 1) == (12, 4) and bool(mask[y0 : y1 + 1, x0 : x1 + 1].all())
+    assert x1 == s - 2 and y0 < s // 4  # 1 px off the right edge, near the top
+    tape = img[:, y0 : y1 + 1, x0 : x1 + 1]
+    grey = tape.mean(0)
+    assert float(grey.min()) > 0.7  # light everywhere, the hatch too
+    hatch = (tape != torch.tensor(dw.TAB_STYLES["group_tape"][3]).view(3, 1, 1)).any(0)
+    assert torch.equal(hatch.any(1), torch.arange(12) % 2 == 1)  # every other row
+    assert not hatch[:, 0].any() and bool(hatch[1::2, 1:].all())  # across the outer 3 px
+    assert 0.05 < float((grey[0] - grey[1]).abs().max()) < 0.2  # faint
+    ry0, rx0, ry1, rx1 = dw.reserved_box(spec)
+    assert (ry0, rx0, ry1, rx1) == (y0 - 2, s - 7, y1 + 3, s)
+    _, _, obj, _ = dw.DigitWorld(spec, n_train=10, n_val=60).val.tensors
+    assert not obj[:, ry0:ry1, rx0:rx1].any()  # the digit keeps out of the tape's zone
+
+
+def test_inset_stamp_sits_half_way_to_the_top_right_corner_one_colour_per_class() -> None:
+    spec = dw.WORLDS["W46"]
+    s = spec.image_size
+    drawn = [_drawn("W46", c) for c in range(3)]
+    masks = [m for _, m in drawn]
+    assert all(torch.equal(m, masks[0]) for m in masks)  # one place and shape for all classes
+    idx = torch.nonzero(masks[0]).float()
+    cy, cx = ((idx.min(0).values + idx.max(0).values) / 2).tolist()
+    assert abs(cy - 0.27 * s) <= 1 and abs(cx - 0.73 * s) <= 1  # centred half-way to the corner
+    crop = _bounding_crop(masks[0])
+    assert crop.shape == (6, 6) and torch.equal(crop, dw._cut_corners(6, 6, 2))  # round, filled
+    assert int(idx.min()) > s // 5 - 1 and int(idx.max()) < s - s // 5  # off every edge
+    colours = {tuple(img[:, masks[0]][:, 0].tolist()) for img, _ in drawn}
+    assert len(colours) == 3
+    ry0, rx0, ry1, rx1 = dw.reserved_box(spec)
+    short = dw.DigitWorld(spec, n_train=10, n_val=400)
+    _, _, obj, art = short.val.tensors
+    assert not obj[:, ry0:ry1, rx0:rx1].any()  # the digit is never pasted over the stamp
+    assert all(torch.equal(m, masks[0]) for m in art)
+    sp = short._split("val")
+    follow = (sp.assigned == sp.labels).float().mean().item()
+    assert 0.85 < follow < 0.95  # 90/10
+    clean = dw.DigitWorld(spec, shortcut=False, n_train=10, n_val=400)._split("val")
+    assert torch.equal(sp.base, clean.base)
+    agree = (clean.assigned == clean.labels).float().mean().item()
+    assert abs(agree - 1 / 3) < 0.1  # the clean control: independent of the label
 
 
 def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
