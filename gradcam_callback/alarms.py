@@ -23,15 +23,19 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     stamp) in the probes of some class: with artifact masks, the attention enrichment inside the
     masks (as the map's cells see them); with or without masks, an *anchored hot spot* where the
     maps of different images of one class pile up at the same off-centre place over pixels that
-    barely change between images (up to a shift of half a map cell). Where the attention is only
-    elevated (partial reliance, e.g. an artifact that tells a group of classes apart), a strong
-    measured dependence on the region confirms.
+    barely change between images (up to a shift of half a map cell); without artifact masks,
+    the attention on the class's *fixed-place mark*, found in the probe images themselves
+    (off-centre pixels that most of the class's images share and few of the other classes'
+    do: :func:`~gradcam_callback.metrics.class_marks`), read as the masks would be. Where the
+    attention is only elevated (partial reliance, e.g. an artifact that tells a group of
+    classes apart while the maps stay on the object), a strong measured dependence on the
+    region confirms.
     Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
     the target's evidence from most of the class's probes. A confirmed finding is *held while
     measured*: when the attention on it fades (Grad-CAM attention can saturate away from a
     region the model still relies on), the region (the masks, or the hot-spot footprint of the
-    confirming test) is re-tested at each run, and the flag stays while the measured dependence
-    meets the rule's threshold; a conclusive lower measurement clears it.
+    confirming test, or the class's mark) is re-tested at each run, and the flag stays while the
+    measured dependence meets the rule's threshold; a conclusive lower measurement clears it.
 ``"background"``
     Attention left the object: with object masks, low attention enrichment on the objects and a
     model that barely notices when they are erased; with or without masks, attention spread over
@@ -63,9 +67,11 @@ _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enri
 (the artifact enrichment is the larger of the two: the masks as the map's cells see them),
 ``attention/object_pointing``, ``attention/hotspot_{share,enrichment}`` (per probe) and
 ``attention/hotspot_{consistency,offset,stability,pixel_stability,shift_stability,area}`` (per
-class; stability is the larger of the pixel and the shift-tolerant reading),
+class; stability is the larger of the pixel and the shift-tolerant reading), without artifact
+masks ``attention/mark_{enrichment,pixel_enrichment,cell_enrichment,area}`` (per probe: the
+attention on its class's mark, and the mark's area) and ``attention/mark_offset`` (per class),
 ``causal/{region}_{flip,drop,evidence,depends}`` for the regions
-``artifact, hotspot, object, focus, border, remembered, backdrop, surround`` (``remembered``: a
+``artifact, hotspot, mark, object, focus, border, remembered, backdrop, surround`` (``remembered``: a
 held hot-spot finding's remembered footprint; ``backdrop`` / ``surround``: the background outside
 the objects / outside the focus region, for the background rules; ``NaN``, hence not logged, where a probe was not
 tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,

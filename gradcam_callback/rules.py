@@ -149,8 +149,9 @@ class Rule:
             measurement. ``"artifact"``: the artifact masks (they do not move with the
             attention); ``"remembered"``: the class's hot-spot footprint as it was when the
             finding was confirmed; the rule's own ``region``: its whole test again, the
-            context region included (the background rules: the objects or the map's focus,
-            and the background around them; the image frame).
+            context region included (the mark rules: the class's mark, fixed by the probe
+            images; the background rules: the objects or the map's focus, and the background
+            around them; the image frame).
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
