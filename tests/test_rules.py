@@ -542,6 +542,26 @@ def test_without_masks_a_class_tied_mark_in_the_images_stands_in_for_them() -> N
     assert "attention/mark_enrichment" not in e.summary
 
 
+def test_every_metric_a_flag_cites_is_one_the_monitor_logs() -> None:
+    """A flag's advice and summary name metrics to open: each must be a logged name."""
+    maps, images, targets, arts = _partial_world(0.1)
+    objects, _ = _objects(targets.numel(), seed=4)
+    logged: set[str] = set()
+    for extra in ({}, {"artifact_masks": arts, "object_masks": objects}):
+        mon = ShortcutMonitor()
+        for _ in range(2):  # the second run has a previous one (drift)
+            a = _analyze(mon, maps, images, targets, score_fn=Reader(2, 1), **extra)
+            logged |= {re.sub(r"/class_\d+$", "", k) for k in a.summary}
+    cited = {
+        name
+        for rule in RULES
+        for name in re.findall(
+            r"\b(?:attention|causal|drift)/[a-z_]+[a-z]", rule.advice + rule.summary
+        )
+    }
+    assert cited and cited <= logged, sorted(cited - logged)
+
+
 def test_partial_hotspot_rule_is_the_band_under_the_hotspot_threshold() -> None:
     from gradcam_callback.rules import evaluate
 
