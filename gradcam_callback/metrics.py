@@ -885,6 +885,7 @@ def class_marks(
     tolerance: float = 0.25,
     contrast: float = 0.5,
     min_group: int = 4,
+    min_pixels: int = 9,
 ) -> Tensor:
     """Fixed-place marks tied to a class: pixels most of a class's images share and few of the
     others' do.
@@ -913,11 +914,15 @@ def class_marks(
             pixel spread, for an image to carry the value.
         contrast: the least share difference (in ``(0, 1]``) for a mark pixel.
         min_group: groups with fewer images get no marks (their shares are too coarse).
+        min_pixels: a group's mark needs at least this many pixels (the default: a 3x3 patch's
+            worth), else it has none: a few agreeing pixels are chance, or a sliver of a
+            class-tied tint, too small for a map to point at or for its erasure to matter.
 
     Returns:
         bool ``[G, H, W]``: each group's mark pixels (all ``False`` for a group without one, for
         groups under ``min_group`` images, and for images that do not vary at all). A lone
-        pixel, with no mark pixel among its eight neighbours, is dropped as chance agreement.
+        pixel, with no mark pixel among its eight neighbours, is dropped as chance agreement,
+        and a mark of fewer than ``min_pixels`` pixels as a whole.
     """
     n, _, h, w = images.shape
     groups = groups.to(device=images.device, dtype=torch.long)
@@ -942,7 +947,8 @@ def class_marks(
     marks = out.view(num_groups, h, w)
     # a mark is a shape: a lone pixel (no mark pixel among its 8 neighbours) is chance agreement
     near = F.avg_pool2d(marks[:, None].float(), 3, stride=1, padding=1)[:, 0] * 9.0
-    return marks & (near >= 2.0)
+    marks = marks & (near >= 2.0)
+    return marks & (marks.flatten(1).sum(1) >= min_pixels)[:, None, None]
 
 
 # ----------------------------------------------------------------------------- causal

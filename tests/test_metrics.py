@@ -244,14 +244,17 @@ def test_class_marks_ignore_a_mark_independent_of_the_label_and_small_groups() -
     assert not M.class_marks(torch.zeros(24, 3, 8, 8), groups, 3).any()  # nothing varies
 
 
-def test_class_marks_drop_a_lone_pixel() -> None:
+def test_class_marks_drop_a_lone_pixel_and_a_mark_under_min_pixels() -> None:
     groups = torch.arange(2).repeat_interleave(6)
     carries = groups == 1
     images, _ = _marked_images(groups, torch.zeros(12, dtype=torch.bool), seed=3)
     images[carries, :, 20, 3] = 0.7  # one pixel shared by class 1's images
     images[carries, :, 10:12, 20] = 0.7  # and two neighbouring ones
-    marks = M.class_marks(images, groups, 2)
+    marks = M.class_marks(images, groups, 2, min_pixels=1)
     assert not marks[1, 20, 3] and marks[1, 10:12, 20].all() and int(marks[1].sum()) == 2
+    assert not M.class_marks(images, groups, 2).any()  # 2 pixels: under a 3x3 patch's worth
+    images[carries, :, 10:13, 20:23] = 0.7  # a 3x3 patch: a mark
+    assert int(M.class_marks(images, groups, 2)[1].sum()) == 9
 
 
 def test_grow_region_follows_allowed_pixels_and_respects_max_area() -> None:
