@@ -635,3 +635,24 @@ def test_the_image_cache_reads_a_probe_set_once_and_notices_changes() -> None:
         frozen = torch.rand(4, 3, 16, 16)
     first = cache.grid(frozen, (8, 8))
     assert cache.grid(frozen, (8, 8)) is not first and cache.extremes(first, 1) is None
+
+
+def test_the_image_cache_keeps_the_class_marks_while_images_and_classes_stay() -> None:
+    from gradcam_callback.evidence import ImageCache
+    from gradcam_callback.metrics import class_marks
+
+    cache = ImageCache()
+    images = torch.rand(12, 3, 16, 16)
+    groups = torch.arange(3).repeat_interleave(4)
+    images[groups == 1, :, :3, :4] = 2.0  # class 1's mark
+    grid = cache.grid(images, (16, 16))
+    params = (0.25, 0.5, 4)
+    marks = cache.marks(grid, groups, 3, params)
+    assert torch.equal(marks, class_marks(grid, groups, 3, 0.25, 0.5, 4))
+    assert marks[1, :3, :4].all() and int(marks.sum()) == 12
+    assert cache.marks(grid, groups, 3, params) is marks  # computed once
+    other = groups.flip(0)  # other classes: computed afresh
+    assert cache.marks(grid, other, 3, params) is not marks
+    assert cache.marks(grid, other, 3, (0.25, 0.9, 4)) is not marks  # other parameters too
+    images[0] = 0.0  # the images changed in place: the grid, then the marks, are read afresh
+    assert cache.marks(cache.grid(images, (16, 16)), groups, 3, params) is not marks
