@@ -70,11 +70,11 @@ _{baseline,previous}``, ``attention/{entropy,focus,border_enrichment,corner_enri
 class; stability is the larger of the pixel and the shift-tolerant reading), without artifact
 masks ``attention/mark_{enrichment,pixel_enrichment,cell_enrichment,area}`` (per probe: the
 attention on its class's mark, and the mark's area) and ``attention/mark_offset`` (per class),
-``causal/{region}_{flip,drop,evidence,depends}`` for the regions
-``artifact, hotspot, mark, object, focus, border, remembered, backdrop, surround`` (``remembered``: a
-held hot-spot finding's remembered footprint; ``backdrop`` / ``surround``: the background outside
-the objects / outside the focus region, for the background rules; ``NaN``, hence not logged, where a probe was not
-tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
+``causal/{region}_{flip,drop,evidence,depends}`` for the regions ``artifact, hotspot, mark,
+object, focus, border, remembered, backdrop, surround`` (``remembered``: a held hot-spot
+finding's remembered footprint; ``backdrop`` / ``surround``: the background outside the objects
+/ outside the focus region, for the background rules; ``NaN``, hence not logged, where a probe
+was not tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
 dependence}`` of the artifact region that was tested (the artifact masks when given, else the hot
 spot). Summaries carry set means, per-class means ``<name>/class_<k>`` and, for hot-spot group

@@ -174,9 +174,8 @@ class ImageCache:
             cached is not None
             and grid is self._grid
             and cached[1] == params
-            and cached[0].shape == groups.shape
             and cached[2].shape[0] == num_groups
-            and bool(torch.equal(cached[0], groups))
+            and torch.equal(cached[0], groups)  # False for another shape too
         ):
             return cached[2]
         tolerance, contrast, min_group = params

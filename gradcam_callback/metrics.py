@@ -896,12 +896,12 @@ def class_marks(
     backgrounds agree nowhere. Per group ``g`` and pixel, the images *carry* the group's value
     when every channel lies within ``tolerance`` times the typical pixel spread (the median over
     pixels of the per-pixel standard deviation across all images, averaged over channels) of
-    the group's per-pixel median. The pixel is a mark of ``g`` when the share of ``g``'s images that carry it, minus
-    the median of that share over the other groups, is at least ``contrast``: a mark on 95 % of
-    two classes' images of five, and 5 % of the rest, scores about 0.9 for both, while a mark
-    independent of the label scores about 0 (a chance majority in a few images rarely reaches
-    ``contrast``). Uses no map and no model: the marks are candidates that the attention and
-    a causal test then judge.
+    the group's per-pixel median. The pixel is a mark of ``g`` when the share of ``g``'s images
+    that carry it, minus the median of that share over the other groups, is at least
+    ``contrast``: a mark on 95 % of two classes' images of five, and 5 % of the rest, scores
+    about 0.9 for both, while a mark independent of the label scores about 0 (a chance majority
+    in a few images rarely reaches ``contrast``). Uses no map and no model: the marks are
+    candidates that the attention and a causal test then judge.
 
     One pass per group (a median over its images, a comparison with every image): about
     ``G * N * C * H * W`` operations, computed once per probe set by the caller.
