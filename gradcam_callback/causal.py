@@ -26,8 +26,9 @@ stays): it is re-tested on that region (the artifact masks, or the hot-spot foot
 from the confirming test; for the background rules, their own test again: the objects or the
 map's focus and the background around them, or the image frame) among the re-tests of tier 3,
 under the plan key ``"<rule>@held"``, and keeps its flag while the re-test confirms it as the
-rule's own test would. A conclusive lower measurement, or the class no longer usable (unlearned,
-too few probes), drops it; an inconclusive or postponed re-test carries it.
+rule's own test would. A conclusive lower measurement, or the class no longer judged (unlearned,
+too few probes; for a region read off the maps, too few maps that carry the rule's measure),
+drops it; an inconclusive or postponed re-test carries it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ __all__ = [
 
 #: suffix of the plan key of a held finding's re-test (``"artifact_masks@held"``)
 HELD = "@held"
+#: regions read off this run's maps (the others come from masks, the images, the frame or a
+#: stored footprint): a held re-test there needs a class whose maps carry the rule's measure
+_FROM_MAPS = frozenset({"focus", "surround", "hotspot"})
 
 #: ``(rule, group) -> (the group's causal statistics, epoch of the test or None for this run)``
 CausalValues = Callable[[Rule, int], tuple[Mapping[str, float], "int | None"]]
@@ -248,11 +252,17 @@ class CausalMemory:
     def _holdable(self, d: RuleDecision, g: int, c: int) -> bool:
         """A confirmed finding of ``d``'s rule for class ``c`` (group ``g``) that is held while
         measured: the rule has a held region (and, for ``"remembered"``, a stored footprint),
-        the class is usable, and the rule's attention no longer holds for it."""
+        the class is still judged (learned, enough probes; for a held region read off the maps,
+        usable: enough of its maps carry the rule's measure), and the rule's attention no
+        longer holds for it. A region that does not come from the maps (masks, the class's
+        mark, a stored footprint, the frame) is re-tested whatever the maps show: Grad-CAM maps
+        can turn all-zero for a class the model still predicts."""
         f = self.findings.get((d.rule.name, c))
         if d.rule.held_region is None or f is None or not f.confirmed:
             return False
-        if d.usable is None or d.attention is None or not bool(d.usable[g]):
+        from_maps = d.rule.held_region in _FROM_MAPS
+        kept = d.usable if from_maps or d.judged is None else d.judged
+        if kept is None or d.attention is None or not bool(kept[g]):
             return False
         if d.rule.held_region == "remembered" and c not in self.footprints:
             return False

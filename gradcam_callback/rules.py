@@ -433,6 +433,10 @@ class RuleDecision:
         near: bool ``[G]``: usable and within the margin of holding (worth a causal test).
         weak: bool ``[G]``: every condition holds, but on fewer than ``min_probes`` probes of
             a (learned) class: weak evidence, never flagged, said in a ``few_probes`` note.
+        judged: bool ``[G]``: the class is judged at all (learned, with at least
+            ``min_probes`` probes), whatever its maps: a finding held while measured on a
+            region that does not come from the maps is kept for such a class even when too few
+            of its maps carry the rule's measure (e.g. all-zero maps).
     """
 
     rule: Rule
@@ -442,6 +446,7 @@ class RuleDecision:
     attention: Tensor | None = None
     near: Tensor | None = None
     weak: Tensor | None = None
+    judged: Tensor | None = None
 
 
 def evaluate(
@@ -496,6 +501,9 @@ def evaluate(
             few = few & (sizes < min_probes)
         if rule.per_class and learned is not None:
             usable, few = usable & learned, few & learned
+        judged = usable.clone() if sizes is None else sizes >= min_probes
+        if learned is not None and rule.per_class:
+            judged = judged & learned
         attention, near, weak = usable.clone(), usable.clone(), few.clone()
         for cond in rule.conditions:
             value = stats[cond.metric + suffix]
@@ -505,7 +513,9 @@ def evaluate(
             weak &= holds
             near &= cond.near(value, thr, margin)
         out.append(
-            RuleDecision(rule, True, usable=usable, attention=attention, near=near, weak=weak)
+            RuleDecision(
+                rule, True, usable=usable, attention=attention, near=near, weak=weak, judged=judged
+            )
         )
     return out
 

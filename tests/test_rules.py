@@ -659,6 +659,51 @@ def test_a_held_finding_is_kept_by_measurement_and_dropped_by_a_low_one() -> Non
     assert plan == {} and not held and not memory.findings
 
 
+@pytest.mark.parametrize(
+    ("name", "region", "kept"),
+    [("artifact_mark_partial", "mark", True), ("background_diffuse", "focus", False)],
+)
+def test_a_held_finding_outlives_maps_that_stop_carrying_its_measure(
+    name: str, region: str, kept: bool
+) -> None:
+    """A class the model still predicts can get all-zero Grad-CAM maps (its measure then has
+    too few probes): a finding held on a region that does not come from the maps (the class's
+    mark) is still re-tested and held; one held on the maps' focus region is dropped."""
+    from gradcam_callback.causal import HELD, CausalMemory
+    from gradcam_callback.rules import RuleDecision
+
+    mon = ShortcutMonitor()
+    rule = next(r for r in RULES if r.name == name)
+    assert rule.held_region == region
+    memory = CausalMemory()
+    yes, no = torch.tensor([True]), torch.tensor([False])
+    stats = {  # a confirming measurement for either rule
+        f"causal/{region}_depends": torch.tensor([1.0]),
+        f"causal/{region}_evidence": torch.tensor([1.0 if region == "mark" else 0.1]),
+        "causal/surround_evidence": torch.tensor([0.9]),
+    }
+    counts = {f"causal/{region}_evidence": torch.tensor([8.0])}
+    counts["causal/surround_evidence"] = torch.tensor([8.0])
+
+    def run(attention: torch.Tensor, usable: torch.Tensor, judged: torch.Tensor, key: str):
+        d = RuleDecision(
+            rule, True, usable=usable, attention=attention, near=attention, judged=judged
+        )
+        plan = memory.plan([d], [3], [8], budget=8, min_probes=4)
+        memory.settle(mon, [3], [d], stats, counts, {key: {0: 8}}, 1)
+        return plan, bool(memory.held[name][0])
+
+    run(yes, yes, yes, name)  # confirmed
+    assert memory.findings[(name, 3)].confirmed
+    # the maps go all-zero: the measure is unusable, the class still judged
+    plan, held = run(no, no, yes, name + HELD)
+    assert held is kept and (plan == {name + HELD: {0: 8}}) is kept, plan
+    assert bool(memory.findings) is kept
+    if kept:  # no longer learned (not judged): dropped
+        plan, held = run(no, no, no, name + HELD)
+        assert plan == {} and not held and not memory.findings
+
+
 def test_with_object_masks_a_diffuse_map_flags_only_if_the_objects_are_not_needed() -> None:
     """A coarse, diffuse map of a model that reads its (small) objects: the map's hottest cells
     are elsewhere, so erasing them leaves the evidence; but erasing everything around them (the
