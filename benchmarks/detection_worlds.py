@@ -1986,7 +1986,14 @@ WORLDS.update(
 # corner on two of five classes, ResNet-18; a dark filled hole punch at the middle of the top edge
 # on two of six classes, small CNN) and a plain per-class mark (a thin 1-px diagonal scratch near
 # the bottom-right corner, colour per class, 90/10, small CNN). Validated with ground truth only
-# (no Grad-CAM callback, no monitor, no flags looked at).
+# (no Grad-CAM callback, no monitor, no flags looked at; one run each, seed 0, threads 1): all
+# three valid as first built, no spec changed. Final accuracy present / removed / swapped: W47
+# 0.94 / 0.71 / 0.55 (reliance from epoch 0), clean 0.97 / 0.97 / 0.96; W48 0.96 / 0.97 / 0.58
+# (from epoch 1: the digit alone carries it once learnt, the swapped mark still misleads), clean
+# 0.93 / 0.94 / 0.94; W49 0.76 / 0.64 / 0.36 (from epoch 4), clean 0.68 / 0.68 / 0.69. The clean
+# controls show no reliance. The STAMP_STYLES (rectangle, fill) and TAG_STYLES (diagonal shape)
+# generalisation leaves every older world's tensors unchanged (W1-W46, shortcut and clean, train
+# and val, all three variants: identical hashes before and after).
 WORLDS.update(
     {
         s.name: s
