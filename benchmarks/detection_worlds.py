@@ -50,6 +50,9 @@ W43   multi-label: upright sticker (top right) tied to finding 0      4 digits  
 W44   group shortcut: dark round grommet (bottom left) on 95% of 2, 4  5 digits  rn18   held-out (+++)
 W45   group shortcut: light hatched tape (right edge, top) on 3 of 6   6 digits  cnn    held-out (+++)
 W46   round colour stamp half-way to the top-right corner, 90/10      0, 4, 7   cnn    held-out (+++)
+W47   group shortcut: light date stamp (top left) on 95% of 0, 3 of 5  5 digits  rn18   held-out (4+)
+W48   thin 1-px diagonal scratch (bottom right), colour per class     2, 7      cnn    held-out (4+)
+W49   group shortcut: dark hole punch (top edge middle) on 2 of 6      6 digits  cnn    held-out (4+)
 ====  =============================================================  ========  =====  ================
 
 (*) built as a reserve after 0.3.3's change was decided, validated with ground truth only, then run
@@ -63,6 +66,9 @@ calibration worlds): only W42 fails like its held-out counterpart (see the comme
 (+++) built for the seventh round while the monitor's next change was being made, to judge it;
 validated with ground truth only (no Grad-CAM callback, no monitor, no flags looked at; see the
 comment at W44-W46).
+(4+) built while the monitor's next change after W44-W46 was being made, to judge it; validated
+with ground truth only (no Grad-CAM callback, no monitor, no flags looked at; see the comment at
+W47-W49).
 
 W15-W18 (multi-label and few-probe worlds), W20, W22 (multi-label on ResNet-18, coarse maps) and
 W32 (multi-label, small CNN: a calibration checker, bottom centre, tied to one finding; held-out,
@@ -81,7 +87,8 @@ multi-label, group, border, built the same way after 0.3.3's change was decided 
 flags once; and W37-W40, one fresh world per family: background, border, group, thin, built after
 0.3.4's change was decided and validated with ground truth only; and W44-W46, two group worlds
 and a plain per-class label artifact away from the edges, built for the seventh round and
-validated with ground truth only): both splits have small-CNN and ResNet-18 worlds; the
+validated with ground truth only; and W47-W49, two group worlds and a thin per-class scratch,
+built the same way for the next change): both splits have small-CNN and ResNet-18 worlds; the
 held-out split has the two 10-class worlds, the one-class artifact and the moving artifact.
 W9-W14 are three families the first eight did not have, one calibration and one held-out world
 each, differing in geometry, colour, classes, image size and model: *thin* artifacts (a line
@@ -161,6 +168,9 @@ ArtifactKind = Literal[
     "group_grommet",
     "group_tape",
     "inset_stamp",
+    "group_date_stamp",
+    "scratch",
+    "group_hole_punch",
 ]
 
 
@@ -437,7 +447,9 @@ TAG_COLOURS = ((1.0, 0.8, 0.0), (0.0, 0.75, 1.0))
 # zone) of a per-class tag kind: a filled patch, one colour per class. A position is in pixels
 # from the top / left edge (negative: from the bottom / right edge) or, as a float, the fraction
 # of the side the patch is centred on; a corner cut of c px takes the pixels less than c steps
-# (L1) from each corner off (2: a round stamp)
+# (L1) from each corner off (2: a round stamp); the shape "diagonal" keeps only the 1-px line
+# from the bottom-left to the top-right corner of a square patch (a scratch). A group kind
+# (``group_*``) has one colour: every group class draws design 0
 TAG_STYLES = {
     "tag": ((-7, -9), (6, 8), TAG_COLOURS, 0, 1),
     "inset_stamp": (
@@ -447,18 +459,22 @@ TAG_STYLES = {
         2,
         2,
     ),
+    "scratch": ((-12, -12), (8, 8), ((0.92, 0.92, 0.92), (1.0, 0.35, 0.6)), "diagonal", 1),
+    "group_hole_punch": ((2, 0.5), (5, 5), ((0.06, 0.05, 0.07),), 0, 2),
 }
 RULER_COLOURS = ((1.0, 0.95, 0.2), (0.2, 0.95, 1.0))
 LINE_COLOURS = ((0.95, 0.2, 0.95), (0.95, 0.95, 0.95))
 JITTER_COLOURS = ((1.0, 0.5, 0.0), (0.3, 1.0, 0.3), (0.6, 0.3, 1.0))
 MOVING_COLOURS = ((1.0, 0.2, 0.2), (0.2, 0.4, 1.0))
 STAMP_COLOUR = (1.0, 0.85, 0.15)
-# (corner, colour, side px, wall px, px off the edges, corner cut px) of a group ring-stamp kind:
-# a hollow square ring (the background shows through its hole), its outer corners cut as in
-# TAG_STYLES (2: a round grommet)
-STAMP_STYLES = {
-    "group_stamp": ("top_right", STAMP_COLOUR, 10, 3, 2, 0),
-    "group_grommet": ("bottom_left", (0.07, 0.06, 0.09), 9, 2, 3, 2),
+# (corner, colour, side px or (height, width), wall px, px off the edges, corner cut px, fill) of
+# a group ring-stamp kind: a square or rectangular ring, its outer corners cut as in TAG_STYLES
+# (2: a round grommet); fill None: hollow (the background shows through its hole), else the
+# colour inside the wall (a light label with a dark outline)
+STAMP_STYLES: dict[str, tuple] = {
+    "group_stamp": ("top_right", STAMP_COLOUR, 10, 3, 2, 0, None),
+    "group_grommet": ("bottom_left", (0.07, 0.06, 0.09), 9, 2, 3, 2, None),
+    "group_date_stamp": ("top_left", (0.08, 0.08, 0.1), (6, 10), 1, 3, 1, (0.96, 0.94, 0.86)),
 }
 TAB_COLOUR = (0.1, 0.8, 0.9)
 EDGE_TAB_COLOUR = (1.0, 0.45, 0.1)
@@ -585,11 +601,12 @@ def reserved_box(spec: WorldSpec) -> tuple[int, int, int, int] | None:
         return (0, 0, 5, s)
     if spec.artifact == "group_scale":
         return (s - 10, 0, s, 26)
-    if spec.artifact in STAMP_STYLES:  # the stamp's corner square, 2 px to spare
-        corner, _, side, _, off, _ = STAMP_STYLES[spec.artifact]
-        r = off + side + 2
-        y0, x0 = (0 if corner.startswith("top") else s - r), (0 if "left" in corner else s - r)
-        return (y0, x0, y0 + r, x0 + r)
+    if spec.artifact in STAMP_STYLES:  # the stamp's corner box, 2 px to spare
+        corner, _, side, _, off, *_ = STAMP_STYLES[spec.artifact]
+        sh, sw = _stamp_size(side)
+        rh, rw = off + sh + 2, off + sw + 2
+        y0, x0 = (0 if corner.startswith("top") else s - rh), (0 if "left" in corner else s - rw)
+        return (y0, x0, y0 + rh, x0 + rw)
     if spec.artifact in TAB_STYLES:  # the tab's rows, 2 px to spare, and the edge's 7 px
         edge, _, length, *_ = TAB_STYLES[spec.artifact]
         y = tab_top(spec.artifact, s)
@@ -640,6 +657,19 @@ def tab_top(kind: str, h: int) -> int:
     """The first row of an edge-tab kind's tab (:data:`TAB_STYLES`) on a canvas ``h`` high."""
     _, centre, length, *_ = TAB_STYLES[kind]
     return int(h * centre) - length // 2
+
+
+def _stamp_size(side: int | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of a :data:`STAMP_STYLES` stamp: its side, or its two sides."""
+    return (side, side) if isinstance(side, int) else side
+
+
+def _tag_shape(h: int, w: int, cut: int | str) -> Tensor:
+    """Bool ``[h, w]``: a :data:`TAG_STYLES` patch's shape: the rectangle with its corners cut
+    (:func:`_cut_corners`) or, for ``"diagonal"``, the 1-px anti-diagonal of a square patch."""
+    if cut == "diagonal":
+        return torch.eye(h, w, dtype=torch.bool).flip(0)
+    return _cut_corners(h, w, int(cut))
 
 
 def _cut_corners(h: int, w: int, cut: int) -> Tensor:
@@ -709,10 +739,10 @@ def apply_artifact(
         patch[:] = colour
         if design == 1:  # a ring: dark inside
             patch[:, y + 2 : y + 4, x + 2 : x + 4] = 0.05
-    elif kind in TAG_STYLES:  # a filled patch, one colour per class (square or round)
+    elif kind in TAG_STYLES:  # a filled patch, one colour per class (square, round or a line)
         (y, x), (th, tw) = tag_box(kind, h, w)
         colours, cut = TAG_STYLES[kind][2:4]
-        mask[y : y + th, x : x + tw] = _cut_corners(th, tw, cut)
+        mask[y : y + th, x : x + tw] = _tag_shape(th, tw, cut)
         patch[:] = torch.tensor(colours[design]).view(3, 1, 1)
     elif kind == "border":
         mask[:, 0:4] = True
@@ -750,13 +780,18 @@ def apply_artifact(
         mask[h - 7 : h - 3, 3:23] = True
         patch[:] = 0.97
         patch[:, h - 7 : h - 5, 3:23:5] = 0.05
-    elif kind in STAMP_STYLES:  # a hollow ring stamp in one corner (square or round)
-        corner, colour, side, wall, off, cut = STAMP_STYLES[kind]
-        y = off if corner.startswith("top") else h - off - side
-        x = off if "left" in corner else w - off - side
-        mask[y : y + side, x : x + side] = _cut_corners(side, side, cut)
-        mask[y + wall : y + side - wall, x + wall : x + side - wall] = False
+    elif kind in STAMP_STYLES:  # a ring stamp in one corner (square or round, hollow or filled)
+        corner, colour, side, wall, off, cut, fill = STAMP_STYLES[kind]
+        sh, sw = _stamp_size(side)
+        y = off if corner.startswith("top") else h - off - sh
+        x = off if "left" in corner else w - off - sw
+        mask[y : y + sh, x : x + sw] = _cut_corners(sh, sw, cut)
         patch[:] = torch.tensor(colour).view(3, 1, 1)
+        inner = (slice(y + wall, y + sh - wall), slice(x + wall, x + sw - wall))
+        if fill is None:
+            mask[inner] = False
+        else:
+            patch[(slice(None), *inner)] = torch.tensor(fill).view(3, 1, 1)
     elif kind in TAB_STYLES:  # a notched tab along the left or right edge
         edge, _, length, colour, notch, first, step = TAB_STYLES[kind]
         y = tab_top(kind, h)
@@ -1941,6 +1976,72 @@ WORLDS.update(
                 n_train=1200,
                 n_val=400,
                 epochs=5,
+            ),
+        )
+    }
+)
+
+# W47-W49: three held-out worlds built while the monitor's next change was being made, to judge
+# it: two group worlds (a light rounded date stamp with a dark 1-px outline near the top-left
+# corner on two of five classes, ResNet-18; a dark filled hole punch at the middle of the top edge
+# on two of six classes, small CNN) and a plain per-class mark (a thin 1-px diagonal scratch near
+# the bottom-right corner, colour per class, 90/10, small CNN). Validated with ground truth only
+# (no Grad-CAM callback, no monitor, no flags looked at; one run each, seed 0, threads 1): all
+# three valid as first built, no spec changed. Final accuracy present / removed / swapped: W47
+# 0.94 / 0.71 / 0.55 (reliance from epoch 0), clean 0.97 / 0.97 / 0.96; W48 0.96 / 0.97 / 0.58
+# (from epoch 1: the digit alone carries it once learnt, the swapped mark still misleads), clean
+# 0.93 / 0.94 / 0.94; W49 0.76 / 0.64 / 0.36 (from epoch 4), clean 0.68 / 0.68 / 0.69. The clean
+# controls show no reliance. The STAMP_STYLES (rectangle, fill) and TAG_STYLES (diagonal shape)
+# generalisation leaves every older world's tensors unchanged (W1-W46, shortcut and clean, train
+# and val, all three variants: identical hashes before and after).
+WORLDS.update(
+    {
+        s.name: s
+        for s in (
+            WorldSpec(
+                "W47",
+                "group shortcut: light rounded date stamp (10x6, dark 1-px outline, top left, "
+                "3 px in) on 95% of classes 0, 3 of 5, 5% of others, ResNet-18",
+                "heldout",
+                (0, 3, 4, 6, 9),
+                "group_date_stamp",
+                arch="resnet18",
+                image_size=72,
+                digit_size=36,
+                correlation=0.95,
+                group=(0, 3),
+                n_train=1000,
+                n_val=200,
+                epochs=5,
+            ),
+            WorldSpec(
+                "W48",
+                "thin 1-px diagonal scratch (8 px) near the bottom-right corner, colour per class, "
+                "2 classes, 90/10 correlation, 48 px",
+                "heldout",
+                (2, 7),
+                "scratch",
+                image_size=48,
+                digit_size=24,
+                correlation=0.9,
+                n_train=1200,
+                n_val=400,
+                epochs=4,
+            ),
+            WorldSpec(
+                "W49",
+                "group shortcut: dark hole punch (5x5 filled square, middle of the top edge, 2 px "
+                "in) on 95% of classes 2, 5 of 6, 5% of others, 60 px",
+                "heldout",
+                (1, 2, 4, 5, 6, 9),
+                "group_hole_punch",
+                image_size=60,
+                digit_size=30,
+                correlation=0.95,
+                group=(2, 5),
+                n_train=1500,
+                n_val=400,
+                epochs=6,
             ),
         )
     }

@@ -152,7 +152,10 @@ def test_token_world_marks_one_class_only() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39", "W42", "W44", "W45"],
+    [
+        *("W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39", "W42"),
+        *("W44", "W45", "W47", "W49"),
+    ],
 )
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
     spec = dw.WORLDS[name]
@@ -639,6 +642,61 @@ def test_inset_stamp_sits_half_way_to_the_top_right_corner_one_colour_per_class(
     assert torch.equal(sp.base, clean.base)
     agree = (clean.assigned == clean.labels).float().mean().item()
     assert abs(agree - 1 / 3) < 0.1  # the clean control: independent of the label
+
+
+def test_date_stamp_is_a_light_rounded_label_with_a_dark_outline_near_the_top_left() -> None:
+    spec = dw.WORLDS["W47"]
+    img, mask = _drawn("W47")
+    expected = torch.zeros_like(mask)
+    expected[3:9, 3:13] = dw._cut_corners(6, 10, 1)  # 10 wide, 6 high, 3 px in, corners cut
+    assert torch.equal(mask, expected)
+    inside = torch.zeros_like(mask)
+    inside[4:8, 4:12] = True
+    outline = mask & ~inside
+    assert int(outline.sum()) == 2 * 8 + 2 * 4  # a 1-px outline, round corners
+    assert float(img[:, outline].max()) < 0.15 and float(img[:, inside].min()) > 0.8
+    assert dw.reserved_box(spec) == (0, 0, 11, 15)
+    _, _, obj, art = dw.DigitWorld(spec, n_train=10, n_val=60).val.tensors
+    assert not obj[:, :11, :15].any()  # the digit keeps out of the stamp's corner
+    assert all(torch.equal(m, mask) for m in art if m.any())
+    hollow = dw.WORLDS["W19"]  # the older ring stamps stay hollow: fill None
+    assert dw.STAMP_STYLES[hollow.artifact][6] is None
+
+
+def test_scratch_is_a_one_pixel_diagonal_near_the_bottom_right_one_colour_per_class() -> None:
+    spec = dw.WORLDS["W48"]
+    s = spec.image_size
+    drawn = [_drawn("W48", c) for c in range(2)]
+    mask = drawn[0][1]
+    assert torch.equal(drawn[1][1], mask)  # one place and shape for both classes
+    expected = torch.zeros_like(mask)
+    for i in range(8):  # from the bottom-left to the top-right of an 8x8 box, 4 px in
+        expected[s - 5 - i, s - 12 + i] = True
+    assert torch.equal(mask, expected)
+    colours = [tuple(img[:, mask][:, 0].tolist()) for img, _ in drawn]
+    assert colours[0] != colours[1]
+    assert dw.reserved_box(spec) == (s - 13, s - 13, s - 3, s - 3)
+    short = dw.DigitWorld(spec, n_train=10, n_val=400)
+    _, _, obj, art = short.val.tensors
+    assert not obj[:, s - 13 : s - 3, s - 13 : s - 3].any()
+    assert all(torch.equal(m, mask) for m in art)
+    sp = short._split("val")
+    follow = (sp.assigned == sp.labels).float().mean().item()
+    assert 0.85 < follow < 0.95  # 90/10
+
+
+def test_hole_punch_is_a_dark_filled_square_at_the_middle_of_the_top_edge() -> None:
+    spec = dw.WORLDS["W49"]
+    s = spec.image_size
+    img, mask = _drawn("W49")
+    expected = torch.zeros_like(mask)
+    expected[2:7, s // 2 - 2 : s // 2 + 3] = True  # 5x5, 2 px in, centred on the top edge
+    assert torch.equal(mask, expected)
+    assert float(img[:, mask].max()) < 0.1  # dark
+    assert dw.reserved_box(spec) == (0, s // 2 - 4, 9, s // 2 + 5)
+    _, _, obj, art = dw.DigitWorld(spec, n_train=10, n_val=60).val.tensors
+    assert not obj[:, :9, s // 2 - 4 : s // 2 + 5].any()
+    assert all(torch.equal(m, mask) for m in art if m.any())
 
 
 def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
