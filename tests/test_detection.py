@@ -42,10 +42,16 @@ def _world(name: str, shortcut: bool = True, seed: int = 0):
     return dw.DigitWorld(dw.WORLDS[name], shortcut=shortcut, seed=seed, **SMALL)
 
 
-def _bounding_crop(mask: torch.Tensor) -> torch.Tensor:
-    """The ``[H, W]`` bool mask cropped to the bounding box of its True pixels."""
+def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(y0, x0, y1, x1)``: the inclusive bounding box of an ``[H, W]`` bool mask's pixels."""
     idx = torch.nonzero(mask)
     (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    return y0, x0, y1, x1
+
+
+def _bounding_crop(mask: torch.Tensor) -> torch.Tensor:
+    """The ``[H, W]`` bool mask cropped to the bounding box of its True pixels."""
+    y0, x0, y1, x1 = _bbox(mask)
     return mask[y0 : y1 + 1, x0 : x1 + 1]
 
 
@@ -572,8 +578,7 @@ def test_dark_grommet_is_a_round_hollow_ring_near_the_bottom_left_corner() -> No
     spec = dw.WORLDS["W44"]
     s = spec.image_size
     img, mask = _drawn("W44")
-    idx = torch.nonzero(mask)
-    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    y0, x0, y1, x1 = _bbox(mask)
     assert (y0, x0, y1, x1) == (s - 12, 3, s - 4, 11)  # 9x9, 3 px in from the left and bottom
     crop = mask[y0 : y1 + 1, x0 : x1 + 1]
     assert not crop[2:7, 2:7].any()  # a 5x5 hole: the background shows through
@@ -599,8 +604,7 @@ def test_light_tape_runs_down_the_right_edge_near_the_top_with_a_faint_hatch() -
     spec = dw.WORLDS["W45"]
     s = spec.image_size
     img, mask = _drawn("W45")
-    idx = torch.nonzero(mask)
-    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    y0, x0, y1, x1 = _bbox(mask)
     assert (y1 - y0 + 1, x1 - x0 + 1) == (12, 4) and bool(mask[y0 : y1 + 1, x0 : x1 + 1].all())
     assert x1 == s - 2 and y0 < s // 4  # 1 px off the right edge, near the top
     tape = img[:, y0 : y1 + 1, x0 : x1 + 1]
@@ -703,8 +707,7 @@ def test_checker_token_sits_in_the_bottom_centre_cell() -> None:
     spec = dw.WORLDS["W32"]
     s, cell = spec.image_size, spec.image_size // spec.cells
     colour, mask = dw._token_patch(spec, s)
-    idx = torch.nonzero(mask)
-    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    y0, x0, y1, x1 = _bbox(mask)
     assert (y1 - y0 + 1, x1 - x0 + 1) == (8, 8) and int(mask.sum()) == 64  # a full 8x8 patch
     assert y0 >= s - cell and cell <= x0 and x1 < 2 * cell  # the middle cell of the bottom row
     patch = colour[0, y0 : y1 + 1, x0 : x1 + 1]
@@ -721,8 +724,7 @@ def test_tall_sticker_token_sits_in_the_top_right_cell() -> None:
     colour, mask = dw._token_patch(spec, s)
     crop = _bounding_crop(mask)
     assert crop.shape == (10, 6) and bool(crop.all())  # an upright 10x6 label
-    idx = torch.nonzero(mask)
-    (y0, x0), (y1, x1) = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+    y0, x0, y1, x1 = _bbox(mask)
     assert y1 < cell and x0 >= s - cell  # inside the top-right cell
     patch = colour[:, y0 : y1 + 1, x0 : x1 + 1]
     dark = (patch < 0.1).all(0)
