@@ -280,6 +280,7 @@ class ShortcutMonitor:
         names |= {r.drop_setting for r in self.rules if r.drop_setting}
         names |= {r.dependence_setting for r in self.rules if r.confirm == "depends"}
         names |= {r.context_setting for r in self.rules if r.context_region is not None}
+        names |= {r.switch for r in self.rules if r.switch is not None}
         return {n: getattr(self, n) for n in sorted(names)}
 
     def reset(self) -> None:

@@ -152,6 +152,9 @@ class Rule:
             context region included (the mark rules: the class's mark, fixed by the probe
             images; the background rules: the objects or the map's focus, and the background
             around them; the image frame).
+        switch: a setting that switches the rule off when ``None``, besides its thresholds
+            (the partial mark rule has no lower attention bound: it is switched with the other
+            partial-reliance rules, by ``partial_enrichment``).
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
@@ -172,6 +175,7 @@ class Rule:
     context_setting: str = "background_drop"
     dependence_setting: str = "dependence"
     held_region: str | None = None
+    switch: str | None = None
     per_class: bool = True
     after_trained_run: bool = False
     summary: str = ""
@@ -187,8 +191,10 @@ class Rule:
         return settings.get(self.headline.threshold)
 
     def enabled(self, settings: Mapping[str, float | None]) -> bool:
-        """A rule whose thresholds are all set (``None`` switches a rule off)."""
-        return all(settings.get(c.threshold) is not None for c in self.conditions)
+        """A rule whose thresholds (and :attr:`switch`) are all set (``None`` switches a rule
+        off)."""
+        names = [c.threshold for c in self.conditions] + [self.switch] * (self.switch is not None)
+        return all(settings.get(n) is not None for n in names)
 
 
 #: The rule table. Order matters only for the headline of a flag that several rules of one kind
@@ -315,14 +321,18 @@ RULES: tuple[Rule, ...] = (
             "see attention/mark_enrichment and the overlays."
         ),
     ),
+    # A mark is tied to its class in the data itself (unlike artifact masks, which say where an
+    # artifact is, not that it follows the label), so the partial rule tests it whatever the
+    # attention on it: Grad-CAM under-reads a thin mark on a coarse map, and a group's mark
+    # tells the group while the maps show what tells the classes inside it apart.
     Rule(
         name="artifact_mark_partial",
         kind=FlagKind.artifact,
         conditions=(
-            Condition("attention/mark_enrichment", ">=", "partial_enrichment"),
             Condition("attention/mark_enrichment", "<", "artifact_enrichment"),
             Condition("attention/mark_offset", ">=", "hotspot_offset"),
         ),
+        switch="partial_enrichment",
         needs="class_marks",
         unless="artifact_masks",
         region="mark",
@@ -331,9 +341,11 @@ RULES: tuple[Rule, ...] = (
         dependence_setting="partial_dependence",
         summary=(
             "the class's probes share a fixed-place mark that the other classes' lack "
-            "({attention/mark_area:pct} of the image); the attention on it is elevated but "
-            "under the artifact threshold ({value:.1f}x its area share, as the map sees it), "
-            "and the model depends on it (partial reliance)"
+            "({attention/mark_area:pct} of the image, {attention/mark_offset:pct} of the way from "
+            "the centre to a corner); the attention on it is under the artifact threshold "
+            "({value:.1f}x its area share, as the map sees it), and the model depends on it "
+            "(partial reliance: a mark tied to the class in the data is tested whatever the "
+            "maps show)"
         ),
         advice=(
             "The model uses the mark for part of its decision (e.g. to tell a group of classes "

@@ -542,6 +542,39 @@ def test_without_masks_a_class_tied_mark_in_the_images_stands_in_for_them() -> N
     assert "attention/mark_enrichment" not in e.summary
 
 
+def test_a_class_tied_mark_is_tested_whatever_the_attention_on_it() -> None:
+    """A mark found in the data is tied to its class there: the partial mark rule tests it even
+    where the maps put no attention on it (a group's mark tells the group while the maps show
+    the object), and a strong measured dependence confirms. Artifact masks, which do not say
+    that an artifact follows the label, keep their attention bound; ``partial_enrichment=None``
+    switches both partial rules off."""
+    maps, images, targets, arts = _partial_world(0.0)  # the maps stay on the objects
+    a = _analyze(ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=Reader(2, 1))
+    assert a.summary["attention/mark_enrichment/class_1"] < ShortcutMonitor().partial_enrichment
+    assert a.tested["mark"] == 8
+    (flag,) = [f for f in a.flags if f.kind == "artifact"]
+    assert flag.classes == (1,) and "whatever the maps show" in flag.message
+    assert flag.threshold == ShortcutMonitor().artifact_enrichment  # under it: "<"
+    # a model that does not read the mark: tested, not confirmed
+    b = _analyze(
+        ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=Reader(2, None)
+    )
+    assert b.tested["mark"] == 8 and not [f for f in b.flags if f.kind == "artifact"]
+    # the same maps with artifact masks: under the partial bound, nothing tested on them
+    c = _analyze(
+        ShortcutMonitor(causal_budget=None),
+        maps,
+        images,
+        targets,
+        artifact_masks=arts,
+        score_fn=Reader(2, 1),
+    )
+    assert "artifact" not in c.tested and not [f for f in c.flags if f.kind == "artifact"]
+    off = ShortcutMonitor(partial_enrichment=None, causal_budget=None)
+    d = _analyze(off, maps, images, targets, score_fn=Reader(2, 1))
+    assert d.skipped["artifact_mark_partial"] == "switched off" and "mark" not in d.tested
+
+
 def test_every_metric_a_flag_cites_is_one_the_monitor_logs() -> None:
     """A flag's advice and summary name metrics to open: each must be a logged name."""
     maps, images, targets, arts = _partial_world(0.1)
