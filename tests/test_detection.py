@@ -147,6 +147,32 @@ def test_shortcut_world_and_clean_control() -> None:
     assert 0.82 < follow < 0.97
 
 
+def test_class_places_put_each_class_near_its_own_point_in_both_worlds() -> None:
+    """W50: every digit lies within ``place_jitter`` of its class's point (the ink inside the
+    digit's box, clear of the artifact), the same images in the shortcut world and the clean
+    control; worlds without ``place_jitter`` keep their uniform placement."""
+    spec = dw.WORLDS["W50"]
+    j, d = int(spec.place_jitter or 0), spec.digit_size
+    images, arts = {}, {}
+    for shortcut in (True, False):
+        world = dw.DigitWorld(spec, shortcut=shortcut, n_train=10, n_val=200)
+        x, labels, obj, art = world.val.tensors
+        images[shortcut], arts[shortcut] = x, art
+        assert not (obj & art).any()
+        for c in range(spec.num_classes):
+            cy, cx = dw.class_place(spec, c)
+            for m in obj[labels == c]:
+                y0, x0, y1, x1 = _bbox(m)
+                assert cy - j <= y0 and y1 < cy + j + d, (c, y0, y1, cy)
+                assert cx - j <= x0 and x1 < cx + j + d, (c, x0, x1, cx)
+    # the artifact is the only difference between the two worlds' images
+    differ = (images[True] != images[False]).any(1)
+    assert differ.any() and not (differ & ~(arts[True] | arts[False])).any()
+    points = {dw.class_place(spec, c) for c in range(spec.num_classes)}
+    assert len(points) == spec.num_classes
+    assert dw.WORLDS["W44"].place_jitter is None
+
+
 def test_token_world_marks_one_class_only() -> None:
     world = _world("W2")
     _, labels, _, art = world.val.tensors
@@ -160,7 +186,7 @@ def test_token_world_marks_one_class_only() -> None:
     "name",
     [
         *("W13", "W14", "W19", "W21", "W23", "W25", "W28", "W33", "W39", "W42"),
-        *("W44", "W45", "W47", "W49"),
+        *("W44", "W45", "W47", "W49", "W50"),
     ],
 )
 def test_group_world_marks_the_group_and_swapped_moves_it(name: str) -> None:
