@@ -29,7 +29,8 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     do: :func:`~gradcam_callback.metrics.class_marks`), read as the masks would be. Where the
     attention is only elevated (partial reliance, e.g. an artifact that tells a group of
     classes apart while the maps stay on the object), a strong measured dependence on the
-    region confirms.
+    region confirms; a class's mark, tied to the class in the data, is tested so whatever the
+    attention on it.
     Confirmed causally by default: erasing the region (filled from its surroundings) takes most of
     the target's evidence from most of the class's probes. A confirmed finding is *held while
     measured*: when the attention on it fades (Grad-CAM attention can saturate away from a
@@ -166,8 +167,9 @@ class ShortcutMonitor:
             one class or a group of classes; a moving object or a varying background has none).
             The attention on a class's mark, as the map sees it, is then read like the
             attention on artifact masks: at least ``artifact_enrichment`` confirmed by
-            ``dependence``, or at least ``partial_enrichment`` confirmed by
-            ``partial_dependence`` (partial reliance).
+            ``dependence``; under it, partial reliance confirmed by ``partial_dependence``
+            with no lower attention bound (a mark is tied to its class in the data, and
+            Grad-CAM can under-read it; ``partial_enrichment=None`` switches it off too).
         mark_tolerance: ... an image carries a pixel's value when every channel lies within this
             fraction of the typical pixel spread across the probe images of the class's median.
         diffuse_entropy: diffuse background rule (no masks needed): the class's mean normalised

@@ -193,7 +193,9 @@ class Rule:
     def enabled(self, settings: Mapping[str, float | None]) -> bool:
         """A rule whose thresholds (and :attr:`switch`) are all set (``None`` switches a rule
         off)."""
-        names = [c.threshold for c in self.conditions] + [self.switch] * (self.switch is not None)
+        names = [c.threshold for c in self.conditions]
+        if self.switch is not None:
+            names.append(self.switch)
         return all(settings.get(n) is not None for n in names)
 
 
