@@ -573,6 +573,13 @@ def class_place(spec: WorldSpec, cls: int) -> tuple[int, int]:
     return round((s - d) / 2 + reach * uy), round((s - d) / 2 + reach * ux)
 
 
+def _clear_of(y0: int, x0: int, d: int, reserved: list[tuple[int, int, int, int]]) -> bool:
+    """A ``d``-px square at ``(y0, x0)`` overlaps none of the ``(y0, x0, y1, x1)`` boxes."""
+    return all(
+        y0 >= ry1 or y0 + d <= ry0 or x0 >= rx1 or x0 + d <= rx0 for ry0, rx0, ry1, rx1 in reserved
+    )
+
+
 def design_of(spec: WorldSpec, cls: int) -> int | None:
     """The artifact design of class ``cls``; ``None``: the class carries no artifact."""
     if spec.artifact == "token":
@@ -1060,10 +1067,7 @@ class DigitWorld:
     ) -> tuple[int, int]:
         for _ in range(200):
             y0, x0 = (int(v) for v in torch.randint(s - d + 1, (2,), generator=g))
-            if all(
-                y0 >= ry1 or y0 + d <= ry0 or x0 >= rx1 or x0 + d <= rx0
-                for ry0, rx0, ry1, rx1 in reserved
-            ):
+            if _clear_of(y0, x0, d, reserved):
                 return y0, x0
         raise RuntimeError("no digit position avoids the artifact zone: enlarge the canvas")
 
@@ -1083,10 +1087,7 @@ class DigitWorld:
         for _ in range(200):
             dy, dx = (int(v) for v in torch.randint(-j, j + 1, (2,), generator=g))
             y0, x0 = min(max(cy + dy, 0), s - d), min(max(cx + dx, 0), s - d)
-            if all(
-                y0 >= ry1 or y0 + d <= ry0 or x0 >= rx1 or x0 + d <= rx0
-                for ry0, rx0, ry1, rx1 in reserved
-            ):
+            if _clear_of(y0, x0, d, reserved):
                 return y0, x0
         raise RuntimeError("no digit position near the class's place avoids the artifact zone")
 
