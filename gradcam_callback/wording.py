@@ -91,9 +91,18 @@ def word_flag(
     fields.update(_run_fields(x))
     text = _FMT.format(rule.summary, **fields)
     if held and rule.name in held and bool(held[rule.name][best]):
+        # held because the attention let go, or because too few maps carry the measure at all
+        # (all-zero maps of a class the model still predicts): say which
+        blank = lead.usable is not None and not bool(lead.usable[best])
+        why = (
+            f"{rule.name} was confirmed earlier and too few of the class's maps carry its "
+            "measure now"
+            if blank
+            else f"the attention has moved since {rule.name} was confirmed"
+        )
         text = (
-            f"the attention has moved since {rule.name} was confirmed, and the finding is held "
-            f"while its causal test confirms it (the attention now: {text})"
+            f"{why}, and the finding is held while its causal test confirms it (the attention "
+            f"now: {text})"
         )
     if rule.per_class:
         classes = tuple(x.classes[g] for g in all_groups)

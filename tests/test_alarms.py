@@ -522,6 +522,25 @@ def test_a_confirmed_finding_is_held_while_the_model_still_depends_on_it(masks: 
     assert not mon.memory.footprints
 
 
+def test_a_held_finding_whose_maps_went_blank_says_so() -> None:
+    """A class the model still predicts can get all-zero maps: a finding held on the artifact
+    masks stays, and its words say why it is held (too few maps carry the measure), not that
+    the attention moved."""
+    w = _world()
+    mon = ShortcutMonitor(causal_budget=None)
+    _run(mon, w["on_corner"], w, 0, baseline=True)
+    first = _run(mon, w["on_corner"], w, 1, score_fn=corner_reader)
+    assert "artifact" in {f.kind for f in first.flags}
+    blank = _run(mon, torch.zeros_like(w["on_corner"]), w, 2, score_fn=corner_reader)
+    art = [f for f in blank.flags if f.kind == "artifact"]
+    assert art and art[0].persistent, blank.flags
+    assert "artifact_masks was confirmed earlier and too few of the class's maps carry" in (
+        art[0].message
+    )
+    assert "the attention has moved" not in art[0].message
+    assert blank.tested.get("artifact") == N
+
+
 def texture_reader(images: torch.Tensor) -> torch.Tensor:
     """A 'model' whose class-1 logit is the spread of the dark (background) pixels' values: it
     reads the background's texture, which a flat fill removes and inpainting the objects keeps."""
