@@ -366,8 +366,9 @@ class ShortcutMonitor:
         per, group, hot = E.measure(self, x, drift_vs_baseline=not reference)
         stats, counts = E.class_stats(x, per, group, hot.size)
         learned = E.learned_classes(x, self.learned_share, multilabel)
-        decisions = self._evaluate(x, stats, counts, learned)
-        causal = self.confirm and score_fn is not None and not baseline
+        confirming = self.confirm and score_fn is not None
+        decisions = self._evaluate(x, stats, counts, learned, confirming)
+        causal = confirming and not baseline
         tested: dict[str, dict[int, int]] = {}  # rule name -> {group: probes tested}
         out = Analysis()
         if causal and score_fn is not None:
@@ -447,9 +448,15 @@ class ShortcutMonitor:
         return reference
 
     def _evaluate(
-        self, x: E.Inputs, stats: dict[str, Tensor], counts: dict[str, Tensor], learned: Tensor
+        self,
+        x: E.Inputs,
+        stats: dict[str, Tensor],
+        counts: dict[str, Tensor],
+        learned: Tensor,
+        confirming: bool,
     ) -> list[RuleDecision]:
-        """The attention half of every rule, per class (:func:`~.rules.evaluate`)."""
+        """The attention half of every rule, per class (:func:`~.rules.evaluate`);
+        ``confirming``: the run tests causally."""
         masks = (
             ("object_masks", x.object_masks),
             ("artifact_masks", x.artifact_masks),
@@ -467,6 +474,7 @@ class ShortcutMonitor:
             margin=self.confirm_margin,
             learned=learned,
             sizes=x.onehot.sum(0),
+            confirming=confirming,
         )
 
     def _test(

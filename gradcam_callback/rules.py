@@ -155,6 +155,10 @@ class Rule:
         switch: a setting that switches the rule off when ``None``, besides its thresholds
             (the partial mark rule has no lower attention bound: it is switched with the other
             partial-reliance rules, by ``partial_enrichment``).
+        tested_only: the conditions only say where to test, and are no evidence on their own
+            (the partial mark rule: a mark exists, whatever the attention on it): the rule is
+            evaluated only in runs that confirm causally (``confirm=True`` and a
+            ``score_fn``), never fired on its conditions alone.
         per_class: decide per explained class (``False``: on the whole probe set, as one group).
         after_trained_run: evaluate only when the previous run was a trained run (drift).
         summary: what the flag says, a format string of the per-class values (see
@@ -176,6 +180,7 @@ class Rule:
     dependence_setting: str = "dependence"
     held_region: str | None = None
     switch: str | None = None
+    tested_only: bool = False
     per_class: bool = True
     after_trained_run: bool = False
     summary: str = ""
@@ -335,6 +340,7 @@ RULES: tuple[Rule, ...] = (
             Condition("attention/mark_offset", ">=", "hotspot_offset"),
         ),
         switch="partial_enrichment",
+        tested_only=True,
         needs="class_marks",
         unless="artifact_masks",
         region="mark",
@@ -476,6 +482,7 @@ def evaluate(
     margin: float,
     learned: Tensor | None = None,
     sizes: Tensor | None = None,
+    confirming: bool = True,
 ) -> list[RuleDecision]:
     """Apply every rule's conditions to every class group (the attention half of a decision).
 
@@ -497,6 +504,8 @@ def evaluate(
             (:attr:`RuleDecision.weak`) is kept for classes with fewer than ``min_probes``
             probes (a class with enough probes, of which few carry the measure, is not short
             of probes); ``None``: judged on the measure's count alone.
+        confirming: the run confirms causally (a :attr:`Rule.tested_only` rule is skipped
+            otherwise).
 
     Returns:
         One :class:`RuleDecision` per rule, in order.
@@ -504,7 +513,9 @@ def evaluate(
     out: list[RuleDecision] = []
     for rule in rules:
         suffix = "" if rule.per_class else "@set"
-        why = _why_not(rule, settings, stats, available, can_localise, after_trained_run)
+        why = _why_not(
+            rule, settings, stats, available, can_localise, after_trained_run, confirming
+        )
         if why:
             out.append(RuleDecision(rule, False, why))
             continue
@@ -541,6 +552,7 @@ def _why_not(
     available: frozenset[str],
     can_localise: bool,
     after_trained_run: bool,
+    confirming: bool = True,
 ) -> str:
     """Why ``rule`` cannot be evaluated in this run, in a few words (``""``: it can)."""
     if not rule.enabled(settings):
@@ -549,6 +561,8 @@ def _why_not(
         return f"{rule.unless.replace('_', ' ')} given: a rule that reads them decides"
     if rule.needs is not None and rule.needs not in available:
         return f"no {rule.needs.replace('_', ' ')}"
+    if rule.tested_only and not confirming:
+        return "needs a causal test (confirm=False, or no score_fn)"
     if rule.spatial and not can_localise:
         return "map too coarse to localise"
     if rule.after_trained_run and not after_trained_run:

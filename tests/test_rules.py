@@ -573,6 +573,11 @@ def test_a_class_tied_mark_is_tested_whatever_the_attention_on_it() -> None:
     off = ShortcutMonitor(partial_enrichment=None, causal_budget=None)
     d = _analyze(off, maps, images, targets, score_fn=Reader(2, 1))
     assert d.skipped["artifact_mark_partial"] == "switched off" and "mark" not in d.tested
+    # without a causal test the mark alone is no evidence: the rule is skipped, never fired
+    for mon, fn in ((ShortcutMonitor(confirm=False), Reader(2, 1)), (ShortcutMonitor(), None)):
+        e = _analyze(mon, maps, images, targets, score_fn=fn)
+        assert e.skipped["artifact_mark_partial"].startswith("needs a causal test")
+        assert not [f for f in e.flags if f.kind == "artifact"]
 
 
 def test_every_metric_a_flag_cites_is_one_the_monitor_logs() -> None:
