@@ -122,6 +122,7 @@ Nothing here imports ``gradcam_callback``: the worlds are independent of the cod
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -567,8 +568,8 @@ def class_place(spec: WorldSpec, cls: int) -> tuple[int, int]:
     degrees = (
         spec.place_angles[cls] if spec.place_angles else -90.0 + 360.0 * cls / spec.num_classes
     )
-    theta = torch.tensor(float(degrees)).deg2rad()
-    uy, ux = float(torch.sin(theta)), float(torch.cos(theta))
+    theta = math.radians(degrees)
+    uy, ux = math.sin(theta), math.cos(theta)
     reach = PLACE_REACH * (s / 2) / max(abs(uy), abs(ux))  # to the square's boundary
     return round((s - d) / 2 + reach * uy), round((s - d) / 2 + reach * ux)
 

@@ -552,7 +552,7 @@ def _why_not(
     available: frozenset[str],
     can_localise: bool,
     after_trained_run: bool,
-    confirming: bool = True,
+    confirming: bool,
 ) -> str:
     """Why ``rule`` cannot be evaluated in this run, in a few words (``""``: it can)."""
     if not rule.enabled(settings):
