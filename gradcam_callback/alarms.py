@@ -44,7 +44,12 @@ Flag kinds (:class:`~gradcam_callback.rules.FlagKind`):
     Either way confirmed by the background's own effect too: replacing the background (outside
     the dilated objects, or outside each map's focus region) by its mean colour takes at least
     ``background_drop`` of the evidence. A model that relies on nothing crisp yet (an early or
-    a clean model) passes "erasing the object leaves the evidence", but not this. A confirmed
+    a clean model) passes "erasing the object leaves the evidence", but not this. Without
+    object masks that evidence must also be *spread*: erasing each patch of a 4 x 4 grid of the
+    image on its own, fewer than ``dependence`` of the tested probes lose ``evidence_drop`` of
+    their evidence to one patch (a texture, cast or exposure is shared by many patches; an
+    object the diffuse maps miss, faint or small, is in one place and is not the background).
+    A confirmed
     background finding is held while measured too, each re-test the rule's whole test again
     (the objects or the map's current focus region, and the background around them; the frame
     band), and cleared by a conclusive re-test that no longer confirms it.
@@ -72,9 +77,11 @@ class; stability is the larger of the pixel and the shift-tolerant reading), wit
 masks ``attention/mark_{enrichment,pixel_enrichment,cell_enrichment,area}`` (per probe: the
 attention on its class's mark, and the mark's area) and ``attention/mark_offset`` (per class),
 ``causal/{region}_{flip,drop,evidence,depends}`` for the regions ``artifact, hotspot, mark,
-object, focus, border, remembered, backdrop, surround`` (``remembered``: a held hot-spot
+object, focus, border, remembered, backdrop, surround, patches`` (``remembered``: a held hot-spot
 finding's remembered footprint; ``backdrop`` / ``surround``: the background outside the objects
-/ outside the focus region, for the background rules; ``NaN``, hence not logged, where a probe
+/ outside the focus region, for the background rules; ``patches``: each patch of a 4 x 4 grid
+erased on its own, for the mask-free background rule, the values of the patch that takes the
+most evidence; ``NaN``, hence not logged, where a probe
 was not tested: confirmation runs only where a rule needs it), ``causal/hotspot_{flip_rate,score_drop,
 evidence_drop,dependence}`` (per class) and the aliases ``causal/{flip,score_drop,evidence_drop,
 dependence}`` of the artifact region that was tested (the artifact masks when given, else the hot
@@ -209,7 +216,8 @@ class ShortcutMonitor:
             ``NaN`` (not logged).
         causal_budget: the most probes a run erases, as a multiple of the probe-set size (the
             default ``0.5``: at most half a probe-set forward, one when every tested rule is a
-            background rule, which erases two images of each probe; ``None``: every probe of
+            background rule, which erases two images of each probe (the mask-free one also
+            erases each of 16 patches: nine forwards); ``None``: every probe of
             every rule that needs it). Tests are shared out and findings carried between runs as
             :mod:`gradcam_callback.causal` describes.
         analysis_size: the analysis grid's longer side, in cells (maps, masks and images are

@@ -4,7 +4,8 @@ A causal test erases a rule's region in the probes of one explained class and me
 evidence the model loses (:func:`~gradcam_callback.evidence.confirm`). It costs one forward per
 erased image, so a run spends at most ``budget`` tested probes on it (the monitor's default:
 half the probe set); a background rule erases two images of each of its probes (its target
-region and the background around it), counted once. :class:`CausalMemory` decides what to test
+region and the background around it; the mask-free one also each patch of a 4 x 4 grid, to
+tell a spread background from one place), counted once. :class:`CausalMemory` decides what to test
 first and carries a test's result while the rule's attention condition keeps holding for the
 class:
 
@@ -51,6 +52,7 @@ __all__ = [
     "contexts",
     "measured",
     "regions_to_erase",
+    "spread_of",
     "verdict",
 ]
 
@@ -103,10 +105,14 @@ def verdict(
     below the rule's ``drop_setting``. A rule with a :attr:`~gradcam_callback.rules.Rule.
     context_region` (when its setting is on) needs, besides, that region measured on at least
     ``mon.min_probes`` probes and its mean evidence lost at least the rule's ``context_setting``
-    (the background's own causal effect). ``region``: read another region's measurements (a held
-    finding's :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own). The
-    context region is read with the rule's own region only: a held re-test on another region
-    (the artifact masks, a remembered footprint) is a dependence test alone.
+    (the background's own causal effect), and with a
+    :attr:`~gradcam_callback.rules.Rule.spread_region`, that evidence spread: fewer than
+    ``mon.dependence`` of the tested probes lose ``evidence_drop`` of it to one patch of the
+    image (else the evidence sits in one place, an object the maps miss, not the background). ``region``: read
+    another region's measurements (a held finding's
+    :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own). The context
+    region is read with the rule's own region only: a held re-test on another region (the
+    artifact masks, a remembered footprint) is a dependence test alone.
     """
     r = rule.region if region is None else region
     tested = _conclusive(mon, rule, counts, r)
@@ -114,6 +120,8 @@ def verdict(
     if ctx is not None:  # the background's own effect: erasing it must take the evidence
         need = float(getattr(mon, rule.context_setting))
         tested = tested & (stats[f"causal/{ctx}_evidence"] >= need)  # NaN fails
+        if (spread := spread_of(mon, rule)) is not None:  # ... and not from one place
+            tested = tested & (stats[f"causal/{spread}_depends"] < float(mon.dependence))
     if rule.confirm == "depends":
         need = float(getattr(mon, rule.dependence_setting))
         ok = stats[f"causal/{r}_depends"] >= need  # NaN fails
@@ -134,14 +142,25 @@ def context_of(mon: Any, rule: Rule) -> str | None:
     return rule.context_region
 
 
-def contexts(mon: Any, decisions: Sequence[RuleDecision]) -> dict[str, str]:
-    """Plan key -> the context region erased with it (:func:`context_of`): a rule's own test,
-    and its held re-test where that is the rule's own test again (its ``held_region`` is its
-    ``region``)."""
+def spread_of(mon: Any, rule: Rule) -> str | None:
+    """The rule's :attr:`~gradcam_callback.rules.Rule.spread_region` when its context test is
+    on (:func:`context_of`), else ``None``."""
+    return rule.spread_region if context_of(mon, rule) is not None else None
+
+
+def _side_regions(mon: Any, rule: Rule) -> tuple[str, ...]:
+    """The regions erased with the rule's own test: its context and spread regions (if on)."""
+    return tuple(r for r in (context_of(mon, rule), spread_of(mon, rule)) if r is not None)
+
+
+def contexts(mon: Any, decisions: Sequence[RuleDecision]) -> dict[str, tuple[str, ...]]:
+    """Plan key -> the regions erased with it (:func:`context_of`, :func:`spread_of`): a rule's
+    own test, and its held re-test where that is the rule's own test again (its
+    ``held_region`` is its ``region``)."""
     return {
-        key: ctx
+        key: side
         for d in decisions
-        if (ctx := context_of(mon, d.rule)) is not None
+        if (side := _side_regions(mon, d.rule))
         for key in (d.rule.name, d.rule.name + HELD)
         if _own_test(d.rule, key)
     }
@@ -154,13 +173,14 @@ def _own_test(rule: Rule, key: str) -> bool:
 
 
 def _context_stats(rule: Rule, key: str, stats: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The ``causal/<context_region>_*`` rows of ``stats`` for the rule's own test (``key``, see
-    :func:`_own_test`; none for a held re-test on another region or a rule without a context
-    region)."""
+    """The ``causal/<context_region>_*`` and ``causal/<spread_region>_*`` rows of ``stats`` for
+    the rule's own test (``key``, see :func:`_own_test`; none for a held re-test on another
+    region or a rule without a context region)."""
     if not _own_test(rule, key) or rule.context_region is None:
         return {}
-    prefix = f"causal/{rule.context_region}_"
-    return {k: v for k, v in stats.items() if k.startswith(prefix)}
+    sides = [r for r in (rule.context_region, rule.spread_region) if r is not None]
+    prefixes = tuple(f"causal/{r}_" for r in sides)
+    return {k: v for k, v in stats.items() if k.startswith(prefixes)}
 
 
 def measured(
@@ -176,8 +196,9 @@ def _conclusive(mon: Any, rule: Rule, counts: Mapping[str, Tensor], region: str 
     """Bool ``[G]``: this run measured ``region`` conclusively for the class (:func:`measured`),
     and the rule's context region too where ``region`` is the rule's own (see :func:`verdict`)."""
     ok = measured(mon, rule, counts, region)
-    if region == rule.region and (ctx := context_of(mon, rule)) is not None:
-        ok = ok & measured(mon, rule, counts, ctx)
+    if region == rule.region:
+        for side in _side_regions(mon, rule):
+            ok = ok & measured(mon, rule, counts, side)
     return ok
 
 
@@ -186,7 +207,7 @@ def regions_to_erase(
     decisions: Sequence[RuleDecision],
     groups: Tensor,
     turn: int = 0,
-    contexts: Mapping[str, str] | None = None,
+    contexts: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Tensor]:
     """Region -> bool ``[N]``: the probes whose region a run erases.
 
@@ -194,8 +215,8 @@ def regions_to_erase(
     probes (``groups``: long ``[N]`` group ids) to test; a partial test takes them in turn, from
     probe ``turn * k`` on (cyclically, in probe order), so that successive runs test different
     probes of the class. A held finding's re-test (key ``"<rule>@held"``) erases the rule's
-    ``held_region``. ``contexts``: plan key -> its context region (see :func:`contexts`),
-    erased in the same probes as the key's own region.
+    ``held_region``. ``contexts``: plan key -> its context and spread regions (see
+    :func:`contexts`), erased in the same probes as the key's own region.
     """
     region_of = {d.rule.name: str(d.rule.region) for d in decisions}
     region_of |= {d.rule.name + HELD: str(d.rule.held_region) for d in decisions}
@@ -207,9 +228,8 @@ def regions_to_erase(
             idx = torch.nonzero(groups == g).flatten()
             start = (turn * k) % max(int(idx.numel()), 1)
             chosen[idx.roll(-start)[:k]] = True
-        for region in (region_of[name], contexts.get(name)):
-            if region is not None:
-                wanted[region] = wanted.get(region, torch.zeros_like(chosen)) | chosen
+        for region in (region_of[name], *contexts.get(name, ())):
+            wanted[region] = wanted.get(region, torch.zeros_like(chosen)) | chosen
     return wanted
 
 
@@ -282,8 +302,8 @@ class CausalMemory:
         ``max(min_probes, budget // pairs)`` of its class's probes (all of them when fewer), in
         priority order, until the budget is spent; the first pair always gets its share. The
         budget counts tested probes: a rule with a context region (a background rule) erases two
-        images of each tested probe in the same forward, counted once, so that its test does not
-        take another pair's turn.
+        images of each tested probe in the same forward (18 with a spread region: the 16
+        patches too), counted once, so that its test does not take another pair's turn.
 
         Args:
             decisions: this run's :func:`~gradcam_callback.rules.evaluate` output.

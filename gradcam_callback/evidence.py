@@ -11,6 +11,7 @@ for its settings and drift references; none keeps state of its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ __all__ = [
     "learned_classes",
     "measure",
     "nanmean",
+    "patch_dependence",
+    "patches",
     "prepare",
     "resize_maps",
     "summarize",
@@ -50,7 +53,15 @@ _REGIONS = (
     "remembered",
     "backdrop",
     "surround",
+    "patches",
 )
+#: the region whose erasure is each patch of a :data:`PATCH_GRID` x :data:`PATCH_GRID` grid of
+#: the image in turn, each by its mean colour over the run's probes; a probe's reading is the
+#: evidence the patch that matters most takes (:func:`patch_dependence`: is the evidence spread
+#: over the image, or in one place?)
+SPREAD = "patches"
+#: patches per side of :data:`SPREAD`: a quarter of the image side, about an object's size
+PATCH_GRID = 4
 #: regions erased by a flat colour (:func:`~.metrics.flat_fill`): the background around a kept
 #: object, too large to inpaint from its surroundings (the object) without painting it in
 FLAT_REGIONS = frozenset({"backdrop", "surround"})
@@ -446,6 +457,17 @@ def regions(
     }
 
 
+def patches(size: tuple[int, int], device: torch.device, grid: int = PATCH_GRID) -> Tensor:
+    """Bool ``[grid * grid, H, W]``: the patches of a ``grid`` x ``grid`` tiling of an image of
+    ``size``, row by row (every pixel in exactly one patch; sides that ``grid`` does not divide
+    get patches one pixel apart in size)."""
+    h, w = size
+    rows = torch.arange(h, device=device) * grid // h  # the patch row of each pixel row
+    cols = torch.arange(w, device=device) * grid // w
+    cell = rows[:, None] * grid + cols[None, :]  # [H, W]
+    return cell[None] == torch.arange(grid * grid, device=device)[:, None, None]
+
+
 def confirm(
     mon: Any,
     x: Inputs,
@@ -459,11 +481,13 @@ def confirm(
     """Erase each region in the probes ``wanted[region]`` (bool ``[N]``) that have some of it,
     all in one inpainting pass at the analysis grid (the background regions ``backdrop`` and
     ``surround`` by one flat colour, the region's mean over every probe of the run, so that no
-    image keeps a tint or texture of its own: :func:`~.metrics.flat_fill`) and one batched forward
+    image keeps a tint or texture of its own: :func:`~.metrics.flat_fill`; :data:`SPREAD` as
+    one image a probe per patch, each patch by its own mean colour) and one batched forward
     (``remembered``: see :func:`regions`).
 
     Fills ``per["causal/<region>_{flip,drop,evidence,depends}"]`` (``[N]``, NaN where a probe was
-    not tested) and returns region -> number of probes tested.
+    not tested; for :data:`SPREAD` see :func:`patch_dependence`) and returns region -> number of
+    probes tested.
     """
     n = x.maps.shape[0]
     nan = torch.full((n,), torch.nan, device=x.maps.device)
@@ -474,6 +498,8 @@ def confirm(
     batches: list[tuple[str, Tensor, Tensor]] = []  # region, probe index, region masks
     colours: dict[str, Tensor] = {}  # a background region's fill: its mean over every probe
     for region, sel in wanted.items():
+        if region == SPREAD:
+            continue  # one image a probe per patch: after the others (below)
         masks = builders[region]()
         idx = torch.nonzero(sel & masks.flatten(1).any(1)).flatten()
         if idx.numel():
@@ -481,7 +507,9 @@ def confirm(
             if region in FLAT_REGIONS:
                 w = masks[:, None].to(x.images.dtype)
                 colours[region] = (x.images * w).sum((0, 2, 3)) / w.sum((0, 2, 3)).clamp_min(1)
-    if not batches:
+    none = torch.zeros(n, dtype=torch.bool, device=x.maps.device)
+    spread = torch.nonzero(wanted.get(SPREAD, none)).flatten()
+    if not batches and not spread.numel():
         return {}
     with torch.no_grad():
         base = x.logits if x.logits is not None else score_fn(x.images).detach().float()
@@ -505,6 +533,19 @@ def confirm(
                     torch.cat([colours[r].expand(idx.numel(), -1) for r, idx, _ in flat]),
                 )
             )
+        if spread.numel():  # each patch by its own mean colour, P rows a probe
+            tiles = patches(tuple(x.images.shape[-2:]), x.images.device)  # [P, H, W]
+            w = tiles.to(x.images.dtype)
+            area = w.sum((1, 2))[:, None] * x.images.shape[0]
+            fill = torch.einsum("nchw,phw->pc", x.images, w) / area.clamp_min(1)  # [P, C]
+            k, p = spread.numel(), tiles.shape[0]
+            parts.append(
+                M.flat_fill(
+                    x.images[spread].repeat_interleave(p, 0),
+                    tiles.repeat(k, 1, 1),
+                    fill.repeat(k, 1),
+                )
+            )
         erased = torch.cat(parts)
         after = score_fn(erased).detach().float().to(base.device)  # one forward
     start = 0
@@ -515,7 +556,33 @@ def confirm(
         )
         start = stop
         _store(per, region, idx, eff, mon.evidence_drop)
-    return {region: int(idx.numel()) for region, idx, _ in batches}
+    tested = {region: int(idx.numel()) for region, idx, _ in batches}
+    if spread.numel():
+        rows = spread.repeat_interleave(PATCH_GRID * PATCH_GRID)
+        eff = M.erasure_effect_from_logits(
+            base[rows], after[start:], x.targets[rows], multilabel=multilabel
+        )
+        _store(per, SPREAD, spread, patch_dependence(eff, spread.numel()), mon.evidence_drop)
+        tested[SPREAD] = int(spread.numel())
+    return tested
+
+
+def patch_dependence(eff: M.Erasure, probes: int) -> M.Erasure:
+    """Whether each probe's evidence sits in one place: from the erasures of the patches of its
+    image (``eff``: ``probes`` groups of consecutive rows, one row per patch), the patch that
+    takes the most of the evidence.
+
+    Evidence spread over the image (a texture, a colour cast, an exposure) is shared by many
+    patches, so each one alone takes little of it; evidence in one place (an object the maps do
+    not localise) is taken by the patch that holds it (or its most telling part).
+
+    Returns:
+        :class:`~.metrics.Erasure` ``[probes]`` of that patch (``NaN`` where the probe had no
+        evidence to lose).
+    """
+    rows = [t.view(probes, -1) for t in eff]
+    pick = torch.nan_to_num(rows[2], nan=-math.inf).argmax(1, keepdim=True)
+    return M.Erasure(*(t.gather(1, pick)[:, 0] for t in rows))
 
 
 def _store(

@@ -137,6 +137,17 @@ class Rule:
             ``"surround"``: everything outside each map's dilated focus region). ``None``: no
             second test; a context setting set to ``None`` switches the test off.
         context_setting: the setting of the ``context_region`` test.
+        spread_region: where a rule without object masks asks whether the evidence its context
+            test found is *spread* over the image or sits in one place (``"patches"``: each
+            patch of a 4 x 4 grid of the image erased on its own, by its mean colour, in the
+            same forward as the context region, only when the context test is on). A background
+            texture, colour cast or exposure is shared by many patches, so no one patch takes
+            much of the evidence; an object the maps do not localise (a faint or small object
+            under diffuse maps) is in one place, and the patch that holds it takes the evidence.
+            A probe depends on one place when one patch takes at least ``evidence_drop`` of its
+            evidence (:func:`~gradcam_callback.evidence.patch_dependence`), and the rule is
+            confirmed only where fewer than ``dependence`` of the tested probes do: the
+            thresholds of every dependence test. ``None``: no such test.
         dependence_setting: the setting that holds the share of tested probes a ``"depends"``
             confirmation needs (``"dependence"``; the partial-reliance rules ask for more).
         held_region: where a finding this rule confirmed is re-tested once the rule's attention
@@ -177,6 +188,7 @@ class Rule:
     drop_setting: str | None = None
     context_region: str | None = None
     context_setting: str = "background_drop"
+    spread_region: str | None = None
     dependence_setting: str = "dependence"
     held_region: str | None = None
     switch: str | None = None
@@ -388,6 +400,7 @@ RULES: tuple[Rule, ...] = (
         confirm="indifferent",
         drop_setting="focus_drop",
         context_region="surround",
+        spread_region="patches",
         held_region="focus",
         summary="attention is spread over the whole image (normalised entropy {value:.3f})",
         advice=(

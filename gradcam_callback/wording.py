@@ -267,4 +267,11 @@ def _causal_words(mon: Any, rule: Rule, g: int, causal: CausalValues | None) -> 
             f", while replacing everything around {around} by its mean colour removes "
             f"{pct(bg)} of it"
         )
+    spread = rule.spread_region
+    if spread is not None and f"causal/{spread}_depends" in values:
+        one = float(values[f"causal/{spread}_depends"])
+        text += (
+            f", and it is spread over the image: only {pct(one)} of the probes lose "
+            f"{pct(mon.evidence_drop)} of it to one patch of a 4 x 4 grid"
+        )
     return text + when

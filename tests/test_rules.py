@@ -719,9 +719,11 @@ def test_a_held_finding_outlives_maps_that_stop_carrying_its_measure(
         f"causal/{region}_depends": torch.tensor([1.0]),
         f"causal/{region}_evidence": torch.tensor([1.0 if region == "mark" else 0.1]),
         "causal/surround_evidence": torch.tensor([0.9]),
+        "causal/patches_depends": torch.tensor([0.0]),  # spread over the image
     }
     counts = {f"causal/{region}_evidence": torch.tensor([8.0])}
     counts["causal/surround_evidence"] = torch.tensor([8.0])
+    counts["causal/patches_evidence"] = torch.tensor([8.0])
 
     def run(attention: torch.Tensor, usable: torch.Tensor, judged: torch.Tensor, key: str):
         d = RuleDecision(
@@ -841,6 +843,64 @@ def test_a_background_finding_needs_the_background_to_matter() -> None:
     assert "replacing everything around the objects by its mean colour removes" in bg[0].message
 
 
+def test_without_masks_a_background_finding_needs_evidence_spread_over_the_image() -> None:
+    """Diffuse maps whose focus misses a faint object, no object masks: erasing the focus leaves
+    the evidence and replacing everything around it takes it (the fill takes the object too),
+    so the 0.3.6 test read the object as background. The object sits in one place: erasing the
+    patch of a 4 x 4 grid that holds it takes the evidence, so there is no flag. A model that
+    reads the background texture loses little of it to any one patch and is flagged, the
+    message saying that the evidence is spread."""
+    n = 8
+    targets = torch.ones(n, dtype=torch.long)
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(n, 3, H, W, generator=g) * 0.2
+    rows = torch.randint(1, 4, (n,), generator=g)
+    for i, r in enumerate(rows.tolist()):  # a faint square inside a patch on the right
+        images[i, :, 8 * r + 1 : 8 * r + 7, 25:31] = 0.45
+    maps = 1.0 + 0.05 * torch.rand(n, H, W, generator=g) + 0.3 * _bump(3.0, 3.0, 6.0)
+
+    def faint_object_reader(x: torch.Tensor) -> torch.Tensor:
+        fg = x.amax((1, 2, 3))  # the faint object is still the brightest thing in the image
+        return torch.stack([torch.zeros_like(fg), 20 * fg - 6], 1)
+
+    def texture_reader(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros(x.shape[0]), 140 * _dark_texture(x)], 1)
+
+    def run(score_fn):
+        a = _analyze(ShortcutMonitor(causal_budget=None), maps, images, targets, score_fn=score_fn)
+        return a, [f for f in a.flags if f.kind == "background"]
+
+    obj, bg = run(faint_object_reader)
+    assert obj.summary["attention/entropy"] >= 0.95
+    assert obj.summary["causal/focus_evidence"] < 0.5  # the focus test alone confirms
+    assert obj.summary["causal/surround_evidence"] >= 0.5  # and so does the background's own
+    assert obj.summary["causal/patches_depends"] == 1.0  # but the evidence is in one place
+    assert obj.tested["patches"] == obj.tested["surround"] == n  # the same probes
+    assert not bg, [f.message for f in bg]
+    tex, bg = run(texture_reader)
+    assert [f.classes for f in bg] == [(1,)], tex.flags
+    assert tex.summary["causal/patches_depends"] == 0.0
+    assert "spread over the image: only 0% of the probes lose 50% of it to one patch" in (
+        bg[0].message
+    )
+
+
+def test_the_patches_and_the_one_that_takes_the_most_evidence() -> None:
+    from gradcam_callback.evidence import patch_dependence, patches
+    from gradcam_callback.metrics import Erasure
+
+    tiles = patches((10, 7), torch.device("cpu"), grid=2)
+    assert tiles.shape == (4, 10, 7) and (tiles.sum(0) == 1).all()  # every pixel in one patch
+    assert tiles[0, :5, :4].all() and tiles[3, 5:, 4:].all()  # 7 = 4 + 3 columns
+    ev = torch.tensor([[0.1, 0.9, 0.2, 0.0], [0.3, 0.2, 0.3, 0.1], [math.nan] * 4])
+    flips = torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0] * 4])
+    out = patch_dependence(Erasure(flips.flatten(), ev.flatten() / 2, ev.flatten()), 3)
+    assert torch.allclose(out.evidence_drop[:2], torch.tensor([0.9, 0.3]))
+    assert math.isnan(out.evidence_drop[2])
+    assert out.flipped[:2].tolist() == [1.0, 1.0]  # of the patch that takes the most
+    assert torch.allclose(out.score_drop[:2], torch.tensor([0.45, 0.15]))
+
+
 def test_the_background_test_keeps_the_objects_and_skips_probes_without_one() -> None:
     from gradcam_callback import evidence as E
 
@@ -875,7 +935,7 @@ def test_a_rule_with_a_context_region_counts_its_probes_once_in_the_budget() -> 
     assert plan == {"artifact_masks": {0: 4}, "background_masks": {1: 4}}
     assert mem.plan(decisions, [0, 1], [8, 8], budget=7, min_probes=4) == {"artifact_masks": {0: 4}}
     groups = torch.tensor([0] * 8 + [1] * 8)
-    wanted = regions_to_erase(plan, decisions, groups, contexts={"background_masks": "backdrop"})
+    wanted = regions_to_erase(plan, decisions, groups, contexts={"background_masks": ("backdrop",)})
     assert set(wanted) == {"artifact", "object", "backdrop"}
     assert torch.equal(wanted["object"], wanted["backdrop"]) and int(wanted["object"].sum()) == 4
 
@@ -894,16 +954,24 @@ def test_a_held_background_finding_is_re_tested_with_its_context() -> None:
     yes, no = torch.tensor([True]), torch.tensor([False])
     memory = CausalMemory()
 
-    def run(attention: torch.Tensor, focus: float, surround: float, n_surround: float = 8.0):
+    def run(
+        attention: torch.Tensor,
+        focus: float,
+        surround: float,
+        n_surround: float = 8.0,
+        one_place: float = 0.0,
+    ):
         d = RuleDecision(rule, True, usable=yes, attention=attention, near=attention)
         plan = memory.plan([d], [3], [8], budget=8, min_probes=4)
         stats = {
             "causal/focus_evidence": torch.tensor([focus]),
             "causal/surround_evidence": torch.tensor([surround]),
+            "causal/patches_depends": torch.tensor([one_place]),
         }
         counts = {
             "causal/focus_evidence": torch.tensor([8.0]),
             "causal/surround_evidence": torch.tensor([n_surround]),
+            "causal/patches_evidence": torch.tensor([8.0]),
         }
         (key,) = plan
         out = memory.settle(mon, [3], [d], stats, counts, {key: {0: 8}}, 1)
@@ -913,15 +981,15 @@ def test_a_held_background_finding_is_re_tested_with_its_context() -> None:
     plan, confirmed, held = run(yes, 0.1, 0.9)
     assert plan == {rule.name: {0: 8}} and confirmed and not held
     assert contexts(mon, [RuleDecision(rule, True)]) == {
-        rule.name: "surround",
-        rule.name + HELD: "surround",
+        rule.name: ("surround", "patches"),
+        rule.name + HELD: ("surround", "patches"),
     }
     # the maps are no longer diffuse: re-tested as a whole, both regions in the same probes
     plan, _, held = run(no, 0.1, 0.9)
     assert plan == {rule.name + HELD: {0: 8}} and held
     d = [RuleDecision(rule, True)]
     wanted = regions_to_erase(plan, d, torch.zeros(8, dtype=torch.long), 0, contexts(mon, d))
-    assert sorted(wanted) == ["focus", "surround"] and all(
+    assert sorted(wanted) == ["focus", "patches", "surround"] and all(
         int(w.sum()) == 8 for w in wanted.values()
     )
     assert run(no, 0.1, 0.9, n_surround=2.0)[2]  # the surround measured on 2 probes: carried
@@ -930,3 +998,8 @@ def test_a_held_background_finding_is_re_tested_with_its_context() -> None:
     # and a re-test where the focus matters again drops it too
     run(yes, 0.1, 0.9)
     assert run(no, 0.1, 0.9)[2] and not run(no, 0.8, 0.9)[2]
+    # evidence in one place (an object the maps miss): not confirmed, and a held finding whose
+    # re-test finds it so is dropped
+    assert not run(yes, 0.1, 0.9, one_place=0.8)[1]
+    assert run(yes, 0.1, 0.9)[1]
+    assert run(no, 0.1, 0.9)[2] and not run(no, 0.1, 0.9, one_place=0.8)[2]
