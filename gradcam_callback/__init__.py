@@ -11,7 +11,7 @@ from .layers import LayerInfo
 from .probes import BatchKeys, ProbeSet, choose_probes, select_probes
 from .rules import FlagKind
 
-__version__ = "0.3.6"
+__version__ = "0.3.7"
 
 __all__ = [
     "METHODS",
