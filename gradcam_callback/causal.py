@@ -5,9 +5,9 @@ evidence the model loses (:func:`~gradcam_callback.evidence.confirm`). It costs 
 erased image, so a run spends at most ``budget`` tested probes on it (the monitor's default:
 half the probe set); a background rule erases two images of each of its probes (its target
 region and the background around it; the mask-free one also each patch of a 4 x 4 grid, to
-tell a spread background from one place), counted once. :class:`CausalMemory` decides what to test
-first and carries a test's result while the rule's attention condition keeps holding for the
-class:
+tell a spread background from one place), counted once. :class:`CausalMemory` decides what to
+test first and carries a test's result while the rule's attention condition keeps holding for
+the class:
 
 1. a (rule, class) whose flag kind is not yet confirmed for the class and that was never tested
    (at most one rule per kind and class, in table order: one confirmed rule is enough to flag);
@@ -108,8 +108,8 @@ def verdict(
     (the background's own causal effect), and with a
     :attr:`~gradcam_callback.rules.Rule.spread_region`, that evidence spread: fewer than
     ``mon.dependence`` of the tested probes lose ``evidence_drop`` of it to one patch of the
-    image (else the evidence sits in one place, an object the maps miss, not the background). ``region``: read
-    another region's measurements (a held finding's
+    image (else the evidence sits in one place, an object the maps miss, not the background).
+    ``region``: read another region's measurements (a held finding's
     :attr:`~gradcam_callback.rules.Rule.held_region`; default the rule's own). The context
     region is read with the rule's own region only: a held re-test on another region (the
     artifact masks, a remembered footprint) is a dependence test alone.
