@@ -558,7 +558,7 @@ def confirm(
         _store(per, region, idx, eff, mon.evidence_drop)
     tested = {region: int(idx.numel()) for region, idx, _ in batches}
     if spread.numel():
-        rows = spread.repeat_interleave(PATCH_GRID * PATCH_GRID)
+        rows = spread.repeat_interleave(p)  # the patches' rows, probe by probe
         eff = M.erasure_effect_from_logits(
             base[rows], after[start:], x.targets[rows], multilabel=multilabel
         )

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .causal import CausalValues
-from .evidence import Inputs
+from .evidence import PATCH_GRID, Inputs
 from .flags import Flag
 from .rules import FlagKind, Rule, RuleDecision
 
@@ -272,6 +272,6 @@ def _causal_words(mon: Any, rule: Rule, g: int, causal: CausalValues | None) -> 
         one = float(values[f"causal/{spread}_depends"])
         text += (
             f", and it is spread over the image: only {pct(one)} of the probes lose "
-            f"{pct(mon.evidence_drop)} of it to one patch of a 4 x 4 grid"
+            f"{pct(mon.evidence_drop)} of it to one patch of a {PATCH_GRID} x {PATCH_GRID} grid"
         )
     return text + when
